@@ -1,0 +1,115 @@
+"""``capabilities()``: what is native, emulated or unavailable here, from probes."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import socket
+import tempfile
+from typing import Any, Dict, NamedTuple, Optional
+
+from udscompat import _fdpass, _probes
+from udscompat._platform import backend
+
+__all__ = ["Capabilities", "Feature", "capabilities"]
+
+
+class Feature(NamedTuple):
+    """One feature's status: ``"native"``, ``"emulated"`` or ``"unavailable"``, and why."""
+
+    status: str
+    detail: str
+
+
+class Capabilities(NamedTuple):
+    """What udscompat found on this OS (see ``capabilities()``)."""
+
+    os_name: str
+    os_release: str
+    features: Dict[str, Feature]
+    quirks: Dict[str, Any]
+
+    def as_dict(self) -> Dict[str, Any]:
+        """Plain JSON-ready data."""
+        return {
+            "os_name": self.os_name,
+            "os_release": self.os_release,
+            "features": {k: dict(v._asdict()) for k, v in self.features.items()},
+            "quirks": dict(self.quirks),
+        }
+
+
+@functools.lru_cache(maxsize=None)
+def capabilities() -> Capabilities:
+    """Probe this kernel once per process and report what udscompat can do here.
+
+    Features: ``abstract_addresses``, ``fd_passing``, ``seqpacket``,
+    ``peer_credentials``.  Quirks: ``msg_cmsg_cloexec``,
+    ``max_fds_per_message``, ``max_path_bytes``, ``ctrunc``,
+    ``close_after_send_safe``, ``holds_sent_fds``,
+    ``same_process_fd_reuse``, ``seqpacket_short_read``,
+    ``seqpacket_zero_length``.  Every value comes from a probe run on a
+    private socketpair (or a temporary directory), not from a table.
+    """
+    features: Dict[str, Feature] = {}
+    abstract, why = _probes.abstract_addresses()
+    features["abstract_addresses"] = Feature("native" if abstract else "unavailable", why)
+    features["fd_passing"] = Feature("native", "SCM_RIGHTS, one control message per send")
+    seq = _probes.seqpacket()
+    if seq.conformant:
+        features["seqpacket"] = Feature("native", seq.reason)
+    else:
+        features["seqpacket"] = Feature("emulated", f"framed over SOCK_STREAM: {seq.reason}")
+    features["peer_credentials"] = _credentials_feature()
+    cloexec = _probes.cmsg_cloexec_flag()
+    quirks: Dict[str, Any] = {
+        "msg_cmsg_cloexec": cloexec is not None,
+        "max_fds_per_message": _probes.max_fds_per_message(),
+        "max_path_bytes": _longest_bindable_path(),
+        "ctrunc": _probes.ctrunc_behaviour(),
+        "close_after_send_safe": _probes.close_after_send(),
+        "holds_sent_fds": _fdpass.hold_sent_fds(),
+        "same_process_fd_reuse": _probes.same_process_fd_reuse(),
+        "seqpacket_short_read": seq.short_read,
+        "seqpacket_zero_length": seq.zero_length,
+    }
+    return Capabilities(backend.OS_NAME, platform.release(), features, quirks)
+
+
+def _credentials_feature() -> Feature:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        creds = backend.peer_credentials(a)
+    except OSError as exc:
+        return Feature("unavailable", str(exc))
+    finally:
+        a.close()
+        b.close()
+    if creds.euid != os.geteuid():
+        return Feature("unavailable", f"reported euid {creds.euid}, expected {os.geteuid()}")
+    parts = ["euid", "egid"]
+    if creds.pid == os.getpid():
+        parts.insert(0, "pid")
+    if creds.groups is not None:
+        parts.append("groups")
+    return Feature("native", "reports " + ", ".join(parts))
+
+
+def _longest_bindable_path() -> Optional[int]:
+    """Bind ever longer paths in a private directory; the longest that bound."""
+    with tempfile.TemporaryDirectory(prefix="udsc") as tmp:
+        base = os.fsencode(tmp) + b"/"
+        best: Optional[int] = None
+        for length in range(backend.MAX_PATH_BYTES - 2, backend.SUN_PATH_SIZE + 3):
+            if length <= len(base):
+                continue
+            path = base + b"p" * (length - len(base))
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(path)
+                except OSError:
+                    break
+                best = length
+            os.unlink(path)
+        return best

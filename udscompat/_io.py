@@ -1,0 +1,205 @@
+"""The syscall layer: one sendmsg or recvmsg with descriptors, and one wait.
+
+Every socket kind in udscompat goes through ``send_with_fds`` and
+``recv_with_fds``, so the rules -- one SCM_RIGHTS per message, close-on-exec,
+no descriptor leaked on truncation -- live in one place.  ``call`` is the
+one loop behind blocking, non-blocking and timeout modes.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import os
+import select
+import socket
+import time
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, TypeVar
+
+from udscompat import _probes
+from udscompat._errors import ControlTruncatedError
+from udscompat._platform import backend
+
+T = TypeVar("T")
+
+#: Room for the most descriptors the kernel puts in one message, so the kernel itself never
+#: truncates (CPython's recv_fds uses CMSG_LEN and loses fds on FreeBSD, #111675; macOS leaks
+#: what does not fit, #80931).  Where the cap is unknown, room for 256.
+_FD_ROOM = backend.MAX_FDS_PER_MESSAGE or 256
+_MARKER_ROOM = socket.CMSG_SPACE(16)  # a struct timeval
+ANCBUF_SIZE = socket.CMSG_SPACE(4 * _FD_ROOM) + _MARKER_ROOM
+
+
+class Received(NamedTuple):
+    """One recvmsg: payload, descriptors (caller owns them), flags, source, marker seen."""
+
+    data: bytes
+    fds: List[int]
+    flags: int
+    address: Any
+    marked: bool
+
+
+def check_fds(fds: Sequence[Any]) -> List[int]:
+    """Descriptor numbers from ints or objects with ``fileno()``, checked before any send.
+
+    Raises:
+        ValueError: a negative descriptor, or more than this OS takes in one message.
+        TypeError: an item is neither an int nor has ``fileno()``.
+    """
+    numbers: List[int] = []
+    for item in fds:
+        fd = item if isinstance(item, int) else _fileno_of(item)
+        if fd < 0:
+            raise ValueError(f"invalid file descriptor {fd}")
+        numbers.append(fd)
+    limit = backend.MAX_FDS_PER_MESSAGE
+    if limit is not None and len(numbers) > limit:
+        raise ValueError(
+            f"{len(numbers)} descriptors in one message; {backend.OS_NAME} takes at most {limit}"
+        )
+    return numbers
+
+
+def _fileno_of(item: Any) -> int:
+    fileno = getattr(item, "fileno", None)
+    if fileno is None or isinstance(item, bool):
+        raise TypeError(f"expected a file descriptor or an object with fileno(), got {item!r}")
+    result = fileno()
+    if not isinstance(result, int):
+        raise TypeError(f"{item!r}.fileno() returned {result!r}")
+    return result
+
+
+def send_with_fds(
+    sock: socket.socket,
+    buffers: Sequence[Any],
+    fds: Sequence[int],
+    flags: int = 0,
+    address: Any = None,
+) -> int:
+    """One ``sendmsg`` carrying ``fds`` in exactly one SCM_RIGHTS message."""
+    ancdata = []
+    if fds:
+        rights = array.array("i", fds).tobytes()
+        ancdata.append((backend.SOL_SOCKET, backend.SCM_RIGHTS, rights))
+    if address is None:
+        return sock.sendmsg(buffers, ancdata, flags)
+    return sock.sendmsg(buffers, ancdata, flags, address)
+
+
+def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0) -> Received:
+    """One ``recvmsg``; like ``socket.recv_fds``, but nothing can leak.
+
+    Received descriptors are close-on-exec (MSG_CMSG_CLOEXEC where the kernel
+    honours it, else set at once).  Descriptors the caller did not ask for --
+    more than ``maxfds``, or any from other fd-carrying cmsgs -- are closed.
+
+    Raises:
+        ControlTruncatedError: the kernel set MSG_CTRUNC or failed with
+            EMSGSIZE (OpenBSD, DragonFly), or more than ``maxfds`` arrived.
+            All received descriptors are closed first; ``.data`` keeps the payload.
+    """
+    cloexec = _probes.cmsg_cloexec_flag()
+    try:
+        data, ancdata, msg_flags, address = sock.recvmsg(bufsize, ANCBUF_SIZE, flags | (cloexec or 0))
+    except OSError as exc:
+        if exc.errno == errno.EMSGSIZE:
+            raise ControlTruncatedError(
+                "recvmsg failed with EMSGSIZE: the kernel discarded the descriptors "
+                "(control data did not fit)"
+            ) from exc
+        raise
+    fds: List[int] = []
+    stray: List[int] = []
+    marked = False
+    for level, kind, payload in ancdata:
+        if level != backend.SOL_SOCKET:
+            continue
+        if kind == backend.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds.extend(array.array("i", payload[:usable]))
+        elif kind in backend.FD_CARRYING_CMSG_TYPES:
+            usable = len(payload) - len(payload) % 4
+            stray.extend(array.array("i", payload[:usable]))
+        elif backend.MESSAGE_MARKER is not None and kind == backend.MESSAGE_MARKER[2]:
+            marked = True
+    close_fds(stray)
+    if msg_flags & backend.MSG_CTRUNC:
+        close_fds(fds)
+        # The buffer had room for the kernel's own per-message cap, so the usual cause is a
+        # full descriptor table in this process.
+        raise ControlTruncatedError(
+            f"control data truncated (MSG_CTRUNC): {len(fds)} received descriptors closed; the "
+            "kernel dropped the rest (is this process out of descriptors?)",
+            data,
+            len(fds),
+        )
+    if len(fds) > maxfds:
+        close_fds(fds)
+        raise ControlTruncatedError(
+            f"{len(fds)} descriptors arrived but at most {maxfds} were asked for; all were closed",
+            data,
+            len(fds),
+        )
+    if fds and cloexec is None:
+        for fd in fds:
+            fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.fcntl(fd, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
+    return Received(data, fds, msg_flags, address, marked)
+
+
+def close_fds(fds: Sequence[int]) -> None:
+    """Close every descriptor, ignoring ones already closed."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def call(fileno: int, operation: Callable[[], T], *, write: bool, timeout: Optional[float]) -> T:
+    """Run a non-blocking ``operation`` under a socket-style timeout.
+
+    Tries first, waits only on ``BlockingIOError`` (trio's order: waiting
+    first can hang where trying first answers).  ``timeout`` is ``None``
+    (block), ``0.0`` (re-raise ``BlockingIOError``) or seconds, measured
+    from a monotonic deadline set once.
+
+    Raises:
+        BlockingIOError: non-blocking mode and the operation would block.
+        TimeoutError: the deadline passed.
+    """
+    deadline: Optional[float] = None
+    while True:
+        try:
+            return operation()
+        except BlockingIOError:
+            if timeout == 0.0:
+                raise
+        remaining: Optional[float] = None
+        if timeout is not None:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + timeout
+            remaining = deadline - now
+            if remaining <= 0:
+                raise TimeoutError(errno.ETIMEDOUT, "timed out")
+        wait(fileno, write=write, timeout=remaining)
+
+
+if hasattr(select, "poll"):
+
+    def wait(fileno: int, *, write: bool, timeout: Optional[float]) -> bool:
+        """Wait until ``fileno`` is readable (or writable); False on timeout."""
+        poller = select.poll()
+        poller.register(fileno, select.POLLOUT if write else select.POLLIN)
+        millis = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        return bool(poller.poll(millis))
+
+else:  # pragma: no cover - every supported OS has poll
+
+    def wait(fileno: int, *, write: bool, timeout: Optional[float]) -> bool:
+        """Wait until ``fileno`` is readable (or writable); False on timeout."""
+        ready = select.select([], [fileno], [], timeout) if write else select.select([fileno], [], [], timeout)
+        return bool(ready[0] or ready[1])

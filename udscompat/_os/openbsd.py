@@ -1,0 +1,50 @@
+"""OpenBSD: SO_PEERCRED with (uid, gid, pid), 103-byte paths, EMSGSIZE on truncation.
+
+Sources: openbsd/src ``sys/kern/uipc_usrreq.c`` rev 1.78 (5ff140d2) and 1.221;
+``sys/sys/socket.h`` (os-facts §2).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Optional, Tuple
+
+from udscompat._os._posix import getsockopt_bytes, unpack_exact
+from udscompat._records import ConnCredentials
+
+OS_NAME = "OpenBSD"
+SUN_PATH_SIZE = 104
+MAX_PATH_BYTES = SUN_PATH_SIZE - 1  # unp_bind: a path filling sun_path is EINVAL
+SOL_SOCKET = 0xFFFF
+SCM_RIGHTS = 1
+SOCK_STREAM = 1
+SOCK_DGRAM = 2
+SOCK_SEQPACKET = 5
+MSG_EOR = 0x8
+MSG_TRUNC = 0x10
+MSG_CTRUNC = 0x20
+MSG_CMSG_CLOEXEC: Optional[int] = 0x800
+CMSGHDR_SIZE = 12
+CMSG_ALIGNMENT = 8
+# unp_internalize: CMSG_SPACE(n * sizeof(struct fdpass)) within MCLBYTES; fdpass is 16 bytes
+# on LP64 -> 127 (inferred arithmetic).
+MAX_FDS_PER_MESSAGE: Optional[int] = 127
+FD_CARRYING_CMSG_TYPES: Tuple[int, ...] = ()
+SEQPACKET_SEND_FLAGS = 0
+MESSAGE_MARKER: Optional[Tuple[int, int, int]] = None
+HOLD_SENT_FDS = False
+
+SO_PEERCRED = 0x1022
+SOCKPEERCRED = struct.Struct("=IIi")  # struct sockpeercred { uid_t uid; gid_t gid; pid_t pid; }
+
+
+def decode_peercred(raw: bytes) -> ConnCredentials:
+    """Decode ``struct sockpeercred`` -- uid first, unlike Linux's ``ucred``."""
+    uid, gid, pid = unpack_exact(SOCKPEERCRED, raw, "struct sockpeercred")
+    return ConnCredentials(pid if pid > 0 else None, uid, gid, None)
+
+
+def peer_credentials(sock: socket.socket) -> ConnCredentials:
+    """``getsockopt(SOL_SOCKET, SO_PEERCRED)``."""
+    return decode_peercred(getsockopt_bytes(sock, SOL_SOCKET, SO_PEERCRED, SOCKPEERCRED.size))
