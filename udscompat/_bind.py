@@ -27,14 +27,26 @@ _LIVE = {errno.EAGAIN, errno.EINPROGRESS, errno.EPROTOTYPE, errno.EACCES, errno.
 
 
 class SocketFile:
-    """The filesystem entry a bind created: path, device and inode."""
+    """The filesystem entry a bind created: path, device, inode and change time.
 
-    __slots__ = ("dev", "ino", "path")
+    The change time guards against inode reuse: a successor's file may get
+    the very inode number ours had.  (A chmod by someone else also changes
+    it; then the file is left alone, which is the safe side.)
+    """
 
-    def __init__(self, path: bytes, dev: int, ino: int) -> None:
+    __slots__ = ("ctime_ns", "dev", "ino", "path")
+
+    def __init__(self, path: bytes, dev: int, ino: int, ctime_ns: int) -> None:
         self.path = path
         self.dev = dev
         self.ino = ino
+        self.ctime_ns = ctime_ns
+
+    @classmethod
+    def at(cls, path: bytes) -> SocketFile:
+        """The socket file now at ``path``."""
+        st = os.lstat(path)
+        return cls(path, st.st_dev, st.st_ino, st.st_ctime_ns)
 
     def remove(self) -> bool:
         """Unlink the path if it still names this socket file.  True if removed."""
@@ -42,7 +54,8 @@ class SocketFile:
             st = os.lstat(self.path)
         except FileNotFoundError:
             return False
-        if (st.st_dev, st.st_ino) != (self.dev, self.ino) or not stat.S_ISSOCK(st.st_mode):
+        now = (st.st_dev, st.st_ino, st.st_ctime_ns)
+        if now != (self.dev, self.ino, self.ctime_ns) or not stat.S_ISSOCK(st.st_mode):
             return False  # replaced by someone else: theirs now
         try:
             os.unlink(self.path)
@@ -116,10 +129,9 @@ def bind(
         raise OSError(exc.errno, f"{exc.strerror}: cannot bind {address}") from exc
     if path is None:
         return None
-    st = os.lstat(path)
     if mode is not None:
         os.chmod(path, mode)
-    return SocketFile(path, st.st_dev, st.st_ino)
+    return SocketFile.at(path)
 
 
 def _remove_if_stale(path: bytes, sock_type: int) -> None:
@@ -129,7 +141,7 @@ def _remove_if_stale(path: bytes, sock_type: int) -> None:
         return
     if not stat.S_ISSOCK(before.st_mode) or is_live_socket_file(path, sock_type):
         return  # bind() will fail with EADDRINUSE, which is the truth
-    SocketFile(path, before.st_dev, before.st_ino).remove()
+    SocketFile(path, before.st_dev, before.st_ino, before.st_ctime_ns).remove()
 
 
 def close_listener(sock: Any, socket_file: Optional[SocketFile]) -> None:

@@ -39,7 +39,12 @@ def hold_sent_fds() -> bool:
         return False
     if forced:
         raise ValueError(f"{_HOLD_ENV}={forced!r}: expected 1 or 0")
-    return backend.HOLD_SENT_FDS or _probes.same_process_fd_reuse()
+    if backend.HOLD_SENT_FDS:
+        return True
+    try:
+        return _probes.same_process_fd_reuse()
+    except OSError:
+        return False  # could not probe now (EMFILE?); no kernel read reuses slots
 
 
 class _SentFdRegistry:

@@ -101,7 +101,10 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
             EMSGSIZE (OpenBSD, DragonFly), or more than ``maxfds`` arrived.
             All received descriptors are closed first; ``.data`` keeps the payload.
     """
-    cloexec = _probes.cmsg_cloexec_flag()
+    try:
+        cloexec = _probes.cmsg_cloexec_flag()
+    except OSError:
+        cloexec = None  # the probe itself could not run (EMFILE?): set FD_CLOEXEC by hand
     try:
         data, ancdata, msg_flags, address = sock.recvmsg(bufsize, ANCBUF_SIZE, flags | (cloexec or 0))
     except OSError as exc:

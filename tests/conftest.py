@@ -1,0 +1,83 @@
+"""Shared fixtures: an fd-leak check around every test, peers in other processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Set
+
+import pytest
+
+from udscompat import _probes
+
+# Probes are cached per process; run them before any test counts descriptors.
+_probes.cmsg_cloexec_flag()
+_probes.same_process_fd_reuse()
+_probes.seqpacket()
+_probes.abstract_addresses()
+
+
+def open_fds() -> Set[int]:
+    return _probes.open_fds()
+
+
+@pytest.fixture(autouse=True)
+def no_fd_leak() -> Iterator[None]:
+    """Fail a test that leaves a descriptor open (or closes one it did not open)."""
+    before = open_fds()
+    yield
+    after = open_fds()
+    deadline = time.monotonic() + 2.0
+    while after != before and time.monotonic() < deadline:
+        # Give finalizers of sockets dropped by the test a chance to run.
+        import gc
+
+        gc.collect()
+        time.sleep(0.01)
+        after = open_fds()
+    leaked = after - before
+    lost = before - after
+    assert not leaked, f"test leaked descriptors {sorted(leaked)}: {_describe(leaked)}"
+    assert not lost, f"test closed descriptors it did not open: {sorted(lost)}"
+
+
+def _describe(fds: Set[int]) -> str:
+    out = []
+    for fd in sorted(fds):
+        try:
+            out.append(f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}")
+        except OSError:
+            out.append(str(fd))
+    return ", ".join(out)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short, world-accessible temporary directory (socket paths must stay short)."""
+    path = Path(tempfile.mkdtemp(prefix="udsc-", dir="/tmp"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def python_peer(code: str, *args: str, user: int | None = None) -> subprocess.Popen[bytes]:
+    """Start ``code`` in a second Python process (optionally as another user)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), *sys.path])
+    kwargs = {}
+    if user is not None:
+        kwargs = {"user": user, "group": user, "extra_groups": []}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,167 @@
+"""UnixSocketAddr: constructors, validation, formatting, sockaddr round trips."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from udscompat import UnixSocketAddr, UnsupportedError
+from udscompat._platform import backend
+
+LIMIT = backend.MAX_PATH_BYTES
+
+
+def test_path_constructors_agree() -> None:
+    a = UnixSocketAddr.from_path("/run/x.sock")
+    assert a.kind == "path"
+    assert a.path == "/run/x.sock"
+    assert a.name is None
+    assert a == UnixSocketAddr.from_path(b"/run/x.sock") == UnixSocketAddr.from_path(Path("/run/x.sock"))
+    assert a.to_sockaddr() == "/run/x.sock"
+    assert str(a) == "/run/x.sock"
+    assert hash(a) == hash(UnixSocketAddr.parse("/run/x.sock"))
+
+
+def test_abstract_and_unnamed() -> None:
+    a = UnixSocketAddr.from_abstract(b"my\x00name")
+    assert a.kind == "abstract"
+    assert a.name == b"my\x00name"
+    assert a.path is None
+    assert a.to_sockaddr() == b"\0my\x00name"
+    assert str(a) == "@my\\x00name"
+    assert UnixSocketAddr.from_abstract("svc") == UnixSocketAddr.parse("@svc")
+    u = UnixSocketAddr.unnamed()
+    assert u.kind == "unnamed" and str(u) == "(unnamed)" and u.to_sockaddr() == ""
+    assert UnixSocketAddr.parse("") == u
+    assert a != u != UnixSocketAddr.from_path("x")
+
+
+def test_backslash_escaped_in_abstract_names() -> None:
+    a = UnixSocketAddr.from_abstract(b"a\\b\xff")
+    assert str(a) == "@a\\\\b\\xff"
+    assert UnixSocketAddr.parse(str(a)) == a
+
+
+def test_immutable_and_not_directly_constructible() -> None:
+    a = UnixSocketAddr.from_path("x")
+    with pytest.raises(AttributeError):
+        a._kind = "abstract"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        UnixSocketAddr("path", b"x")
+
+
+def test_pickles() -> None:
+    for a in (UnixSocketAddr.from_path("/x"), UnixSocketAddr.from_abstract(b"n"), UnixSocketAddr.unnamed()):
+        assert pickle.loads(pickle.dumps(a)) == a
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("", "may not be empty"),
+        ("a\0b", "NUL byte at offset 1"),
+        ("/" + "x" * LIMIT, f"is {LIMIT + 1} bytes; sun_path on {backend.OS_NAME} holds at most {LIMIT}"),
+    ],
+)
+def test_path_rejections_name_the_problem(path: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        UnixSocketAddr.from_path(path)
+
+
+def test_longest_path_accepted_and_binds(short_tmp: Path) -> None:
+    base = str(short_tmp) + "/"
+    path = base + "p" * (LIMIT - len(base))
+    addr = UnixSocketAddr.from_path(path)
+    assert len(os.fsencode(addr.path or "")) == LIMIT
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(addr.to_sockaddr())
+        assert UnixSocketAddr.from_sockaddr(sock.getsockname()) == addr
+    with pytest.raises(ValueError, match=f"{LIMIT + 1} bytes"):
+        UnixSocketAddr.from_path(path + "q")
+
+
+def test_abstract_too_long() -> None:
+    UnixSocketAddr.from_abstract(b"n" * (backend.SUN_PATH_SIZE - 1))
+    with pytest.raises(ValueError, match="abstract name is 108 bytes"):
+        UnixSocketAddr.from_abstract(b"n" * backend.SUN_PATH_SIZE)
+
+
+def test_abstract_unsupported_raises_with_os(monkeypatch: pytest.MonkeyPatch) -> None:
+    from udscompat import _probes
+
+    monkeypatch.setattr(_probes, "abstract_addresses", lambda: (False, "stand-in kernel says no"))
+    with pytest.raises(UnsupportedError) as info:
+        UnixSocketAddr.from_abstract(b"x")
+    assert info.value.os_name == backend.OS_NAME
+    assert info.value.feature == "abstract addresses"
+    assert "stand-in kernel says no" in str(info.value)
+    assert isinstance(info.value, OSError)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (again.feature, again.os_name, again.reason) == ("abstract addresses", backend.OS_NAME, "stand-in kernel says no")
+
+
+def test_from_sockaddr_of_real_sockets(short_tmp: Path) -> None:
+    path = str(short_tmp / "s")
+    with socket.socket(socket.AF_UNIX) as listener, socket.socket(socket.AF_UNIX) as client:
+        listener.bind(path)
+        listener.listen()
+        client.connect(path)
+        conn, peer = listener.accept()
+        with conn:
+            assert UnixSocketAddr.from_sockaddr(peer) == UnixSocketAddr.unnamed()
+            assert UnixSocketAddr.from_sockaddr(client.getpeername()) == UnixSocketAddr.from_path(path)
+            assert UnixSocketAddr.from_sockaddr(conn.getsockname()) == UnixSocketAddr.from_path(path)
+    with socket.socket(socket.AF_UNIX) as auto:
+        auto.bind("")  # Linux autobind: b"\0" + five hex digits
+        got = UnixSocketAddr.from_sockaddr(auto.getsockname())
+        assert got.kind == "abstract" and len(got.name or b"") == 5
+    assert UnixSocketAddr.from_sockaddr(None) == UnixSocketAddr.unnamed()
+    assert UnixSocketAddr.from_sockaddr(b"") == UnixSocketAddr.unnamed()
+    with pytest.raises(TypeError):
+        UnixSocketAddr.from_sockaddr(3)  # type: ignore[arg-type]
+
+
+def test_parse_rejects_bad_escapes() -> None:
+    with pytest.raises(ValueError, match="bad escape"):
+        UnixSocketAddr.parse("@a\\q")
+    with pytest.raises(ValueError, match="bad escape"):
+        UnixSocketAddr.parse("@a\\xZZ")
+
+
+names = st.binary(max_size=backend.SUN_PATH_SIZE - 1)
+paths = st.binary(min_size=1, max_size=LIMIT).filter(lambda b: b"\0" not in b)
+
+
+@given(names)
+def test_abstract_round_trips(name: bytes) -> None:
+    a = UnixSocketAddr.from_abstract(name)
+    assert UnixSocketAddr.parse(str(a)) == a
+    assert UnixSocketAddr.from_sockaddr(a.to_sockaddr()) == a
+    assert a.name == name
+
+
+@given(paths)
+def test_path_round_trips(raw: bytes) -> None:
+    a = UnixSocketAddr.from_path(raw)
+    assert UnixSocketAddr.from_sockaddr(a.to_sockaddr()) == a
+    assert a.path_bytes == raw
+    if not raw.startswith(b"@"):
+        assert UnixSocketAddr.parse(str(a)) == a
+
+
+@given(st.binary(min_size=LIMIT + 1, max_size=LIMIT + 64).filter(lambda b: b"\0" not in b))
+def test_too_long_paths_always_rejected(raw: bytes) -> None:
+    with pytest.raises(ValueError, match=f"at most {LIMIT}"):
+        UnixSocketAddr.from_path(raw)
+
+
+@given(st.binary(min_size=1, max_size=LIMIT).filter(lambda b: b"\0" in b))
+def test_paths_with_nul_always_rejected(raw: bytes) -> None:
+    with pytest.raises(ValueError, match="NUL byte"):
+        UnixSocketAddr.from_path(raw)

@@ -1,0 +1,107 @@
+"""peer_credentials with real peers: this process, another process, another user."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+import udscompat
+from udscompat import ConnCredentials
+from tests.conftest import python_peer
+
+
+def test_socketpair_reports_this_process() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        creds = udscompat.peer_credentials(a)
+        assert isinstance(creds, ConnCredentials)
+        assert (creds.pid, creds.euid, creds.egid) == (os.getpid(), os.geteuid(), os.getegid())
+        assert creds.groups is not None and set(creds.groups) == set(os.getgroups())
+
+
+def test_unconnected_socket_is_enotconn_not_fake_credentials() -> None:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_UNIX, kind) as sock, pytest.raises(OSError) as info:
+            udscompat.peer_credentials(sock)
+        assert info.value.errno == errno.ENOTCONN
+
+
+def test_wrong_socket_family() -> None:
+    with socket.socket(socket.AF_INET) as sock, pytest.raises(ValueError, match="AF_UNIX"):
+        udscompat.peer_credentials(sock)
+
+
+CONNECTOR = (
+    "import socket,sys,os,udscompat\n"
+    "s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+    "c=udscompat.peer_credentials(s)\n"
+    "s.sendall(f'{c.pid} {c.euid} {c.egid}'.encode()); s.recv(1)\n"
+)
+
+
+def _serve_one(path: str, user: int | None) -> tuple[ConnCredentials, str, int]:
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        os.chmod(path, 0o777)
+        listener.listen()
+        child = python_peer(CONNECTOR, path, user=user)
+        conn, _ = listener.accept()
+        with conn:
+            creds = udscompat.peer_credentials(conn)
+            seen = conn.recv(64).decode()
+            conn.send(b"k")
+        _, err = child.communicate(timeout=30)
+        assert child.returncode == 0, err
+        return creds, seen, child.pid
+
+
+def test_other_process(short_tmp: Path) -> None:
+    creds, seen_by_child, pid = _serve_one(str(short_tmp / "p"), None)
+    assert (creds.pid, creds.euid, creds.egid) == (pid, os.geteuid(), os.getegid())
+    assert seen_by_child == f"{os.getpid()} {os.geteuid()} {os.getegid()}"
+
+
+def _fork_as(user: int, path: str) -> int:
+    """Fork a child that drops to ``user`` and runs CONNECTOR's steps (the interpreter's
+    own files may be unreadable to that user, so no exec)."""
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 1
+    try:
+        os.setgroups([])
+        os.setgid(user)
+        os.setuid(user)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)
+            c = udscompat.peer_credentials(s)
+            s.sendall(f"{c.pid} {c.euid} {c.egid}".encode())
+            s.recv(1)
+        status = 0
+    finally:
+        os._exit(status)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a peer as another user")
+def test_other_user(short_tmp: Path) -> None:
+    nobody = 65534
+    path = str(short_tmp / "u")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        os.chmod(path, 0o777)
+        listener.listen()
+        pid = _fork_as(nobody, path)
+        conn, _ = listener.accept()
+        with conn:
+            creds = udscompat.peer_credentials(conn)
+            seen_by_child = conn.recv(64).decode()
+            conn.send(b"k")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    assert (creds.pid, creds.euid, creds.egid) == (pid, nobody, nobody)
+    assert creds.groups == (nobody,) or creds.groups == ()
+    assert seen_by_child == f"{os.getpid()} 0 {os.getegid()}"

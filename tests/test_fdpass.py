@@ -1,0 +1,311 @@
+"""send_fds / recv_fds on stream, datagram and seqpacket sockets, in and across processes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import pytest
+
+import udscompat
+from udscompat import ControlTruncatedError, UnixSocketAddr
+from udscompat._fdpass import REGISTRY
+from udscompat._platform import backend
+from tests.conftest import open_fds, python_peer
+
+TYPES = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM, "seqpacket": socket.SOCK_SEQPACKET}
+
+
+@pytest.fixture(params=sorted(TYPES))
+def pair(request: pytest.FixtureRequest) -> Iterator[Tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair(socket.AF_UNIX, TYPES[request.param])
+    with a, b:
+        yield a, b
+
+
+@pytest.fixture
+def pipe() -> Iterator[Tuple[int, int]]:
+    r, w = os.pipe()
+    yield r, w
+    for fd in (r, w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _same_file(fd1: int, fd2: int) -> bool:
+    s1, s2 = os.fstat(fd1), os.fstat(fd2)
+    return (s1.st_dev, s1.st_ino) == (s2.st_dev, s2.st_ino)
+
+
+def test_round_trip_gives_new_cloexec_descriptors(pair: Tuple[socket.socket, socket.socket], pipe: Tuple[int, int]) -> None:
+    a, b = pair
+    r, w = pipe
+    assert udscompat.send_fds(a, b"hello", [r, w]) == 5
+    data, fds, flags, _ = udscompat.recv_fds(b, 64, 4)
+    try:
+        assert data == b"hello"
+        assert len(fds) == 2 and not {r, w} & set(fds)
+        assert _same_file(fds[0], r) and _same_file(fds[1], w)
+        assert not any(os.get_inheritable(fd) for fd in fds)
+        assert flags & backend.MSG_CTRUNC == 0
+        os.write(fds[1], b"!")
+        assert os.read(r, 1) == b"!"
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_sender_may_close_right_after_send(pair: Tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    r, w = os.pipe()
+    udscompat.send_fds(a, b"x", [r, w])
+    os.close(r)
+    os.close(w)
+    # Run the unix-socket garbage collector while the fds are in flight (os-facts §2.4).
+    for _ in range(8):
+        socket.socketpair(socket.AF_UNIX)[0].close()
+    _, fds, _, _ = udscompat.recv_fds(b, 8, 2)
+    try:
+        os.write(fds[1], b"alive")
+        assert os.read(fds[0], 5) == b"alive"
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_too_many_fds_is_refused_before_sending(pair: Tuple[socket.socket, socket.socket], pipe: Tuple[int, int]) -> None:
+    a, b = pair
+    limit = backend.MAX_FDS_PER_MESSAGE
+    assert limit == 253
+    with pytest.raises(ValueError, match=f"{limit + 1} descriptors in one message; Linux takes at most {limit}"):
+        udscompat.send_fds(a, b"x", [pipe[0]] * (limit + 1))
+    b.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        b.recv(1)  # nothing was sent
+    udscompat.send_fds(a, b"x", [pipe[0]] * limit)
+    _, fds, _, _ = udscompat.recv_fds(b, 8, limit)
+    assert len(fds) == limit
+    for fd in fds:
+        os.close(fd)
+
+
+def test_stream_refuses_fds_without_payload(pipe: Tuple[int, int]) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b, pytest.raises(ValueError, match="at least one payload byte"):
+        udscompat.send_fds(a, b"", [pipe[0]])
+
+
+def test_zero_length_datagram_carries_fds(pipe: Tuple[int, int]) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        udscompat.send_fds(a, b"", [pipe[0]])
+        data, fds, _, _ = udscompat.recv_fds(b, 8, 1)
+        assert data == b"" and len(fds) == 1
+        os.close(fds[0])
+
+
+@pytest.mark.parametrize("maxfds", [0, 1, 2])
+def test_more_fds_than_asked_are_closed_and_raised(pair: Tuple[socket.socket, socket.socket], pipe: Tuple[int, int], maxfds: int) -> None:
+    a, b = pair
+    before = open_fds()
+    udscompat.send_fds(a, b"payload", [pipe[0]] * 3)
+    with pytest.raises(ControlTruncatedError) as info:
+        udscompat.recv_fds(b, 64, maxfds)
+    assert info.value.data == b"payload"
+    assert info.value.closed_fds == 3
+    assert info.value.errno == errno.EMSGSIZE
+    assert open_fds() == before
+
+
+def test_bad_arguments(pipe: Tuple[int, int]) -> None:
+    with socket.socket(socket.AF_INET) as inet, pytest.raises(ValueError, match="AF_UNIX"):
+        udscompat.send_fds(inet, b"x", [pipe[0]])
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        with pytest.raises(ValueError, match="invalid file descriptor -1"):
+            udscompat.send_fds(a, b"x", [-1])
+        with pytest.raises(TypeError, match="file descriptor"):
+            udscompat.send_fds(a, b"x", ["3"])
+        with pytest.raises(ValueError, match=">= 0"):
+            udscompat.recv_fds(b, -1, 1)
+        with pytest.raises(TypeError):
+            udscompat.send_fds(object(), b"x", [])  # type: ignore[arg-type]
+
+
+def test_file_objects_are_accepted(pair: Tuple[socket.socket, socket.socket], tmp_path: Path) -> None:
+    a, b = pair
+    target = tmp_path / "f"
+    target.write_bytes(b"content")
+    with open(target, "rb") as f:
+        udscompat.send_fds(a, b"f", [f])
+    _, fds, _, _ = udscompat.recv_fds(b, 8, 1)
+    with os.fdopen(fds[0], "rb") as received:
+        assert received.read() == b"content"
+
+
+def test_flags_are_honoured_msg_peek(pipe: Tuple[int, int]) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        udscompat.send_fds(a, b"peeked", [pipe[0]])
+        data, peeked, _, _ = udscompat.recv_fds(b, 64, 1, socket.MSG_PEEK)
+        assert data == b"peeked"
+        # Linux clones descriptors on peek: the caller owns these too.
+        for fd in peeked:
+            assert _same_file(fd, pipe[0])
+            os.close(fd)
+        data, fds, _, _ = udscompat.recv_fds(b, 64, 1)
+        assert data == b"peeked" and len(fds) == 1
+        os.close(fds[0])
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            udscompat.recv_fds(b, 64, 1)
+        # MSG_DONTWAIT is honoured on a blocking socket too.
+        b.setblocking(True)
+        with pytest.raises(BlockingIOError):
+            udscompat.recv_fds(b, 64, 1, socket.MSG_DONTWAIT)
+
+
+def test_address_is_honoured_on_unconnected_datagram(short_tmp: Path, pipe: Tuple[int, int]) -> None:
+    path = short_tmp / "dgram"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        server.bind(str(path))
+        client.bind(str(short_tmp / "client"))
+        assert udscompat.send_fds(client, b"to", [pipe[1]], 0, UnixSocketAddr.from_path(path)) == 2
+        data, fds, _, address = udscompat.recv_fds(server, 8, 1)
+        assert data == b"to"
+        assert UnixSocketAddr.from_sockaddr(address) == UnixSocketAddr.from_path(short_tmp / "client")
+        os.close(fds[0])
+        # The standard library ignores address (CPython #107898): ENOTCONN.
+        if hasattr(socket, "send_fds"):
+            with pytest.raises(OSError) as info:
+                socket.send_fds(client, [b"x"], [pipe[1]], 0, str(path))
+            assert info.value.errno in (errno.ENOTCONN, errno.EDESTADDRREQ)
+
+
+def test_held_duplicates_when_forced(monkeypatch: pytest.MonkeyPatch, pipe: Tuple[int, int]) -> None:
+    monkeypatch.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with b:
+        before = open_fds()
+        udscompat.send_fds(a, b"x", [pipe[0], pipe[1]])
+        assert REGISTRY.held(a) == 2
+        assert len(open_fds() - before) == 2
+        assert udscompat.release_sent_fds(a) == 2
+        assert open_fds() == before
+        udscompat.send_fds(a, b"y", [pipe[0]])
+        assert REGISTRY.held(a) == 1
+        a_fd = a.fileno()
+        a.close()
+        del a  # the finalizer closes what was still held
+        import gc
+
+        gc.collect()
+        assert open_fds() == before - {a_fd}
+        for _ in range(2):
+            _, fds, _, _ = udscompat.recv_fds(b, 1, 2)
+            for fd in fds:
+                os.close(fd)
+
+
+def test_hold_env_rejects_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UDSCOMPAT_HOLD_SENT_FDS", "maybe")
+    with pytest.raises(ValueError, match="expected 1 or 0"):
+        udscompat._fdpass.hold_sent_fds()
+
+
+def test_fds_from_another_process(short_tmp: Path) -> None:
+    """A child sends its stdin, stdout and stderr with a message; we read through them."""
+    path = str(short_tmp / "srv")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen()
+        child = python_peer(
+            "import socket,sys,udscompat\n"
+            "s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+            "udscompat.send_fds(s, b'stdio', [0,1,2])\n"
+            "s.recv(1)\n",
+            path,
+        )
+        conn, _ = listener.accept()
+        with conn:
+            data, fds, _, _ = udscompat.recv_fds(conn, 16, 3)
+            try:
+                assert data == b"stdio" and len(fds) == 3
+                os.write(fds[1], b"via-stdout\n")
+                os.write(fds[2], b"via-stderr\n")
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            conn.send(b"k")
+        out, err = child.communicate(timeout=30)
+        assert child.returncode == 0, err
+        assert out == b"via-stdout\n"
+        assert err == b"via-stderr\n"
+
+
+def test_receiver_out_of_descriptors_gets_clear_error_and_leaks_nothing() -> None:
+    code = r"""
+import os, resource, socket, sys, udscompat
+from udscompat import _probes
+a, b = socket.socketpair(socket.AF_UNIX)
+r, w = os.pipe()
+udscompat.send_fds(a, b"payload", [r, w, r])
+before = _probes.open_fds()
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(before) + 2, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+filler = []
+try:
+    while True:
+        filler.append(os.dup(0))
+except OSError:
+    pass
+fill = set(filler)
+try:
+    udscompat.recv_fds(b, 64, 3)
+    print("no error")
+except udscompat.ControlTruncatedError as exc:
+    for fd in filler: os.close(fd)
+    after = _probes.open_fds()
+    print("error", exc.errno, exc.data, sorted(after - before))
+"""
+    child = python_peer(code)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    assert out.decode().split(maxsplit=1)[0] == "error", out
+    parts = out.decode().split()
+    assert parts[2] == "b'payload'"
+    assert parts[3] == "[]", f"descriptors leaked in the receiver: {out!r}"
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on this machine")
+def test_c_peer_exchanges_fds_and_checks_credentials(short_tmp: Path) -> None:
+    binary = short_tmp / "fdpeer"
+    source = Path(__file__).parent / "peers" / "fdpeer.c"
+    subprocess.run(["cc", "-Wall", "-Werror", "-o", str(binary), str(source)], check=True, capture_output=True)
+    path = str(short_tmp / "c.sock")
+    r, w = os.pipe()
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen()
+        child = subprocess.Popen([str(binary), path, str(os.getpid())], stderr=subprocess.PIPE)
+        conn, _ = listener.accept()
+        with conn:
+            creds = udscompat.peer_credentials(conn)
+            assert (creds.pid, creds.euid, creds.egid) == (child.pid, os.geteuid(), os.getegid())
+            udscompat.send_fds(conn, b"two fds", [w, r])
+            os.close(w)
+            assert os.read(r, 6) == b"from C"
+            os.close(r)
+            data, fds, _, _ = udscompat.recv_fds(conn, 16, 1)
+            assert data == b"back"
+            assert os.read(fds[0], 6) == b"C pipe"
+            os.close(fds[0])
+        _, err = child.communicate(timeout=30)
+        assert child.returncode == 0, err.decode()
