@@ -22,7 +22,11 @@ def test_path_constructors_agree() -> None:
     assert a.kind == "path"
     assert a.path == "/run/x.sock"
     assert a.name is None
-    assert a == UnixSocketAddr.from_path(b"/run/x.sock") == UnixSocketAddr.from_path(Path("/run/x.sock"))
+    assert (
+        a
+        == UnixSocketAddr.from_path(b"/run/x.sock")
+        == UnixSocketAddr.from_path(Path("/run/x.sock"))
+    )
     assert a.to_sockaddr() == "/run/x.sock"
     assert str(a) == "/run/x.sock"
     assert hash(a) == hash(UnixSocketAddr.parse("/run/x.sock"))
@@ -37,7 +41,9 @@ def test_abstract_and_unnamed() -> None:
     assert str(a) == "@my\\x00name"
     assert UnixSocketAddr.from_abstract("svc") == UnixSocketAddr.parse("@svc")
     u = UnixSocketAddr.unnamed()
-    assert u.kind == "unnamed" and str(u) == "(unnamed)" and u.to_sockaddr() == ""
+    assert u.kind == "unnamed"
+    assert str(u) == "(unnamed)"
+    assert u.to_sockaddr() == ""
     assert UnixSocketAddr.parse("") == u
     assert a != u != UnixSocketAddr.from_path("x")
 
@@ -57,7 +63,11 @@ def test_immutable_and_not_directly_constructible() -> None:
 
 
 def test_pickles() -> None:
-    for a in (UnixSocketAddr.from_path("/x"), UnixSocketAddr.from_abstract(b"n"), UnixSocketAddr.unnamed()):
+    for a in (
+        UnixSocketAddr.from_path("/x"),
+        UnixSocketAddr.from_abstract(b"n"),
+        UnixSocketAddr.unnamed(),
+    ):
         assert pickle.loads(pickle.dumps(a)) == a
 
 
@@ -66,7 +76,10 @@ def test_pickles() -> None:
     [
         ("", "may not be empty"),
         ("a\0b", "NUL byte at offset 1"),
-        ("/" + "x" * LIMIT, f"is {LIMIT + 1} bytes; sun_path on {backend.OS_NAME} holds at most {LIMIT}"),
+        (
+            "/" + "x" * LIMIT,
+            f"is {LIMIT + 1} bytes; sun_path on {backend.OS_NAME} holds at most {LIMIT}",
+        ),
     ],
 )
 def test_path_rejections_name_the_problem(path: str, message: str) -> None:
@@ -103,7 +116,11 @@ def test_abstract_unsupported_raises_with_os(monkeypatch: pytest.MonkeyPatch) ->
     assert "stand-in kernel says no" in str(info.value)
     assert isinstance(info.value, OSError)
     again = pickle.loads(pickle.dumps(info.value))
-    assert (again.feature, again.os_name, again.reason) == ("abstract addresses", backend.OS_NAME, "stand-in kernel says no")
+    assert (again.feature, again.os_name, again.reason) == (
+        "abstract addresses",
+        backend.OS_NAME,
+        "stand-in kernel says no",
+    )
 
 
 def test_from_sockaddr_of_real_sockets(short_tmp: Path) -> None:
@@ -115,12 +132,17 @@ def test_from_sockaddr_of_real_sockets(short_tmp: Path) -> None:
         conn, peer = listener.accept()
         with conn:
             assert UnixSocketAddr.from_sockaddr(peer) == UnixSocketAddr.unnamed()
-            assert UnixSocketAddr.from_sockaddr(client.getpeername()) == UnixSocketAddr.from_path(path)
-            assert UnixSocketAddr.from_sockaddr(conn.getsockname()) == UnixSocketAddr.from_path(path)
+            assert UnixSocketAddr.from_sockaddr(client.getpeername()) == UnixSocketAddr.from_path(
+                path
+            )
+            assert UnixSocketAddr.from_sockaddr(conn.getsockname()) == UnixSocketAddr.from_path(
+                path
+            )
     with socket.socket(socket.AF_UNIX) as auto:
         auto.bind("")  # Linux autobind: b"\0" + five hex digits
         got = UnixSocketAddr.from_sockaddr(auto.getsockname())
-        assert got.kind == "abstract" and len(got.name or b"") == 5
+        assert got.kind == "abstract"
+        assert len(got.name or b"") == 5
     assert UnixSocketAddr.from_sockaddr(None) == UnixSocketAddr.unnamed()
     assert UnixSocketAddr.from_sockaddr(b"") == UnixSocketAddr.unnamed()
     with pytest.raises(TypeError):

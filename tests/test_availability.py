@@ -7,7 +7,17 @@ import inspect
 import pytest
 
 import udscompat
-from udscompat._os import Backend, _posix, dragonfly, freebsd, illumos, linux, macos, netbsd, openbsd
+from udscompat._os import (
+    Backend,
+    _posix,
+    dragonfly,
+    freebsd,
+    illumos,
+    linux,
+    macos,
+    netbsd,
+    openbsd,
+)
 
 BACKENDS = [linux, macos, freebsd, openbsd, netbsd, dragonfly, illumos, _posix]
 REQUIRED = [name for name in Backend.__annotations__] + ["peer_credentials"]

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 import udscompat
-from udscompat import UnixSocketAddr
-
 from tests.conftest import python_peer
+from udscompat import UnixSocketAddr
 
 
 def test_stale_socket_file_is_replaced(short_tmp: Path) -> None:
@@ -25,7 +24,8 @@ def test_stale_socket_file_is_replaced(short_tmp: Path) -> None:
     with socket.socket(socket.AF_UNIX) as sock:
         file = udscompat.bind(sock, path)
         sock.listen()
-        assert file is not None and file.remove()
+        assert file is not None
+        assert file.remove()
         assert not path.exists()
 
 
@@ -43,7 +43,8 @@ def test_live_listener_in_another_process_is_never_removed(short_tmp: Path) -> N
         path,
     )
     try:
-        assert peer.stdout is not None and peer.stdout.readline() == b"ready\n"
+        assert peer.stdout is not None
+        assert peer.stdout.readline() == b"ready\n"
         inode = os.lstat(path).st_ino
         with socket.socket(socket.AF_UNIX) as sock, pytest.raises(OSError) as info:
             udscompat.bind(sock, path)
@@ -57,7 +58,8 @@ def test_live_listener_in_another_process_is_never_removed(short_tmp: Path) -> N
     finally:
         peer.kill()
         peer.wait()
-        assert peer.stdout is not None and peer.stderr is not None
+        assert peer.stdout is not None
+        assert peer.stderr is not None
         peer.stdout.close()
         peer.stderr.close()
 

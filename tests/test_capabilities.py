@@ -26,11 +26,18 @@ def test_linux_capabilities_are_measured_values() -> None:
 
 
 def test_main_prints_table_and_json() -> None:
-    table = subprocess.run([sys.executable, "-m", "udscompat"], capture_output=True, text=True, check=True)
+    table = subprocess.run(
+        [sys.executable, "-m", "udscompat"], capture_output=True, text=True, check=True
+    )
     assert "max_fds_per_message    253" in table.stdout
     assert table.stdout.startswith("udscompat on Linux")
     data = json.loads(
-        subprocess.run([sys.executable, "-m", "udscompat", "--json"], capture_output=True, text=True, check=True).stdout
+        subprocess.run(
+            [sys.executable, "-m", "udscompat", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     )
     assert data["quirks"]["max_path_bytes"] == 107
     assert data["features"]["seqpacket"]["status"] == "native"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import udscompat
-from udscompat import ConnCredentials
 from tests.conftest import python_peer
+from udscompat import ConnCredentials
 
 
 def test_socketpair_reports_this_process() -> None:
@@ -20,7 +20,8 @@ def test_socketpair_reports_this_process() -> None:
         creds = udscompat.peer_credentials(a)
         assert isinstance(creds, ConnCredentials)
         assert (creds.pid, creds.euid, creds.egid) == (os.getpid(), os.geteuid(), os.getegid())
-        assert creds.groups is not None and set(creds.groups) == set(os.getgroups())
+        assert creds.groups is not None
+        assert set(creds.groups) == set(os.getgroups())
 
 
 def test_unconnected_socket_is_enotconn_not_fake_credentials() -> None:

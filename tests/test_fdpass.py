@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, Tuple
 
 import pytest
 
 import udscompat
+from tests.conftest import open_fds, python_peer
 from udscompat import ControlTruncatedError, UnixSocketAddr
 from udscompat._fdpass import REGISTRY
 from udscompat._platform import backend
-from tests.conftest import open_fds, python_peer
 
-TYPES = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM, "seqpacket": socket.SOCK_SEQPACKET}
+TYPES = {
+    "stream": socket.SOCK_STREAM,
+    "dgram": socket.SOCK_DGRAM,
+    "seqpacket": socket.SOCK_SEQPACKET,
+}
 
 
 @pytest.fixture(params=sorted(TYPES))
@@ -34,10 +38,8 @@ def pipe() -> Iterator[Tuple[int, int]]:
     r, w = os.pipe()
     yield r, w
     for fd in (r, w):
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def _same_file(fd1: int, fd2: int) -> bool:
@@ -45,15 +47,19 @@ def _same_file(fd1: int, fd2: int) -> bool:
     return (s1.st_dev, s1.st_ino) == (s2.st_dev, s2.st_ino)
 
 
-def test_round_trip_gives_new_cloexec_descriptors(pair: Tuple[socket.socket, socket.socket], pipe: Tuple[int, int]) -> None:
+def test_round_trip_gives_new_cloexec_descriptors(
+    pair: Tuple[socket.socket, socket.socket], pipe: Tuple[int, int]
+) -> None:
     a, b = pair
     r, w = pipe
     assert udscompat.send_fds(a, b"hello", [r, w]) == 5
     data, fds, flags, _ = udscompat.recv_fds(b, 64, 4)
     try:
         assert data == b"hello"
-        assert len(fds) == 2 and not {r, w} & set(fds)
-        assert _same_file(fds[0], r) and _same_file(fds[1], w)
+        assert len(fds) == 2
+        assert not {r, w} & set(fds)
+        assert _same_file(fds[0], r)
+        assert _same_file(fds[1], w)
         assert not any(os.get_inheritable(fd) for fd in fds)
         assert flags & backend.MSG_CTRUNC == 0
         os.write(fds[1], b"!")
@@ -81,11 +87,15 @@ def test_sender_may_close_right_after_send(pair: Tuple[socket.socket, socket.soc
             os.close(fd)
 
 
-def test_too_many_fds_is_refused_before_sending(pair: Tuple[socket.socket, socket.socket], pipe: Tuple[int, int]) -> None:
+def test_too_many_fds_is_refused_before_sending(
+    pair: Tuple[socket.socket, socket.socket], pipe: Tuple[int, int]
+) -> None:
     a, b = pair
     limit = backend.MAX_FDS_PER_MESSAGE
     assert limit == 253
-    with pytest.raises(ValueError, match=f"{limit + 1} descriptors in one message; Linux takes at most {limit}"):
+    with pytest.raises(
+        ValueError, match=f"{limit + 1} descriptors in one message; Linux takes at most {limit}"
+    ):
         udscompat.send_fds(a, b"x", [pipe[0]] * (limit + 1))
     b.setblocking(False)
     with pytest.raises(BlockingIOError):
@@ -108,12 +118,15 @@ def test_zero_length_datagram_carries_fds(pipe: Tuple[int, int]) -> None:
     with a, b:
         udscompat.send_fds(a, b"", [pipe[0]])
         data, fds, _, _ = udscompat.recv_fds(b, 8, 1)
-        assert data == b"" and len(fds) == 1
+        assert data == b""
+        assert len(fds) == 1
         os.close(fds[0])
 
 
 @pytest.mark.parametrize("maxfds", [0, 1, 2])
-def test_more_fds_than_asked_are_closed_and_raised(pair: Tuple[socket.socket, socket.socket], pipe: Tuple[int, int], maxfds: int) -> None:
+def test_more_fds_than_asked_are_closed_and_raised(
+    pair: Tuple[socket.socket, socket.socket], pipe: Tuple[int, int], maxfds: int
+) -> None:
     a, b = pair
     before = open_fds()
     udscompat.send_fds(a, b"payload", [pipe[0]] * 3)
@@ -140,7 +153,9 @@ def test_bad_arguments(pipe: Tuple[int, int]) -> None:
             udscompat.send_fds(object(), b"x", [])  # type: ignore[arg-type]
 
 
-def test_file_objects_are_accepted(pair: Tuple[socket.socket, socket.socket], tmp_path: Path) -> None:
+def test_file_objects_are_accepted(
+    pair: Tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
     a, b = pair
     target = tmp_path / "f"
     target.write_bytes(b"content")
@@ -162,7 +177,8 @@ def test_flags_are_honoured_msg_peek(pipe: Tuple[int, int]) -> None:
             assert _same_file(fd, pipe[0])
             os.close(fd)
         data, fds, _, _ = udscompat.recv_fds(b, 64, 1)
-        assert data == b"peeked" and len(fds) == 1
+        assert data == b"peeked"
+        assert len(fds) == 1
         os.close(fds[0])
         b.setblocking(False)
         with pytest.raises(BlockingIOError):
@@ -173,15 +189,22 @@ def test_flags_are_honoured_msg_peek(pipe: Tuple[int, int]) -> None:
             udscompat.recv_fds(b, 64, 1, socket.MSG_DONTWAIT)
 
 
-def test_address_is_honoured_on_unconnected_datagram(short_tmp: Path, pipe: Tuple[int, int]) -> None:
+def test_address_is_honoured_on_unconnected_datagram(
+    short_tmp: Path, pipe: Tuple[int, int]
+) -> None:
     path = short_tmp / "dgram"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client,
+    ):
         server.bind(str(path))
         client.bind(str(short_tmp / "client"))
         assert udscompat.send_fds(client, b"to", [pipe[1]], 0, UnixSocketAddr.from_path(path)) == 2
         data, fds, _, address = udscompat.recv_fds(server, 8, 1)
         assert data == b"to"
-        assert UnixSocketAddr.from_sockaddr(address) == UnixSocketAddr.from_path(short_tmp / "client")
+        assert UnixSocketAddr.from_sockaddr(address) == UnixSocketAddr.from_path(
+            short_tmp / "client"
+        )
         os.close(fds[0])
         # The standard library ignores address (CPython #107898): ENOTCONN.
         if hasattr(socket, "send_fds"):
@@ -190,7 +213,9 @@ def test_address_is_honoured_on_unconnected_datagram(short_tmp: Path, pipe: Tupl
             assert info.value.errno in (errno.ENOTCONN, errno.EDESTADDRREQ)
 
 
-def test_held_duplicates_when_forced(monkeypatch: pytest.MonkeyPatch, pipe: Tuple[int, int]) -> None:
+def test_held_duplicates_when_forced(
+    monkeypatch: pytest.MonkeyPatch, pipe: Tuple[int, int]
+) -> None:
     monkeypatch.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
     a, b = socket.socketpair(socket.AF_UNIX)
     with b:
@@ -238,7 +263,8 @@ def test_fds_from_another_process(short_tmp: Path) -> None:
         with conn:
             data, fds, _, _ = udscompat.recv_fds(conn, 16, 3)
             try:
-                assert data == b"stdio" and len(fds) == 3
+                assert data == b"stdio"
+                assert len(fds) == 3
                 os.write(fds[1], b"via-stdout\n")
                 os.write(fds[2], b"via-stderr\n")
             finally:
@@ -259,7 +285,8 @@ a, b = socket.socketpair(socket.AF_UNIX)
 r, w = os.pipe()
 udscompat.send_fds(a, b"payload", [r, w, r])
 before = _probes.open_fds()
-resource.setrlimit(resource.RLIMIT_NOFILE, (max(before) + 2, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(before) + 2, hard))
 filler = []
 try:
     while True:
@@ -288,7 +315,9 @@ except udscompat.ControlTruncatedError as exc:
 def test_c_peer_exchanges_fds_and_checks_credentials(short_tmp: Path) -> None:
     binary = short_tmp / "fdpeer"
     source = Path(__file__).parent / "peers" / "fdpeer.c"
-    subprocess.run(["cc", "-Wall", "-Werror", "-o", str(binary), str(source)], check=True, capture_output=True)
+    subprocess.run(
+        ["cc", "-Wall", "-Werror", "-o", str(binary), str(source)], check=True, capture_output=True
+    )
     path = str(short_tmp / "c.sock")
     r, w = os.pipe()
     with socket.socket(socket.AF_UNIX) as listener:

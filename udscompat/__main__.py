@@ -18,7 +18,15 @@ def render(caps: Capabilities) -> str:
         lines.append(f"  {name:<{width}}  {feature.status:<11}  {feature.detail}")
     lines += ["", "Kernel behaviour seen by the probes:"]
     for name, value in caps.quirks.items():
-        shown = "yes" if value is True else "no" if value is False else "unknown" if value is None else value
+        shown = (
+            "yes"
+            if value is True
+            else "no"
+            if value is False
+            else "unknown"
+            if value is None
+            else value
+        )
         lines.append(f"  {name:<{width}}  {shown}")
     return "\n".join(lines)
 

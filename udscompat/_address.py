@@ -209,7 +209,9 @@ def _rebuild(kind: AddressKind, raw: bytes) -> UnixSocketAddr:
 
 
 def _escape(raw: bytes) -> str:
-    return "".join(chr(b) if b in _PRINTABLE else ("\\\\" if b == 0x5C else f"\\x{b:02x}") for b in raw)
+    return "".join(
+        chr(b) if b in _PRINTABLE else ("\\\\" if b == 0x5C else f"\\x{b:02x}") for b in raw
+    )
 
 
 def _unescape(text: str) -> bytes:

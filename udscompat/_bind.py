@@ -23,7 +23,14 @@ __all__ = ["SocketFile", "bind", "is_live_socket_file"]
 AddressArg = Union[UnixSocketAddr, str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 # connect() answers that mean "something is bound there and in use".
-_LIVE = {errno.EAGAIN, errno.EINPROGRESS, errno.EPROTOTYPE, errno.EACCES, errno.EPERM, errno.EISCONN}
+_LIVE = {
+    errno.EAGAIN,
+    errno.EINPROGRESS,
+    errno.EPROTOTYPE,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EISCONN,
+}
 
 
 class SocketFile:

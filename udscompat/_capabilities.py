@@ -40,7 +40,7 @@ class Capabilities(NamedTuple):
         }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def capabilities() -> Capabilities:
     """Probe this kernel once per process and report what udscompat can do here.
 

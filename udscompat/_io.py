@@ -9,6 +9,7 @@ one loop behind blocking, non-blocking and timeout modes.
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import fcntl
 import os
@@ -106,7 +107,9 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
     except OSError:
         cloexec = None  # the probe itself could not run (EMFILE?): set FD_CLOEXEC by hand
     try:
-        data, ancdata, msg_flags, address = sock.recvmsg(bufsize, ANCBUF_SIZE, flags | (cloexec or 0))
+        data, ancdata, msg_flags, address = sock.recvmsg(
+            bufsize, ANCBUF_SIZE, flags | (cloexec or 0)
+        )
     except OSError as exc:
         if exc.errno == errno.EMSGSIZE:
             raise ControlTruncatedError(
@@ -155,10 +158,8 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
 def close_fds(fds: Sequence[int]) -> None:
     """Close every descriptor, ignoring ones already closed."""
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def call(fileno: int, operation: Callable[[], T], *, write: bool, timeout: Optional[float]) -> T:
@@ -204,5 +205,9 @@ else:  # pragma: no cover - every supported OS has poll
 
     def wait(fileno: int, *, write: bool, timeout: Optional[float]) -> bool:
         """Wait until ``fileno`` is readable (or writable); False on timeout."""
-        ready = select.select([], [fileno], [], timeout) if write else select.select([fileno], [], [], timeout)
+        ready = (
+            select.select([], [fileno], [], timeout)
+            if write
+            else select.select([fileno], [], [], timeout)
+        )
         return bool(ready[0] or ready[1])

@@ -109,7 +109,7 @@ def open_fds() -> Set[int]:
     return live
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def abstract_addresses() -> Tuple[bool, str]:
     """Can a socket bind a name in the abstract namespace?  Returns (yes, reason)."""
     name = b"\0udscompat-probe-" + secrets.token_hex(8).encode()
@@ -125,7 +125,7 @@ def abstract_addresses() -> Tuple[bool, str]:
     return True, "binding an abstract name works"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cmsg_cloexec_flag() -> Optional[int]:
     """The MSG_CMSG_CLOEXEC value if the kernel accepts and honours it, else None."""
     candidate = backend.MSG_CMSG_CLOEXEC or getattr(socket, "MSG_CMSG_CLOEXEC", None)
@@ -144,7 +144,7 @@ def cmsg_cloexec_flag() -> Optional[int]:
     return candidate if honoured else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def same_process_fd_reuse() -> bool:
     """Does a receive in the sending process hand back the sender's own, still open, slot?"""
     with _stream_pair() as (a, b), _pipe() as (r, _w):
@@ -155,7 +155,7 @@ def same_process_fd_reuse() -> bool:
     return reused
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def close_after_send() -> bool:
     """Does an fd survive its sender closing it while the unix-socket GC runs?
 
@@ -184,7 +184,7 @@ def close_after_send() -> bool:
             os.close(w)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ctrunc_behaviour() -> str:
     """What the kernel does with descriptors that do not fit the control buffer.
 
@@ -229,7 +229,7 @@ def _fits(sock: socket.socket, peer: socket.socket, fd: int, count: int) -> Opti
     return len(fds) == count
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def max_fds_per_message(ceiling: int = 1024) -> Optional[int]:
     """The most descriptors one sendmsg takes, found by bisection (None if unmeasurable).
 
@@ -247,9 +247,10 @@ def max_fds_per_message(ceiling: int = 1024) -> Optional[int]:
     r, w = os.pipe()
     try:
         guess = backend.MAX_FDS_PER_MESSAGE
-        if guess and guess < ceiling:
-            if _fits(a, b, r, guess) and _fits(a, b, r, guess + 1) is False:
-                return guess
+        # Confirm the header's cap with two sends before bisecting from scratch.
+        confirmed = guess is not None and guess < ceiling and _fits(a, b, r, guess)
+        if confirmed and guess is not None and _fits(a, b, r, guess + 1) is False:
+            return guess
         lo, hi = 1, ceiling  # lo fits; hi is the first count not yet known to fail
         if not _fits(a, b, r, lo):
             return None
@@ -288,13 +289,15 @@ class SeqpacketProbe(NamedTuple):
         return self.available and self.keeps_boundaries and self.zero_length == "distinct"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def seqpacket() -> SeqpacketProbe:
     """Probe SOCK_SEQPACKET: exists? record boundaries? short reads? zero-length?"""
     try:
         a, b = socket.socketpair(socket.AF_UNIX, backend.SOCK_SEQPACKET)
     except OSError as exc:
-        return SeqpacketProbe(False, f"socketpair(AF_UNIX, SOCK_SEQPACKET) fails with {_errno_name(exc)}")
+        return SeqpacketProbe(
+            False, f"socketpair(AF_UNIX, SOCK_SEQPACKET) fails with {_errno_name(exc)}"
+        )
     with a, b:
         a.setblocking(False)
         b.setblocking(False)
@@ -308,7 +311,7 @@ def seqpacket() -> SeqpacketProbe:
             b.recvmsg(64, anc)
             boundaries = first == b"ab"
             a.send(b"abcd", flags)
-            part, _, msg_flags, _ = b.recvmsg(2, anc)
+            _part, _, _msg_flags, _ = b.recvmsg(2, anc)
             try:
                 rest = b.recvmsg(64, anc)[0]
             except BlockingIOError:
@@ -316,7 +319,7 @@ def seqpacket() -> SeqpacketProbe:
             short_read = "partial" if rest == b"cd" else "discard"
             a.send(b"", flags)
             try:
-                data, ancdata, zflags, _ = b.recvmsg(64, anc)
+                _data, ancdata, zflags, _ = b.recvmsg(64, anc)
                 signalled = bool(ancdata) or bool(zflags & (backend.MSG_EOR | backend.MSG_TRUNC))
                 zero = "distinct" if signalled else "same-as-eof"
             except BlockingIOError:

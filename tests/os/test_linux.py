@@ -12,8 +12,18 @@ from udscompat._os import cmsg_len, cmsg_space, linux
 
 
 def test_constants_match_the_running_kernel() -> None:
-    for name in ("SOL_SOCKET", "SCM_RIGHTS", "SOCK_STREAM", "SOCK_DGRAM", "SOCK_SEQPACKET",
-                 "MSG_EOR", "MSG_TRUNC", "MSG_CTRUNC", "MSG_CMSG_CLOEXEC", "SO_PEERCRED"):
+    for name in (
+        "SOL_SOCKET",
+        "SCM_RIGHTS",
+        "SOCK_STREAM",
+        "SOCK_DGRAM",
+        "SOCK_SEQPACKET",
+        "MSG_EOR",
+        "MSG_TRUNC",
+        "MSG_CTRUNC",
+        "MSG_CMSG_CLOEXEC",
+        "SO_PEERCRED",
+    ):
         assert getattr(linux, name) == getattr(socket, name), name
     assert cmsg_len(4, linux.CMSGHDR_SIZE, linux.CMSG_ALIGNMENT) == socket.CMSG_LEN(4) == 20
     assert cmsg_space(4, linux.CMSGHDR_SIZE, linux.CMSG_ALIGNMENT) == socket.CMSG_SPACE(4) == 24

@@ -31,8 +31,14 @@ def test_four_byte_cmsg_alignment() -> None:
 
 
 def test_constants() -> None:
-    assert (macos.SOL_SOCKET, macos.MSG_TRUNC, macos.MSG_CTRUNC, macos.MSG_EOR) == (0xFFFF, 0x10, 0x20, 0x8)
+    assert (macos.SOL_SOCKET, macos.MSG_TRUNC, macos.MSG_CTRUNC, macos.MSG_EOR) == (
+        0xFFFF,
+        0x10,
+        0x20,
+        0x8,
+    )
     assert macos.MSG_CMSG_CLOEXEC is None
-    assert macos.SUN_PATH_SIZE == 104 and macos.MAX_PATH_BYTES == 103
+    assert macos.SUN_PATH_SIZE == 104
+    assert macos.MAX_PATH_BYTES == 103
     assert (macos.SOL_LOCAL, macos.LOCAL_PEERCRED, macos.LOCAL_PEERPID) == (0, 1, 2)
     assert macos.HOLD_SENT_FDS is True

@@ -67,5 +67,7 @@ def unpack_exact(layout: struct.Struct, raw: bytes, what: str) -> Tuple[int, ...
 def xucred_groups(ngroups: int, groups: Tuple[int, ...]) -> Tuple[int, ...]:
     """The valid prefix of an ``xucred.cr_groups`` array (``cr_groups[0]`` is the egid)."""
     if not 0 < ngroups <= len(groups):
-        raise OSError(errno.EPROTO, f"xucred reports {ngroups} groups; the array holds {len(groups)}")
+        raise OSError(
+            errno.EPROTO, f"xucred reports {ngroups} groups; the array holds {len(groups)}"
+        )
     return groups[:ngroups]
