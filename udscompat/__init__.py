@@ -14,6 +14,7 @@ from udscompat._creds import peer_credentials
 from udscompat._errors import ControlTruncatedError, FramingError, UnsupportedError
 from udscompat._fdpass import recv_fds, release_sent_fds, send_fds
 from udscompat._records import ConnCredentials, Message
+from udscompat._seqpacket import SeqpacketConn, SeqpacketListener, seqpacket_pair
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,8 @@ __all__ = [
     "Feature",
     "FramingError",
     "Message",
+    "SeqpacketConn",
+    "SeqpacketListener",
     "SocketFile",
     "UnixSocketAddr",
     "UnsupportedError",
@@ -33,4 +36,5 @@ __all__ = [
     "recv_fds",
     "release_sent_fds",
     "send_fds",
+    "seqpacket_pair",
 ]

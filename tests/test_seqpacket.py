@@ -1,0 +1,360 @@
+"""The seqpacket contract, run in full for both implementations (the emulation forced)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import pytest
+
+import udscompat
+from udscompat import ControlTruncatedError, FramingError, SeqpacketConn, UnixSocketAddr
+from udscompat._fdpass import REGISTRY
+from udscompat._framing import HEADER, FrameEncoder
+from udscompat._seqpacket import _EmulatedConn, resolve_implementation
+
+IMPLS = ["native", "emulated"]
+Pair = Tuple[SeqpacketConn, SeqpacketConn]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def pair(impl: str) -> Iterator[Pair]:
+    a, b = udscompat.seqpacket_pair(implementation=impl)
+    with a, b:
+        yield a, b
+
+
+@pytest.fixture
+def pipe() -> Iterator[Tuple[int, int]]:
+    r, w = os.pipe()
+    yield r, w
+    for fd in (r, w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _close(fds: List[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def test_implementation_is_what_was_asked(pair: Pair, impl: str) -> None:
+    assert pair[0].implementation == pair[1].implementation == impl
+
+
+def test_one_send_is_one_message_with_its_own_fds(pair: Pair, pipe: Tuple[int, int]) -> None:
+    a, b = pair
+    assert a.send(b"first") == 5
+    assert a.send(b"second", [pipe[0]]) == 6
+    assert a.send(b"third", [pipe[1], pipe[0]]) == 5
+    m1, m2, m3 = (b.recv_message(maxfds=2) for _ in range(3))
+    assert m1 is not None and m2 is not None and m3 is not None
+    assert (m1.data, m1.fds, m1.truncated) == (b"first", [], False)
+    assert m2.data == b"second" and len(m2.fds) == 1
+    assert m3.data == b"third" and len(m3.fds) == 2
+    assert all(not os.get_inheritable(fd) for fd in m2.fds + m3.fds)
+    os.write(m3.fds[0], b"!")
+    assert os.read(m2.fds[0], 1) == b"!"
+    _close(m2.fds + m3.fds)
+
+
+def test_long_message_is_cut_and_marked(pair: Pair) -> None:
+    a, b = pair
+    a.send(b"0123456789")
+    a.send(b"next")
+    m = b.recv_message(4)
+    assert m is not None and (m.data, m.truncated) == (b"0123", True)
+    m = b.recv_message(4)
+    assert m is not None and (m.data, m.truncated) == (b"next", False)
+
+
+def test_zero_length_messages_are_not_end_of_stream(pair: Pair, pipe: Tuple[int, int]) -> None:
+    a, b = pair
+    a.send(b"")
+    a.send(b"", [pipe[0]])
+    a.send(b"")
+    a.close()
+    m = b.recv_message(maxfds=1)
+    assert m is not None and m.data == b"" and m.fds == []
+    m = b.recv_message(maxfds=1)
+    assert m is not None and m.data == b"" and len(m.fds) == 1
+    _close(m.fds)
+    m = b.recv_message()
+    assert m is not None and m.data == b""
+    assert b.recv_message() is None
+    assert b.recv_message() is None
+    assert b.recv(10) == b""
+
+
+def test_queued_messages_all_arrive_before_end_of_stream(pair: Pair) -> None:
+    a, b = pair
+    for i in range(50):
+        a.send(b"m%d" % i)
+    a.close()
+    got = []
+    while (m := b.recv_message()) is not None:
+        got.append(m.data)
+    assert got == [b"m%d" % i for i in range(50)]
+
+
+def test_non_blocking_and_timeout(pair: Pair) -> None:
+    a, b = pair
+    b.setblocking(False)
+    assert b.gettimeout() == 0.0
+    with pytest.raises(BlockingIOError):
+        b.recv_message()
+    a.send(b"now")
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            m = b.recv_message()
+            break
+        except BlockingIOError:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    assert m is not None and m.data == b"now"
+    b.settimeout(0.05)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        b.recv_message()
+    assert time.monotonic() - start >= 0.04
+    threading.Timer(0.05, a.send, (b"late",)).start()
+    b.settimeout(5)
+    m = b.recv_message()
+    assert m is not None and m.data == b"late"
+    with pytest.raises(ValueError, match="out of range"):
+        b.settimeout(-1)
+
+
+def test_send_blocks_then_times_out_when_peer_does_not_read(pair: Pair) -> None:
+    a, b = pair
+    a.settimeout(0.05)
+    payload = b"x" * 4096
+    sent = 0
+    with pytest.raises(TimeoutError):
+        while True:
+            a.send(payload)
+            sent += 1
+            assert sent < 100000
+    # Every message that send() accepted arrives whole.
+    b.setblocking(False)
+    received = 0
+    while True:
+        try:
+            m = b.recv_message(8192)
+        except BlockingIOError:
+            break
+        assert m is not None and m.data == payload
+        received += 1
+    if isinstance(a, _EmulatedConn):
+        a.setblocking(True)
+        a.send(b"flushes any committed rest first")
+        b.setblocking(True)
+        while (m := b.recv_message(8192)) is not None and m.data == payload:
+            received += 1
+        assert m is not None and m.data == b"flushes any committed rest first"
+    assert received >= sent
+
+
+def test_fd_limits(pair: Pair, pipe: Tuple[int, int]) -> None:
+    a, b = pair
+    with pytest.raises(ValueError, match="254 descriptors"):
+        a.send(b"x", [pipe[0]] * 254)
+    a.send(b"three", [pipe[0]] * 3)
+    with pytest.raises(ControlTruncatedError) as info:
+        b.recv_message(maxfds=2)
+    assert info.value.data == b"three" and info.value.closed_fds == 3
+    a.send(b"after")
+    m = b.recv_message()
+    assert m is not None and m.data == b"after"
+    a.send(b"fd", [pipe[0]])
+    with pytest.raises(ControlTruncatedError):
+        b.recv(10)
+
+
+def test_concurrent_senders_never_interleave(pair: Pair) -> None:
+    a, b = pair
+    senders, per_sender = 4, 200
+    sizes = [1, 100, 5000, 60000]
+
+    def send_all(sender: int) -> None:
+        for seq in range(per_sender):
+            size = sizes[(seq + sender) % len(sizes)]
+            tag = b"%d:%d:" % (sender, seq)
+            a.send(tag + bytes([sender]) * (size - len(tag) if size > len(tag) else 0))
+
+    threads = [threading.Thread(target=send_all, args=(s,)) for s in range(senders)]
+    for t in threads:
+        t.start()
+    last = [-1] * senders
+    for _ in range(senders * per_sender):
+        m = b.recv_message(65536)
+        assert m is not None and not m.truncated
+        sender_s, seq_s, body = m.data.split(b":", 2)
+        sender, seq = int(sender_s), int(seq_s)
+        assert seq == last[sender] + 1, "messages of one sender out of order"
+        last[sender] = seq
+        assert body == bytes([sender]) * len(body)
+    for t in threads:
+        t.join()
+    assert last == [per_sender - 1] * senders
+
+
+def test_listener_path_and_peer_credentials(impl: str, short_tmp: Path) -> None:
+    path = short_tmp / "l.sock"
+    with udscompat.SeqpacketListener(path, implementation=impl) as listener:
+        assert listener.local_addr == UnixSocketAddr.from_path(path)
+        with SeqpacketConn.connect(path, implementation=impl) as client:
+            conn, peer = listener.accept()
+            with conn:
+                assert peer == UnixSocketAddr.unnamed()
+                assert client.peer_addr == UnixSocketAddr.from_path(path)
+                assert client.local_addr == UnixSocketAddr.unnamed()
+                creds = conn.peer_credentials()
+                assert (creds.pid, creds.euid) == (os.getpid(), os.geteuid())
+                client.send(b"hi")
+                m = conn.recv_message()
+                assert m is not None and m.data == b"hi"
+                client.shutdown(socket.SHUT_WR)
+                assert conn.recv_message() is None
+    assert not path.exists()  # removed on close
+
+
+def test_listener_abstract_and_accept_timeout(impl: str) -> None:
+    addr = UnixSocketAddr.from_abstract(f"udsc-seq-{os.getpid()}-{impl}")
+    with udscompat.SeqpacketListener(addr, implementation=impl) as listener:
+        listener.settimeout(0.02)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+        with SeqpacketConn.connect(addr, implementation=impl) as client:
+            listener.settimeout(5)
+            conn, _ = listener.accept()
+            with conn:
+                conn.send(b"abstract")
+                m = client.recv_message()
+                assert m is not None and m.data == b"abstract"
+
+
+def test_connect_errors_name_the_address(impl: str, short_tmp: Path) -> None:
+    with pytest.raises(OSError, match=r"cannot connect to .*nothing"):
+        SeqpacketConn.connect(short_tmp / "nothing", implementation=impl)
+
+
+def test_mismatched_implementations_are_refused(short_tmp: Path) -> None:
+    with udscompat.SeqpacketListener(short_tmp / "n", implementation="native"):
+        with pytest.raises(OSError) as info:
+            SeqpacketConn.connect(short_tmp / "n", implementation="emulated")
+        assert info.value.errno == 91  # EPROTOTYPE
+
+
+def test_environment_variable_chooses_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UDSCOMPAT_SEQPACKET", "emulated")
+    assert resolve_implementation(None) == "emulated"
+    a, b = udscompat.seqpacket_pair()
+    with a, b:
+        assert a.implementation == "emulated"
+    monkeypatch.setenv("UDSCOMPAT_SEQPACKET", "auto")
+    assert resolve_implementation(None) == "native"  # this Linux kernel keeps the contract
+    assert resolve_implementation("emulated") == "emulated"
+    monkeypatch.setenv("UDSCOMPAT_SEQPACKET", "fast")
+    with pytest.raises(ValueError, match="UDSCOMPAT_SEQPACKET='fast'"):
+        resolve_implementation(None)
+    with pytest.raises(ValueError, match="implementation='x'"):
+        resolve_implementation("x")
+
+
+# -- the emulation against a raw peer that breaks the framing ---------------------------
+
+
+@pytest.fixture
+def raw_and_emulated() -> Iterator[Tuple[socket.socket, SeqpacketConn]]:
+    raw, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = _EmulatedConn(other)
+    with raw, conn:
+        yield raw, conn
+
+
+@pytest.mark.parametrize(
+    ("wire", "match"),
+    [
+        (HEADER.pack(0xFFFFFFF0, 0, 0, 0), "declares 4294967280 bytes"),
+        (FrameEncoder().encode(b"0123456789")[:12], "got 4 of 10 payload bytes"),
+        (HEADER.pack(1, 3, 0, 0) + b"x", "declares 3 descriptors but 0 came"),
+    ],
+)
+def test_framing_violations_close_the_connection(
+    raw_and_emulated: Tuple[socket.socket, SeqpacketConn], wire: bytes, match: str
+) -> None:
+    raw, conn = raw_and_emulated
+    raw.sendall(wire)
+    raw.shutdown(socket.SHUT_WR)
+    with pytest.raises(FramingError, match=match) as info:
+        conn.recv_message()
+    assert info.value.errno is not None
+    assert conn.closed
+    with pytest.raises(FramingError, match="earlier error"):
+        conn.recv_message()
+
+
+def test_fds_where_no_frame_declares_them(
+    raw_and_emulated: Tuple[socket.socket, SeqpacketConn], pipe: Tuple[int, int]
+) -> None:
+    raw, conn = raw_and_emulated
+    frame = FrameEncoder().encode(b"payload")
+    raw.sendall(frame[:9])
+    time.sleep(0.01)
+    udscompat.send_fds(raw, frame[9:], [pipe[0]])
+    m = conn.recv_message()  # the frame itself is fine
+    assert m is not None and m.data == b"payload"
+    raw.sendall(FrameEncoder().encode(b"next"))
+    with pytest.raises(FramingError, match="start no frame"):
+        conn.recv_message()
+
+
+def test_partial_frames_are_kept_in_non_blocking_mode(
+    raw_and_emulated: Tuple[socket.socket, SeqpacketConn],
+) -> None:
+    raw, conn = raw_and_emulated
+    conn.setblocking(False)
+    frame = FrameEncoder().encode(b"slowly")
+    for i in range(len(frame) - 1):
+        raw.send(frame[i : i + 1])
+        with pytest.raises(BlockingIOError):
+            conn.recv_message()
+    raw.send(frame[-1:])
+    m = conn.recv_message()
+    assert m is not None and m.data == b"slowly"
+
+
+def test_acknowledgement_releases_held_fds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
+    pipe = os.pipe()
+    a, b = udscompat.seqpacket_pair(implementation="emulated")
+    with a, b:
+        a.send(b"fd", [pipe[0]])
+        os.close(pipe[0])  # the sender lets go at once; the shim's duplicate keeps it alive
+        assert REGISTRY.held(a._sock) == 1
+        m = b.recv_message(maxfds=1)
+        assert m is not None and len(m.fds) == 1
+        os.write(pipe[1], b"k")
+        assert os.read(m.fds[0], 1) == b"k"
+        _close(m.fds)
+        b.send(b"reply")  # carries nothing but lets the ACK go out first
+        r = a.recv_message()
+        assert r is not None and r.data == b"reply"
+        assert REGISTRY.held(a._sock) == 0
+    os.close(pipe[1])

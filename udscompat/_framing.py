@@ -1,0 +1,271 @@
+"""The seqpacket emulation's framing: a sans-IO codec over a byte stream.
+
+No sockets here.  ``FrameEncoder`` turns one message into a frame header;
+``FrameDecoder`` takes the bytes (and descriptors) a stream delivered and
+hands back whole messages, as h11's ``Connection`` does for HTTP.
+
+Wire format, big-endian, one frame per message::
+
+    u32 length | u16 nfds | u8 kind | u8 flags | payload[length]
+
+``kind`` is DATA (0) or ACK (1; ``length`` then counts acknowledged frames and
+there is no payload).  ``flags`` bit 0 asks the receiver to acknowledge the
+frame's descriptors.  A frame's descriptors travel in the same ``sendmsg`` as
+its first byte, so they arrive with the chunk that holds that byte.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections import deque
+from typing import Deque, List, NamedTuple, Sequence, Tuple, Union
+
+from udscompat._errors import FramingError
+from udscompat._records import Message
+
+__all__ = [
+    "DEFAULT_MAX_FDS",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "NEED_DATA",
+    "Ack",
+    "EndOfStream",
+    "FrameDecoder",
+    "FrameEncoder",
+    "NeedData",
+]
+
+HEADER = struct.Struct("!IHBB")
+KIND_DATA = 0
+KIND_ACK = 1
+FLAG_ACK_REQUESTED = 0x01
+_KNOWN_FLAGS = FLAG_ACK_REQUESTED
+
+#: Largest message the emulation carries unless configured otherwise (1 MiB).
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+#: Most descriptors one emulated message may carry.
+DEFAULT_MAX_FDS = 253
+
+
+class NeedData:
+    """``next_event()`` needs more bytes before it can return anything."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = NeedData()
+
+
+class EndOfStream:
+    """The peer closed the stream at a frame boundary."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "EndOfStream()"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EndOfStream)
+
+    def __hash__(self) -> int:
+        return hash(EndOfStream)
+
+
+class Ack(NamedTuple):
+    """The peer confirms it received the descriptors of ``frames`` earlier frames."""
+
+    frames: int
+
+
+Event = Union[Message, Ack, EndOfStream, NeedData]
+
+
+class FrameEncoder:
+    """Builds frame headers, refusing what the peer's decoder would reject."""
+
+    def __init__(
+        self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_fds: int = DEFAULT_MAX_FDS
+    ):
+        self.max_message_size = max_message_size
+        self.max_fds = max_fds
+
+    def header(self, length: int, nfds: int, *, ack_requested: bool = False) -> bytes:
+        """The header of a DATA frame with a ``length``-byte payload and ``nfds`` descriptors.
+
+        Raises:
+            ValueError: ``length`` over ``max_message_size`` or ``nfds`` over ``max_fds``.
+        """
+        if length > self.max_message_size:
+            raise ValueError(f"message is {length} bytes; the limit is {self.max_message_size}")
+        if nfds > self.max_fds:
+            raise ValueError(f"{nfds} descriptors in one message; the limit is {self.max_fds}")
+        return HEADER.pack(length, nfds, KIND_DATA, FLAG_ACK_REQUESTED if ack_requested else 0)
+
+    def encode(self, data: bytes, nfds: int = 0, *, ack_requested: bool = False) -> bytes:
+        """A whole DATA frame: header and payload."""
+        return self.header(len(data), nfds, ack_requested=ack_requested) + data
+
+    @staticmethod
+    def ack(count: int) -> bytes:
+        """An ACK frame for ``count`` frames."""
+        return HEADER.pack(count, 0, KIND_ACK, 0)
+
+
+class FrameDecoder:
+    """Reassembles messages from stream chunks; owns received descriptors until handed out.
+
+    Feed it with ``receive_data(chunk, fds)`` (``b""`` means end-of-stream),
+    then call ``next_event()`` until it returns ``NEED_DATA``.  After any
+    ``FramingError`` the decoder is broken: every held descriptor is closed
+    and every later call raises again.
+    """
+
+    def __init__(
+        self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_fds: int = DEFAULT_MAX_FDS
+    ):
+        self.max_message_size = max_message_size
+        self.max_fds = max_fds
+        self._buffer = bytearray()
+        self._pos = 0  # start of the unparsed data in _buffer
+        self._base = 0  # stream offset of _buffer[0]
+        self._received = 0  # stream offset of the end of the data received
+        self._fds: Deque[Tuple[int, int, int]] = deque()  # (fd, chunk start, chunk end)
+        self._eof = False
+        self._error: FramingError | None = None
+        self._closed = False
+        self._wants_ack = 0
+
+    @property
+    def pending_acks(self) -> int:
+        """Frames delivered whose sender asked for an acknowledgement not yet taken."""
+        return self._wants_ack
+
+    def take_acks(self) -> int:
+        """Return and reset the count of acknowledgements owed to the peer."""
+        count, self._wants_ack = self._wants_ack, 0
+        return count
+
+    def receive_data(self, data: bytes, fds: Sequence[int] = ()) -> None:
+        """Take one chunk of the stream and ownership of the descriptors that came with it."""
+        if self._error is not None or self._closed:
+            _close(fds)
+            self._raise()
+        if self._eof:
+            _close(fds)
+            self._fail("data after end-of-stream")
+        start = self._received
+        if not data:
+            self._eof = True
+            if fds:
+                _close(fds)
+                self._fail("descriptors arrived with end-of-stream")
+            return
+        self._buffer += data
+        self._received += len(data)
+        for fd in fds:
+            self._fds.append((fd, start, self._received))
+
+    def next_event(self) -> Event:
+        """The next ``Message``, ``Ack``, ``EndOfStream`` or ``NEED_DATA``.
+
+        Raises:
+            FramingError: the peer broke the framing; the decoder is now broken.
+        """
+        if self._error is not None or self._closed:
+            self._raise()
+        self._check_stray(self._base + self._pos)
+        available = len(self._buffer) - self._pos
+        if available < HEADER.size:
+            return self._at_boundary(available)
+        length, nfds, kind, flags = HEADER.unpack_from(self._buffer, self._pos)
+        frame_start = self._base + self._pos
+        if kind == KIND_ACK:
+            if nfds or flags:
+                self._fail(f"ACK frame with {nfds} descriptors and flags {flags:#x}")
+            self._check_stray(frame_start)
+            self._consume(HEADER.size)
+            return Ack(length)
+        if kind != KIND_DATA:
+            self._fail(f"unknown frame kind {kind}")
+        if flags & ~_KNOWN_FLAGS:
+            self._fail(f"unknown frame flags {flags:#x}")
+        if length > self.max_message_size:
+            self._fail(f"frame declares {length} bytes; the limit is {self.max_message_size}")
+        if nfds > self.max_fds:
+            self._fail(f"frame declares {nfds} descriptors; the limit is {self.max_fds}")
+        if available < HEADER.size + length:
+            return self._at_boundary(available, length)
+        fds = self._claim(frame_start, nfds)
+        body_start = self._pos + HEADER.size
+        data = bytes(self._buffer[body_start : body_start + length])
+        self._consume(HEADER.size + length)
+        if flags & FLAG_ACK_REQUESTED:
+            self._wants_ack += 1
+        return Message(data, fds)
+
+    def close(self) -> None:
+        """Close every descriptor still held; the decoder can no longer be used."""
+        self._closed = True
+        _close([fd for fd, _, _ in self._fds])
+        self._fds.clear()
+        self._buffer = bytearray()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _at_boundary(self, available: int, length: int | None = None) -> Event:
+        if not self._eof:
+            return NEED_DATA
+        if available == 0:
+            self._check_stray(self._received)
+            return EndOfStream()
+        if length is None:
+            self._fail(f"peer closed mid-frame: got {available} of {HEADER.size} header bytes")
+        self._fail(
+            f"peer closed mid-frame: got {available - HEADER.size} of {length} payload bytes"
+        )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _claim(self, frame_start: int, nfds: int) -> List[int]:
+        self._check_stray(frame_start)
+        fds: List[int] = []
+        while len(fds) < nfds and self._fds and self._fds[0][1] <= frame_start < self._fds[0][2]:
+            fds.append(self._fds.popleft()[0])
+        if len(fds) < nfds:
+            _close(fds)
+            self._fail(f"frame declares {nfds} descriptors but {len(fds)} came with it")
+        return fds
+
+    def _check_stray(self, frame_start: int) -> None:
+        # Descriptors whose chunk ended before this frame began belong to no frame.
+        if self._fds and self._fds[0][2] <= frame_start:
+            self._fail("descriptors arrived with bytes that start no frame")
+
+    def _consume(self, size: int) -> None:
+        self._pos += size
+        # Compact now and then, so a long stream does not keep every byte.
+        if self._pos > 65536 and self._pos * 2 > len(self._buffer):
+            del self._buffer[: self._pos]
+            self._base += self._pos
+            self._pos = 0
+
+    def _fail(self, reason: str) -> None:
+        self._error = FramingError(f"framing violated by peer: {reason}")
+        self.close()
+        self._closed = False  # keep reporting the error, not "closed"
+        raise self._error
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise FramingError(str(self._error.strerror))
+        raise FramingError("decoder is closed", None)
+
+
+def _close(fds: Sequence[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
