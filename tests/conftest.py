@@ -81,3 +81,14 @@ def python_peer(code: str, *args: str, user: int | None = None) -> subprocess.Po
         stderr=subprocess.PIPE,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+@pytest.fixture
+def hold_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Set UDSCOMPAT_HOLD_SENT_FDS through the returned monkeypatch; the policy is re-read."""
+    from udscompat import _fdpass
+
+    _fdpass.hold_sent_fds.cache_clear()
+    yield monkeypatch
+    monkeypatch.delenv("UDSCOMPAT_HOLD_SENT_FDS", raising=False)
+    _fdpass.hold_sent_fds.cache_clear()

@@ -214,9 +214,9 @@ def test_address_is_honoured_on_unconnected_datagram(
 
 
 def test_held_duplicates_when_forced(
-    monkeypatch: pytest.MonkeyPatch, pipe: Tuple[int, int]
+    hold_env: pytest.MonkeyPatch, pipe: Tuple[int, int]
 ) -> None:
-    monkeypatch.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
+    hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
     a, b = socket.socketpair(socket.AF_UNIX)
     with b:
         before = open_fds()
@@ -240,8 +240,8 @@ def test_held_duplicates_when_forced(
                 os.close(fd)
 
 
-def test_hold_env_rejects_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("UDSCOMPAT_HOLD_SENT_FDS", "maybe")
+def test_hold_env_rejects_nonsense(hold_env: pytest.MonkeyPatch) -> None:
+    hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "maybe")
     with pytest.raises(ValueError, match="expected 1 or 0"):
         udscompat._fdpass.hold_sent_fds()
 

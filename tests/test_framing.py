@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import open_fds
 from udscompat import FramingError, Message
 from udscompat._framing import (
     HEADER,
@@ -19,7 +20,6 @@ from udscompat._framing import (
     FrameDecoder,
     FrameEncoder,
 )
-from tests.conftest import open_fds
 
 ENC = FrameEncoder()
 

@@ -340,8 +340,8 @@ def test_partial_frames_are_kept_in_non_blocking_mode(
     assert m is not None and m.data == b"slowly"
 
 
-def test_acknowledgement_releases_held_fds(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
+def test_acknowledgement_releases_held_fds(hold_env: pytest.MonkeyPatch) -> None:
+    hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
     pipe = os.pipe()
     a, b = udscompat.seqpacket_pair(implementation="emulated")
     with a, b:

@@ -9,6 +9,8 @@ copies as soon as ``send_fds`` returns, on every OS.
 
 from __future__ import annotations
 
+import _socket
+import functools
 import os
 import socket
 import threading
@@ -25,6 +27,7 @@ Buffers = Union[bytes, bytearray, memoryview, Iterable[Any]]
 _HOLD_ENV = "UDSCOMPAT_HOLD_SENT_FDS"
 
 
+@functools.lru_cache(maxsize=None)
 def hold_sent_fds() -> bool:
     """Whether udscompat keeps a duplicate of each sent fd until the peer has it.
 
@@ -132,7 +135,8 @@ def send_fds(
     _check_unix(sock)
     buffers = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
     numbers = _io.check_fds(fds)
-    if numbers and sock.type == socket.SOCK_STREAM and not any(len(memoryview(b)) for b in buffers):
+    stream = numbers and _raw_type(sock) & 0xF == socket.SOCK_STREAM
+    if stream and not any(len(memoryview(b)) for b in buffers):
         raise ValueError("descriptors need at least one payload byte on a stream socket")
     sent = _io.send_with_fds(sock, buffers, numbers, flags, _sockaddr(address))
     if numbers and hold_sent_fds():
@@ -193,10 +197,16 @@ def release_sent_fds(sock: socket.socket) -> int:
     return REGISTRY.release(sock)
 
 
+# socket.socket.family/.type wrap the C attribute in an IntEnum on every access: slow on a
+# hot path.  The C attributes give the plain ints.
+_raw_family = _socket.socket.family.__get__
+_raw_type = _socket.socket.type.__get__
+
+
 def _check_unix(sock: socket.socket) -> None:
     if not isinstance(sock, socket.socket):
         raise TypeError(f"expected a socket.socket, got {type(sock).__name__}")
-    if sock.family != socket.AF_UNIX:
+    if _raw_family(sock) != socket.AF_UNIX:
         raise ValueError(f"expected an AF_UNIX socket, got {sock.family!r}")
 
 

@@ -234,38 +234,45 @@ class _NativeConn(SeqpacketConn):
         super().__init__(sock)
         _probes.enable_message_marker(sock)
         self._partial_records = _probes.seqpacket().short_read == "partial"
+        self._flags = backend.SEQPACKET_SEND_FLAGS | _NOSIGNAL
+        self._message_flags = backend.MSG_EOR | backend.MSG_TRUNC
+
+    # The kernel keeps each message whole, so native sends and receives take no lock.
 
     def send(self, data: Any, fds: Sequence[Any] = ()) -> int:
-        numbers = _io.check_fds(fds)
-        flags = backend.SEQPACKET_SEND_FLAGS | _NOSIGNAL
-        with self._send_lock:
-            self._call(lambda: _io.send_with_fds(self._sock, [data], numbers, flags), write=True)
-            if numbers and _fdpass.hold_sent_fds():
+        if fds:
+            numbers = _io.check_fds(fds)
+            self._call(lambda: _io.send_with_fds(self._sock, [data], numbers, self._flags), write=True)
+            if _fdpass.hold_sent_fds():
                 _fdpass.REGISTRY.hold(self._sock, numbers)
+            return len(memoryview(data))
+        try:
+            self._sock.send(data, self._flags)
+        except BlockingIOError:
+            if self._timeout == 0.0:
+                raise
+            self._call(lambda: self._sock.send(data, self._flags), write=True)
         return len(memoryview(data))
 
     def recv_message(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
-        _check_sizes(bufsize, maxfds)
-        with self._recv_lock:
-            if self._eof:
-                return None
+        if bufsize < 0 or maxfds < 0:
+            _check_sizes(bufsize, maxfds)
+        if self._eof:
+            return None
+        try:
+            got = _io.recv_with_fds(self._sock, bufsize, maxfds)
+        except BlockingIOError:
+            if self._timeout == 0.0:
+                raise
             got = self._call(lambda: _io.recv_with_fds(self._sock, bufsize, maxfds), write=False)
-            if not (
-                got.data
-                or got.fds
-                or got.marked
-                or got.flags & (backend.MSG_EOR | backend.MSG_TRUNC)
-            ):
-                self._eof = True
-                return None
-            truncated = bool(got.flags & backend.MSG_TRUNC)
-            if (
-                self._partial_records
-                and not got.flags & backend.MSG_EOR
-                and len(got.data) == bufsize
-            ):
-                truncated = self._discard_rest_of_record() or truncated
-            return Message(got.data, _fdpass.guard_reused(got.fds), truncated)
+        data, fds, flags = got.data, got.fds, got.flags
+        if not (data or fds or got.marked or flags & self._message_flags):
+            self._eof = True
+            return None
+        truncated = bool(flags & backend.MSG_TRUNC)
+        if self._partial_records and not flags & backend.MSG_EOR and len(data) == bufsize:
+            truncated = self._discard_rest_of_record() or truncated
+        return Message(data, _fdpass.guard_reused(fds) if fds else fds, truncated)
 
     def _discard_rest_of_record(self) -> bool:
         # FreeBSD 15 leaves the rest of a record queued and marks its end with MSG_EOR.

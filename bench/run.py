@@ -1,0 +1,106 @@
+"""Benchmarks: udscompat against the standard library, measured in the same run.
+
+    python bench/run.py [--quick]
+
+Prints, for each case, the best-of-N time per operation for udscompat and
+for the stdlib baseline, and their ratio (udscompat / stdlib; lower is better).
+Targets (from the issues): fd passing <= 1.15x stdlib; native seqpacket
+<= 1.15x a raw stdlib SOCK_SEQPACKET socketpair; emulated <= 1.5x native for
+64 B and <= 1.2x for 64 KiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import udscompat  # noqa: E402
+
+
+def best_of(fn: Callable[[int], None], n: int, repeats: int) -> float:
+    """Seconds per operation: the best of ``repeats`` runs of ``n`` operations."""
+    fn(max(1, n // 10))  # warm up (probes, caches)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(n)
+        best = min(best, (time.perf_counter() - start) / n)
+    return best
+
+
+def fdpass_case(nfds: int, use_stdlib: bool) -> Callable[[int], None]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    r, w = os.pipe()
+    fds = [r] * nfds
+    send = socket.send_fds if use_stdlib else udscompat.send_fds
+    recv = socket.recv_fds if use_stdlib else udscompat.recv_fds
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            send(a, [b"x"], fds)
+            _, got, _, _ = recv(b, 1, nfds)
+            for fd in got:
+                os.close(fd)
+
+    return run
+
+
+def seqpacket_case(size: int, kind: str) -> Callable[[int], None]:
+    payload = b"x" * size
+    if kind == "stdlib":
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+        def run_raw(n: int) -> None:
+            for _ in range(n):
+                a.send(payload)
+                b.recv(65536)
+
+        return run_raw
+    x, y = udscompat.seqpacket_pair(implementation=kind)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            x.send(payload)
+            y.recv_message(65536)
+
+    return run
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
+    args = parser.parse_args(argv)
+    n, repeats = (500, 3) if args.quick else (20000, 7)
+    rows = []
+    for nfds in (1, 16):
+        ours = best_of(fdpass_case(nfds, False), n, repeats)
+        std = best_of(fdpass_case(nfds, True), n, repeats)
+        rows.append((f"send_fds+recv_fds, {nfds} fd(s)", ours, "stdlib", std, 1.15))
+    for size in (64, 65536):
+        count = n if size == 64 else max(n // 10, 100)
+        raw = best_of(seqpacket_case(size, "stdlib"), count, repeats)
+        native = best_of(seqpacket_case(size, "native"), count, repeats)
+        emulated = best_of(seqpacket_case(size, "emulated"), count, repeats)
+        label = "64 B" if size == 64 else "64 KiB"
+        rows.append((f"seqpacket native, {label}", native, "raw stdlib", raw, 1.15))
+        rows.append((f"seqpacket emulated, {label}", emulated, "native", native, 1.5 if size == 64 else 1.2))
+    print(f"{'case':34} {'udscompat':>11} {'baseline':>11}  {'ratio':>6}  target")
+    for name, ours, base_name, base, target in rows:
+        ratio = ours / base
+        mark = "ok" if ratio <= target else "OVER"
+        print(
+            f"{name:34} {ours * 1e6:9.2f}us {base * 1e6:9.2f}us  {ratio:6.3f}  "
+            f"<= {target} vs {base_name} {mark}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
