@@ -21,7 +21,7 @@ from typing import Callable, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import udscompat  # noqa: E402
+import udscompat
 
 
 def best_of(fn: Callable[[int], None], n: int, repeats: int) -> float:
@@ -37,7 +37,7 @@ def best_of(fn: Callable[[int], None], n: int, repeats: int) -> float:
 
 def fdpass_case(nfds: int, use_stdlib: bool) -> Callable[[int], None]:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    r, w = os.pipe()
+    r, _w = os.pipe()
     fds = [r] * nfds
     send = socket.send_fds if use_stdlib else udscompat.send_fds
     recv = socket.recv_fds if use_stdlib else udscompat.recv_fds
@@ -90,7 +90,9 @@ def main(argv: List[str]) -> int:
         emulated = best_of(seqpacket_case(size, "emulated"), count, repeats)
         label = "64 B" if size == 64 else "64 KiB"
         rows.append((f"seqpacket native, {label}", native, "raw stdlib", raw, 1.15))
-        rows.append((f"seqpacket emulated, {label}", emulated, "native", native, 1.5 if size == 64 else 1.2))
+        rows.append(
+            (f"seqpacket emulated, {label}", emulated, "native", native, 1.5 if size == 64 else 1.2)
+        )
     print(f"{'case':34} {'udscompat':>11} {'baseline':>11}  {'ratio':>6}  target")
     for name, ours, base_name, base, target in rows:
         ratio = ours / base

@@ -213,9 +213,7 @@ def test_address_is_honoured_on_unconnected_datagram(
             assert info.value.errno in (errno.ENOTCONN, errno.EDESTADDRREQ)
 
 
-def test_held_duplicates_when_forced(
-    hold_env: pytest.MonkeyPatch, pipe: Tuple[int, int]
-) -> None:
+def test_held_duplicates_when_forced(hold_env: pytest.MonkeyPatch, pipe: Tuple[int, int]) -> None:
     hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
     a, b = socket.socketpair(socket.AF_UNIX)
     with b:

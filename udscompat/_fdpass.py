@@ -27,7 +27,7 @@ Buffers = Union[bytes, bytearray, memoryview, Iterable[Any]]
 _HOLD_ENV = "UDSCOMPAT_HOLD_SENT_FDS"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hold_sent_fds() -> bool:
     """Whether udscompat keeps a duplicate of each sent fd until the peer has it.
 

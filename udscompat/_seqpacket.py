@@ -41,7 +41,7 @@ __all__ = [
 
 _ENV = "UDSCOMPAT_SEQPACKET"
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
-_STREAM_CHUNK = 65536
+_STREAM_CHUNK = 131072  # larger reads cost an mmap per recvmsg in CPython's allocator
 
 
 def resolve_implementation(implementation: Optional[str]) -> str:
@@ -242,7 +242,9 @@ class _NativeConn(SeqpacketConn):
     def send(self, data: Any, fds: Sequence[Any] = ()) -> int:
         if fds:
             numbers = _io.check_fds(fds)
-            self._call(lambda: _io.send_with_fds(self._sock, [data], numbers, self._flags), write=True)
+            self._call(
+                lambda: _io.send_with_fds(self._sock, [data], numbers, self._flags), write=True
+            )
             if _fdpass.hold_sent_fds():
                 _fdpass.REGISTRY.hold(self._sock, numbers)
             return len(memoryview(data))
