@@ -30,6 +30,12 @@ T = TypeVar("T")
 _FD_ROOM = backend.MAX_FDS_PER_MESSAGE or 256
 _MARKER_ROOM = socket.CMSG_SPACE(16)  # a struct timeval
 ANCBUF_SIZE = socket.CMSG_SPACE(4 * _FD_ROOM) + _MARKER_ROOM
+# Backend values read on every receive, bound once.
+_SOL_SOCKET = backend.SOL_SOCKET
+_SCM_RIGHTS = backend.SCM_RIGHTS
+_MSG_CTRUNC = backend.MSG_CTRUNC
+_MARKER_TYPE = backend.MESSAGE_MARKER[2] if backend.MESSAGE_MARKER is not None else None
+_FD_CMSGS = backend.FD_CARRYING_CMSG_TYPES
 
 
 class Received(NamedTuple):
@@ -118,21 +124,17 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
             ) from exc
         raise
     fds: List[int] = []
-    stray: List[int] = []
     marked = False
     for level, kind, payload in ancdata:
-        if level != backend.SOL_SOCKET:
+        if level != _SOL_SOCKET:
             continue
-        if kind == backend.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % 4
-            fds.extend(array.array("i", payload[:usable]))
-        elif kind in backend.FD_CARRYING_CMSG_TYPES:
-            usable = len(payload) - len(payload) % 4
-            stray.extend(array.array("i", payload[:usable]))
-        elif backend.MESSAGE_MARKER is not None and kind == backend.MESSAGE_MARKER[2]:
+        if kind == _SCM_RIGHTS:
+            fds.extend(array.array("i", payload[: len(payload) & ~3]))
+        elif kind == _MARKER_TYPE:
             marked = True
-    close_fds(stray)
-    if msg_flags & backend.MSG_CTRUNC:
+        elif kind in _FD_CMSGS:
+            close_fds(array.array("i", payload[: len(payload) & ~3]))
+    if msg_flags & _MSG_CTRUNC:
         close_fds(fds)
         # The buffer had room for the kernel's own per-message cap, so the usual cause is a
         # full descriptor table in this process.
