@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Set
+from typing import Iterator, Set, Tuple
 
 import pytest
 
@@ -92,3 +93,13 @@ def hold_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     yield monkeypatch
     monkeypatch.delenv("UDSCOMPAT_HOLD_SENT_FDS", raising=False)
     _fdpass.hold_sent_fds.cache_clear()
+
+
+@pytest.fixture
+def pipe() -> Iterator[Tuple[int, int]]:
+    """A pipe (read end, write end), closed afterwards unless the test closed it."""
+    r, w = os.pipe()
+    yield r, w
+    for fd in (r, w):
+        with contextlib.suppress(OSError):
+            os.close(fd)

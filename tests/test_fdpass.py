@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -31,15 +30,6 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Tuple[socket.socket, socket
     a, b = socket.socketpair(socket.AF_UNIX, TYPES[request.param])
     with a, b:
         yield a, b
-
-
-@pytest.fixture
-def pipe() -> Iterator[Tuple[int, int]]:
-    r, w = os.pipe()
-    yield r, w
-    for fd in (r, w):
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 def _same_file(fd1: int, fd2: int) -> bool:

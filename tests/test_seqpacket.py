@@ -33,17 +33,6 @@ def pair(impl: str) -> Iterator[Pair]:
         yield a, b
 
 
-@pytest.fixture
-def pipe() -> Iterator[Tuple[int, int]]:
-    r, w = os.pipe()
-    yield r, w
-    for fd in (r, w):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
 def _close(fds: List[int]) -> None:
     for fd in fds:
         os.close(fd)

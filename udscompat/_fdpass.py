@@ -167,8 +167,7 @@ def recv_fds(
         ValueError: negative ``bufsize`` or ``maxfds``, or not AF_UNIX.
     """
     _check_unix(sock)
-    if bufsize < 0 or maxfds < 0:
-        raise ValueError(f"bufsize and maxfds must be >= 0, got {bufsize} and {maxfds}")
+    _io.check_sizes(bufsize, maxfds)
     got = _io.recv_with_fds(sock, bufsize, maxfds, flags)
     return got.data, guard_reused(got.fds), got.flags, got.address
 

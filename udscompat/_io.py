@@ -144,6 +144,21 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
             data,
             len(fds),
         )
+    refuse_excess_fds(fds, maxfds, data)
+    if fds and cloexec is None:
+        for fd in fds:
+            fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.fcntl(fd, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
+    return Received(data, fds, msg_flags, address, marked)
+
+
+def check_sizes(bufsize: int, maxfds: int) -> None:
+    """Reject a negative ``bufsize`` or ``maxfds`` before any receive."""
+    if bufsize < 0 or maxfds < 0:
+        raise ValueError(f"bufsize and maxfds must be >= 0, got {bufsize} and {maxfds}")
+
+
+def refuse_excess_fds(fds: Sequence[int], maxfds: int, data: bytes) -> None:
+    """Close all of ``fds`` and raise if there are more than the caller accepts."""
     if len(fds) > maxfds:
         close_fds(fds)
         raise ControlTruncatedError(
@@ -151,10 +166,6 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
             data,
             len(fds),
         )
-    if fds and cloexec is None:
-        for fd in fds:
-            fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.fcntl(fd, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
-    return Received(data, fds, msg_flags, address, marked)
 
 
 def close_fds(fds: Sequence[int]) -> None:

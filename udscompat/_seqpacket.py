@@ -258,7 +258,7 @@ class _NativeConn(SeqpacketConn):
 
     def recv_message(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
         if bufsize < 0 or maxfds < 0:
-            _check_sizes(bufsize, maxfds)
+            _io.check_sizes(bufsize, maxfds)
         if self._eof:
             return None
         try:
@@ -351,7 +351,7 @@ class _EmulatedConn(SeqpacketConn):
             self._flush(block=False)
 
     def recv_message(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
-        _check_sizes(bufsize, maxfds)
+        _io.check_sizes(bufsize, maxfds)
         with self._recv_lock:
             while True:
                 self._check_broken()
@@ -408,22 +408,10 @@ class _EmulatedConn(SeqpacketConn):
 
 def _fit(message: Message, bufsize: int, maxfds: int) -> Message:
     """Apply the caller's limits to a whole message, as the kernel does for native ones."""
-    if len(message.fds) > maxfds:
-        _io.close_fds(message.fds)
-        raise ControlTruncatedError(
-            f"{len(message.fds)} descriptors arrived but at most {maxfds} were asked for; "
-            "all were closed",
-            message.data[:bufsize],
-            len(message.fds),
-        )
+    _io.refuse_excess_fds(message.fds, maxfds, message.data[:bufsize])
     if len(message.data) > bufsize:
         return Message(message.data[:bufsize], message.fds, True)
     return message
-
-
-def _check_sizes(bufsize: int, maxfds: int) -> None:
-    if bufsize < 0 or maxfds < 0:
-        raise ValueError(f"bufsize and maxfds must be >= 0, got {bufsize} and {maxfds}")
 
 
 def _wrap(sock: socket.socket, implementation: str) -> SeqpacketConn:
