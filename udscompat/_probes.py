@@ -18,6 +18,7 @@ import secrets
 import socket
 from typing import Iterator, List, NamedTuple, Optional, Set, Tuple
 
+from udscompat import _io
 from udscompat._platform import backend
 
 __all__ = [
@@ -54,12 +55,6 @@ def _recv_rights(sock: socket.socket, nfds: int, flags: int = 0) -> Tuple[bytes,
     return data, fds, msg_flags
 
 
-def _close_all(fds: List[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
 @contextlib.contextmanager
 def _stream_pair() -> Iterator[Tuple[socket.socket, socket.socket]]:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -76,7 +71,7 @@ def _pipe() -> Iterator[Tuple[int, int]]:
     try:
         yield r, w
     finally:
-        _close_all([r, w])
+        _io.close_fds([r, w])
 
 
 def open_fds() -> Set[int]:
@@ -140,7 +135,7 @@ def cmsg_cloexec_flag() -> Optional[int]:
         try:
             honoured = bool(fds) and all(not os.get_inheritable(fd) for fd in fds)
         finally:
-            _close_all(fds)
+            _io.close_fds(fds)
     return candidate if honoured else None
 
 
@@ -151,7 +146,7 @@ def same_process_fd_reuse() -> bool:
         _send_rights(a, b"x", [r])
         _, fds, _ = _recv_rights(b, 1)
         reused = r in fds
-        _close_all([fd for fd in fds if fd != r])
+        _io.close_fds([fd for fd in fds if fd != r])
     return reused
 
 
@@ -179,7 +174,7 @@ def close_after_send() -> bool:
             except OSError:
                 return False
             finally:
-                _close_all(fds)
+                _io.close_fds(fds)
         finally:
             os.close(w)
 
@@ -209,7 +204,7 @@ def ctrunc_behaviour() -> str:
                 usable = len(payload) - len(payload) % 4
                 reported.extend(array.array("i", payload[:usable]))
         appeared = open_fds() - before
-        _close_all(sorted(appeared | set(reported)))
+        _io.close_fds(sorted(appeared | set(reported)))
         if not flags & backend.MSG_CTRUNC:
             return "not-truncated"
         if appeared - set(reported):
@@ -225,7 +220,7 @@ def _fits(sock: socket.socket, peer: socket.socket, fd: int, count: int) -> Opti
             return False
         return None
     _, fds, _ = _recv_rights(peer, count)
-    _close_all(fds)
+    _io.close_fds(fds)
     return len(fds) == count
 
 
@@ -266,7 +261,7 @@ def max_fds_per_message(ceiling: int = 1024) -> Optional[int]:
     finally:
         a.close()
         b.close()
-        _close_all([r, w])
+        _io.close_fds([r, w])
 
 
 class SeqpacketProbe(NamedTuple):
