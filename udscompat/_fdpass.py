@@ -133,12 +133,20 @@ def send_fds(
         OSError: from ``sendmsg``.
     """
     _check_unix(sock)
-    buffers = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+    if type(data) is list:
+        buffers = data  # only read, never kept
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        buffers = [data]
+    else:
+        buffers = list(data)
     numbers = _io.check_fds(fds)
-    stream = numbers and _raw_type(sock) & 0xF == socket.SOCK_STREAM
-    if stream and not any(len(memoryview(b)) for b in buffers):
+    if numbers and not _has_payload(buffers) and _raw_type(sock) & 0xF == socket.SOCK_STREAM:
         raise ValueError("descriptors need at least one payload byte on a stream socket")
-    sent = _io.send_with_fds(sock, buffers, numbers, flags, _sockaddr(address))
+    ancdata = [(_SOL_SOCKET, _SCM_RIGHTS, numbers)] if numbers else []
+    if address is None:
+        sent = sock.sendmsg(buffers, ancdata, flags)
+    else:
+        sent = sock.sendmsg(buffers, ancdata, flags, _sockaddr(address))
     if numbers and hold_sent_fds():
         REGISTRY.hold(sock, numbers)
     return sent
@@ -167,9 +175,12 @@ def recv_fds(
         ValueError: negative ``bufsize`` or ``maxfds``, or not AF_UNIX.
     """
     _check_unix(sock)
-    _io.check_sizes(bufsize, maxfds)
-    got = _io.recv_with_fds(sock, bufsize, maxfds, flags)
-    return got.data, guard_reused(got.fds), got.flags, got.address
+    if bufsize < 0 or maxfds < 0:
+        _io.check_sizes(bufsize, maxfds)
+    data, fds, msg_flags, address, _ = _io.recv_with_fds(sock, bufsize, maxfds, flags)
+    if fds and REGISTRY.originals:
+        fds = guard_reused(fds)
+    return data, fds, msg_flags, address
 
 
 def guard_reused(fds: List[int]) -> List[int]:
@@ -200,13 +211,24 @@ def release_sent_fds(sock: socket.socket) -> int:
 # hot path.  The C attributes give the plain ints.
 _raw_family = _socket.socket.family.__get__
 _raw_type = _socket.socket.type.__get__
+_AF_UNIX = socket.AF_UNIX
+_SOL_SOCKET = backend.SOL_SOCKET
+_SCM_RIGHTS = backend.SCM_RIGHTS
 
 
 def _check_unix(sock: socket.socket) -> None:
-    if not isinstance(sock, socket.socket):
-        raise TypeError(f"expected a socket.socket, got {type(sock).__name__}")
-    if _raw_family(sock) != socket.AF_UNIX:
+    try:
+        family = _raw_family(sock)
+    except TypeError:
+        raise TypeError(f"expected a socket.socket, got {type(sock).__name__}") from None
+    if family != _AF_UNIX:
         raise ValueError(f"expected an AF_UNIX socket, got {sock.family!r}")
+
+
+def _has_payload(buffers: List[Any]) -> bool:
+    if buffers and type(buffers[0]) is bytes and buffers[0]:
+        return True  # the common case, without a memoryview
+    return any(len(memoryview(b)) for b in buffers)
 
 
 def _sockaddr(address: Any) -> Any:

@@ -16,7 +16,7 @@ import os
 import select
 import socket
 import time
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
 
 from udscompat import _probes
 from udscompat._errors import ControlTruncatedError
@@ -36,35 +36,37 @@ _SCM_RIGHTS = backend.SCM_RIGHTS
 _MSG_CTRUNC = backend.MSG_CTRUNC
 _MARKER_TYPE = backend.MESSAGE_MARKER[2] if backend.MESSAGE_MARKER is not None else None
 _FD_CMSGS = backend.FD_CARRYING_CMSG_TYPES
+_MAX_FDS = backend.MAX_FDS_PER_MESSAGE
+_MAX_FD_NUMBER = 2**31 - 1
 
 
-class Received(NamedTuple):
-    """One recvmsg: payload, descriptors (caller owns them), flags, source, marker seen."""
-
-    data: bytes
-    fds: List[int]
-    flags: int
-    address: Any
-    marked: bool
+#: One recvmsg: payload, descriptors (the caller owns them), flags, source, marker seen.
+#: A plain tuple: it is built on every receive, and a NamedTuple costs a Python call.
+Received = Tuple[bytes, List[int], int, Any, bool]
 
 
-def check_fds(fds: Sequence[Any]) -> List[int]:
+def check_fds(fds: Sequence[Any]) -> array.array[int]:
     """Descriptor numbers from ints or objects with ``fileno()``, checked before any send.
 
+    Returns them as the C ``int`` array that SCM_RIGHTS carries.
+
     Raises:
-        ValueError: a negative descriptor, or more than this OS takes in one message.
+        ValueError: a negative or out-of-range descriptor, or more than this
+            OS takes in one message.
         TypeError: an item is neither an int nor has ``fileno()``.
     """
-    numbers: List[int] = []
-    for item in fds:
-        fd = item if isinstance(item, int) else _fileno_of(item)
-        if fd < 0:
-            raise ValueError(f"invalid file descriptor {fd}")
-        numbers.append(fd)
-    limit = backend.MAX_FDS_PER_MESSAGE
-    if limit is not None and len(numbers) > limit:
+    # An unsigned array rejects negative numbers as it is built, with no second pass.
+    try:
+        try:
+            numbers = array.array("I", fds)
+        except TypeError:  # some items are objects with fileno()
+            numbers = array.array("I", [i if isinstance(i, int) else _fileno_of(i) for i in fds])
+    except OverflowError:
+        bad = [i for i in fds if isinstance(i, int) and not 0 <= i <= _MAX_FD_NUMBER]
+        raise ValueError(f"invalid file descriptor {bad[0] if bad else list(fds)!r}") from None
+    if _MAX_FDS is not None and len(numbers) > _MAX_FDS:
         raise ValueError(
-            f"{len(numbers)} descriptors in one message; {backend.OS_NAME} takes at most {limit}"
+            f"{len(numbers)} descriptors in one message; {backend.OS_NAME} takes at most {_MAX_FDS}"
         )
     return numbers
 
@@ -82,15 +84,12 @@ def _fileno_of(item: Any) -> int:
 def send_with_fds(
     sock: socket.socket,
     buffers: Sequence[Any],
-    fds: Sequence[int],
+    fds: array.array[int],
     flags: int = 0,
     address: Any = None,
 ) -> int:
     """One ``sendmsg`` carrying ``fds`` in exactly one SCM_RIGHTS message."""
-    ancdata = []
-    if fds:
-        rights = array.array("i", fds).tobytes()
-        ancdata.append((backend.SOL_SOCKET, backend.SCM_RIGHTS, rights))
+    ancdata = [(_SOL_SOCKET, _SCM_RIGHTS, fds)] if fds else []
     if address is None:
         return sock.sendmsg(buffers, ancdata, flags)
     return sock.sendmsg(buffers, ancdata, flags, address)
@@ -99,9 +98,10 @@ def send_with_fds(
 def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0) -> Received:
     """One ``recvmsg``; like ``socket.recv_fds``, but nothing can leak.
 
-    Received descriptors are close-on-exec (MSG_CMSG_CLOEXEC where the kernel
-    honours it, else set at once).  Descriptors the caller did not ask for --
-    more than ``maxfds``, or any from other fd-carrying cmsgs -- are closed.
+    Returns ``(data, fds, msg_flags, address, marked)``.  Received
+    descriptors are close-on-exec (MSG_CMSG_CLOEXEC where the kernel honours
+    it, else set at once).  Descriptors the caller did not ask for -- more
+    than ``maxfds``, or any from other fd-carrying cmsgs -- are closed.
 
     Raises:
         ControlTruncatedError: the kernel set MSG_CTRUNC or failed with
@@ -123,17 +123,48 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
                 "(control data did not fit)"
             ) from exc
         raise
+    if not msg_flags & _MSG_CTRUNC:
+        if not ancdata:
+            return data, [], msg_flags, address, False
+        if len(ancdata) == 1 and cloexec is not None:
+            # The common cases, the marker alone or one SCM_RIGHTS within maxfds, inline.
+            level, kind, payload = ancdata[0]
+            if kind == _MARKER_TYPE and level == _SOL_SOCKET:
+                return data, [], msg_flags, address, True
+            if (
+                kind == _SCM_RIGHTS
+                and level == _SOL_SOCKET
+                and len(payload) <= 4 * maxfds
+                and not len(payload) & 3
+            ):
+                return data, memoryview(payload).cast("i").tolist(), msg_flags, address, False
+    fds, marked = collect_fds(data, ancdata, msg_flags, maxfds, cloexec is None)
+    return data, fds, msg_flags, address, marked
+
+
+def collect_fds(
+    data: bytes,
+    ancdata: List[Tuple[int, int, bytes]],
+    msg_flags: int,
+    maxfds: int,
+    set_cloexec: bool,
+) -> Tuple[List[int], bool]:
+    """The descriptors of one ``recvmsg``'s control data, and whether the marker was there.
+
+    Raises:
+        ControlTruncatedError: as ``recv_with_fds``; every descriptor is closed first.
+    """
     fds: List[int] = []
     marked = False
     for level, kind, payload in ancdata:
         if level != _SOL_SOCKET:
             continue
         if kind == _SCM_RIGHTS:
-            fds.extend(array.array("i", payload[: len(payload) & ~3]))
+            fds += _ints(payload)
         elif kind == _MARKER_TYPE:
             marked = True
         elif kind in _FD_CMSGS:
-            close_fds(array.array("i", payload[: len(payload) & ~3]))
+            close_fds(_ints(payload))
     if msg_flags & _MSG_CTRUNC:
         close_fds(fds)
         # The buffer had room for the kernel's own per-message cap, so the usual cause is a
@@ -144,11 +175,18 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
             data,
             len(fds),
         )
-    refuse_excess_fds(fds, maxfds, data)
-    if fds and cloexec is None:
+    if len(fds) > maxfds:
+        refuse_excess_fds(fds, maxfds, data)
+    if fds and set_cloexec:
         for fd in fds:
             fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.fcntl(fd, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
-    return Received(data, fds, msg_flags, address, marked)
+    return fds, marked
+
+
+def _ints(payload: bytes) -> List[int]:
+    """The C ints in a cmsg payload (a trailing partial int, from a short buffer, ignored)."""
+    whole = len(payload) & ~3
+    return memoryview(payload[:whole] if whole != len(payload) else payload).cast("i").tolist()
 
 
 def check_sizes(bufsize: int, maxfds: int) -> None:

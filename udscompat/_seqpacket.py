@@ -41,6 +41,10 @@ __all__ = [
 
 _ENV = "UDSCOMPAT_SEQPACKET"
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+_MSG_TRUNC = backend.MSG_TRUNC
+_TRUNCATIONS = backend.MSG_TRUNC | backend.MSG_CTRUNC
+# Only SOL_SOCKET cmsgs arrive on AF_UNIX sockets, so the type alone names the marker.
+_MARKER_TYPE = backend.MESSAGE_MARKER[2] if backend.MESSAGE_MARKER is not None else None
 _STREAM_CHUNK = 131072  # larger reads cost an mmap per recvmsg in CPython's allocator
 
 
@@ -236,6 +240,10 @@ class _NativeConn(SeqpacketConn):
         self._partial_records = _probes.seqpacket().short_read == "partial"
         self._flags = backend.SEQPACKET_SEND_FLAGS | _NOSIGNAL
         self._message_flags = backend.MSG_EOR | backend.MSG_TRUNC
+        try:
+            self._recv_flags: Optional[int] = _probes.cmsg_cloexec_flag()
+        except OSError:
+            self._recv_flags = None  # probe failed (EMFILE?): the general path sets FD_CLOEXEC
 
     # The kernel keeps each message whole, so native sends and receives take no lock.
 
@@ -248,44 +256,76 @@ class _NativeConn(SeqpacketConn):
             if _fdpass.hold_sent_fds():
                 _fdpass.REGISTRY.hold(self._sock, numbers)
             return len(memoryview(data))
+        # A SOCK_SEQPACKET send is all or nothing, so its count is the message's length.
         try:
-            self._sock.send(data, self._flags)
+            return self._sock.send(data, self._flags)
         except BlockingIOError:
             if self._timeout == 0.0:
                 raise
-            self._call(lambda: self._sock.send(data, self._flags), write=True)
-        return len(memoryview(data))
+            sent: int = self._call(lambda: self._sock.send(data, self._flags), write=True)
+            return sent
 
     def recv_message(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
         if bufsize < 0 or maxfds < 0:
             _io.check_sizes(bufsize, maxfds)
         if self._eof:
             return None
+        if self._recv_flags is not None:
+            # The common case inline: a whole message with no descriptors, at most the marker.
+            try:
+                data, ancdata, flags, _ = self._sock.recvmsg(
+                    bufsize, _io.ANCBUF_SIZE, self._recv_flags
+                )
+            except BlockingIOError:
+                if self._timeout == 0.0:
+                    raise
+            else:
+                if (
+                    data
+                    and not flags & _TRUNCATIONS
+                    and (not ancdata or (len(ancdata) == 1 and ancdata[0][1] == _MARKER_TYPE))
+                ):
+                    return Message(data, [], False)
+                return self._finish(data, ancdata, flags, maxfds, bufsize)
         try:
-            got = _io.recv_with_fds(self._sock, bufsize, maxfds)
+            data, fds, flags, _, marked = _io.recv_with_fds(self._sock, bufsize, maxfds)
         except BlockingIOError:
             if self._timeout == 0.0:
                 raise
-            got = self._call(lambda: _io.recv_with_fds(self._sock, bufsize, maxfds), write=False)
-        data, fds, flags = got.data, got.fds, got.flags
-        if not (data or fds or got.marked or flags & self._message_flags):
+            data, fds, flags, _, marked = self._call(
+                lambda: _io.recv_with_fds(self._sock, bufsize, maxfds), write=False
+            )
+        return self._message(data, fds, flags, marked, bufsize)
+
+    def _finish(
+        self, data: bytes, ancdata: List[Any], flags: int, maxfds: int, bufsize: int
+    ) -> Optional[Message]:
+        fds, marked = _io.collect_fds(data, ancdata, flags, maxfds, set_cloexec=False)
+        return self._message(data, fds, flags, marked, bufsize)
+
+    def _message(
+        self, data: bytes, fds: List[int], flags: int, marked: bool, bufsize: int
+    ) -> Optional[Message]:
+        if not (data or fds or marked or flags & self._message_flags):
             self._eof = True
             return None
-        truncated = bool(flags & backend.MSG_TRUNC)
+        truncated = bool(flags & _MSG_TRUNC)
         if self._partial_records and not flags & backend.MSG_EOR and len(data) == bufsize:
             truncated = self._discard_rest_of_record() or truncated
-        return Message(data, _fdpass.guard_reused(fds) if fds else fds, truncated)
+        if fds and _fdpass.REGISTRY.originals:
+            fds = _fdpass.guard_reused(fds)
+        return Message(data, fds, truncated)
 
     def _discard_rest_of_record(self) -> bool:
         # FreeBSD 15 leaves the rest of a record queued and marks its end with MSG_EOR.
         while True:
             try:
-                got = _io.recv_with_fds(self._sock, _STREAM_CHUNK, 0)
+                data, _, flags, _, _ = _io.recv_with_fds(self._sock, _STREAM_CHUNK, 0)
             except ControlTruncatedError:
                 continue
             except BlockingIOError:
                 return True
-            if got.flags & backend.MSG_EOR or not got.data:
+            if flags & backend.MSG_EOR or not data:
                 return True
 
 
@@ -371,14 +411,14 @@ class _EmulatedConn(SeqpacketConn):
                 self._read_chunk()
 
     def _read_chunk(self) -> None:
-        got = self._call(
+        data, fds, _, _, _ = self._call(
             lambda: _io.recv_with_fds(
                 self._sock, _STREAM_CHUNK, backend.MAX_FDS_PER_MESSAGE or 256
             ),
             write=False,
         )
         try:
-            self._decoder.receive_data(got.data, got.fds)
+            self._decoder.receive_data(data, fds)
         except FramingError as exc:
             self._break(exc)
             raise
