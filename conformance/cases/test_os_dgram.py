@@ -1,0 +1,209 @@
+"""OS cases: AF_UNIX SOCK_DGRAM."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from typing import Dict
+
+import pytest
+
+from conformance.plugin import Observer
+from conformance.support import (
+    abstract_name,
+    attempt,
+    errno_name,
+    flag_names,
+    largest,
+    require_abstract,
+)
+
+case = pytest.mark.case
+
+
+def _dgram() -> socket.socket:
+    return socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+
+@case(
+    "os.dgram.addresses",
+    "recvfrom() of a bound sender gives its path; of an unbound sender, what?",
+    rows=["DG-02"],
+)
+def test_addresses(observe: Observer, short_tmp: str) -> None:
+    receiver_path = os.path.join(short_tmp, "r")
+    sender_path = os.path.join(short_tmp, "s")
+    with _dgram() as receiver, _dgram() as bound, _dgram() as unbound:
+        receiver.bind(receiver_path)
+        bound.bind(sender_path)
+        bound.sendto(b"a", receiver_path)
+        unbound.sendto(b"b", receiver_path)
+        _, first = receiver.recvfrom(10)
+        _, second = receiver.recvfrom(10)
+        observe({"bound_sender_is_path": first == sender_path, "unbound_sender": repr(second)})
+
+
+@case("os.dgram.listen_accept", "listen() and accept() on a datagram socket", rows=["DG-04"])
+def test_listen_accept(observe: Observer, short_tmp: str) -> None:
+    with _dgram() as s:
+        s.bind(os.path.join(short_tmp, "d"))
+        observe({"listen": attempt(lambda: s.listen(1)), "accept": attempt(s.accept)})
+
+
+@case(
+    "os.dgram.self_connect",
+    "A bound datagram socket connected to itself sends to itself",
+    rows=["DG-05", "DG-06"],
+)
+def test_self_connect(observe: Observer, short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "self")
+    with _dgram() as s:
+        s.bind(path)
+        s.connect(path)
+        s.send(b"me")
+        observe(
+            {"received": s.recv(10) == b"me", "connect_twice": attempt(lambda: s.connect(path))}
+        )
+
+
+@case(
+    "os.dgram.zero_length", "A zero-length datagram is delivered as one 0-byte read", rows=["DG-07"]
+)
+def test_zero_length(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        a.send(b"")
+        a.send(b"after")
+        observe([len(b.recv(10)), len(b.recv(10))])
+
+
+@case(
+    "os.dgram.max_size",
+    "Largest datagram with default buffers, and the error beyond it",
+    rows=["DG-08"],
+)
+def test_max_size(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        a.setblocking(False)
+        errors: Dict[str, str] = {}
+
+        def works(n: int) -> bool:
+            try:
+                a.send(b"\0" * n)
+            except OSError as exc:
+                errors["beyond"] = errno_name(exc)
+                return False
+            b.recv(n)
+            return True
+
+        observe({"bytes": largest(works, 1, 1 << 24), "beyond": errors.get("beyond")})
+
+
+@case(
+    "os.dgram.truncation",
+    "A datagram read into a short buffer: flags (also with MSG_PEEK), and the rest",
+    rows=["DG-09"],
+)
+def test_truncation(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        a.send(b"x" * 100)
+        a.send(b"next")
+        _, _, peek_flags, _ = b.recvmsg(10, 0, socket.MSG_PEEK)
+        data, _, flags, _ = b.recvmsg(10)
+        observe(
+            {
+                "peek_flags": flag_names(peek_flags),
+                "flags": flag_names(flags),
+                "bytes": len(data),
+                "rest_discarded": b.recv(200) == b"next",
+            }
+        )
+
+
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("@ll", whole, int((seconds - whole) * 1e6))
+
+
+@case(
+    "os.dgram.receiver_full",
+    "The receiver's queue is full: a non-blocking send, then a blocking one (SO_SNDTIMEO 0.3 s)",
+    rows=["DG-12"],
+)
+def test_receiver_full(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        a.setblocking(False)
+        nonblocking = "never full"
+        for count in range(100000):
+            try:
+                a.send(b"\0" * 64)
+            except OSError as exc:
+                nonblocking = f"{errno_name(exc)} after {count} datagrams"
+                break
+        a.setblocking(True)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(0.3))
+        blocking = attempt(lambda: a.send(b"\0" * 64))
+        observe({"nonblocking": nonblocking.split(" after ")[0], "blocking": blocking})
+
+
+@case(
+    "os.dgram.peer_closed",
+    "The connected peer closed: our send, and our non-blocking recv",
+    rows=["DG-13"],
+)
+def test_peer_closed(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a:
+        b.close()
+        a.setblocking(False)
+        observe({"send": attempt(lambda: a.send(b"x")), "recv": attempt(lambda: a.recv(1))})
+
+
+@case(
+    "os.dgram.shutdown_rd_unconnected",
+    "shutdown(SHUT_RD) on an unconnected datagram socket",
+    rows=["DG-16"],
+)
+def test_shutdown_rd_unconnected(observe: Observer, short_tmp: str) -> None:
+    with _dgram() as s:
+        s.bind(os.path.join(short_tmp, "d"))
+        observe(attempt(lambda: s.shutdown(socket.SHUT_RD)))
+
+
+@case(
+    "os.dgram.shut_wr",
+    "shutdown(SHUT_WR) on a datagram pair: our send; the peer reads queued data, then?",
+    rows=["DG-17"],
+)
+def test_shut_wr(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        a.send(b"queued")
+        a.shutdown(socket.SHUT_WR)
+        b.setblocking(False)
+        observe(
+            {
+                "send": attempt(lambda: a.send(b"x")),
+                "queued_read": b.recv(10) == b"queued",
+                "then": attempt(lambda: b.recv(10)),
+            }
+        )
+
+
+@case(
+    "os.dgram.abstract_connect",
+    "A datagram socket connects to an abstract name and sends",
+    rows=["DG-21"],
+)
+def test_abstract_connect(observe: Observer) -> None:
+    require_abstract()
+    name = abstract_name("dg")
+    with _dgram() as receiver, _dgram() as sender:
+        receiver.bind(name)
+        sender.connect(name)
+        sender.send(b"hi")
+        observe(receiver.recv(10) == b"hi")

@@ -1,0 +1,291 @@
+"""OS cases: the kernel's own AF_UNIX SOCK_SEQPACKET, where there is one."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Dict
+
+import pytest
+
+from conformance.plugin import Observer
+from conformance.support import (
+    abstract_name,
+    attempt,
+    errno_name,
+    flag_names,
+    has_seqpacket,
+    largest,
+    require_abstract,
+    require_seqpacket,
+)
+
+case = pytest.mark.case
+_EOR = getattr(socket, "MSG_EOR", 0)
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    require_seqpacket()
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+@case(
+    "os.seqpacket.exists",
+    "AF_UNIX SOCK_SEQPACKET: socket, socketpair, bind, listen, connect, accept",
+    rows=["SEQ-01"],
+)
+def test_exists(observe: Observer, short_tmp: str) -> None:
+    failure = has_seqpacket()
+    if failure is not None:
+        observe(failure)
+        return
+    path = os.path.join(short_tmp, "l")
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener,
+        socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as client,
+    ):
+        listener.bind(path)
+        listener.listen(1)
+        client.connect(path)
+        conn, _ = listener.accept()
+        conn.close()
+    observe("ok")
+
+
+@case(
+    "os.seqpacket.record_boundaries",
+    "Two sends (no MSG_EOR) read with one large recv",
+    rows=["SEQ-02", "SEQ-03"],
+)
+def test_record_boundaries(observe: Observer) -> None:
+    a, b = _pair()
+    with a, b:
+        a.send(b"first")
+        a.send(b"second")
+        time.sleep(0.02)
+        data, _, flags, _ = b.recvmsg(100)
+        observe({"first_recv": data.decode(), "flags": flag_names(flags)})
+
+
+@case(
+    "os.seqpacket.eor_reported",
+    "A send with MSG_EOR: is MSG_EOR reported on receipt?",
+    rows=["SEQ-03"],
+)
+def test_eor_reported(observe: Observer) -> None:
+    a, b = _pair()
+    with a, b:
+        a.send(b"record", _EOR)
+        _, _, flags, _ = b.recvmsg(100)
+        observe(bool(_EOR and flags & _EOR))
+
+
+@case(
+    "os.seqpacket.short_read",
+    "A 100-byte message read into 10 bytes: flags, and what the next recv returns",
+    rows=["SEQ-05", "SEQ-04"],
+)
+def test_short_read(observe: Observer) -> None:
+    a, b = _pair()
+    with a, b:
+        a.send(b"x" * 100, _EOR)
+        a.send(b"next", _EOR)
+        data, _, flags, _ = b.recvmsg(10)
+        following, _, _, _ = b.recvmsg(200)
+        observe(
+            {
+                "first": len(data),
+                "flags": flag_names(flags),
+                "rest": "discarded"
+                if following == b"next"
+                else f"{len(following)} bytes of the same record",
+            }
+        )
+
+
+@case(
+    "os.seqpacket.peek_partial",
+    "A partial MSG_PEEK: flags, and the message stays queued whole",
+    rows=["SEQ-06"],
+)
+def test_peek_partial(observe: Observer) -> None:
+    a, b = _pair()
+    with a, b:
+        a.send(b"x" * 50, _EOR)
+        _, _, flags, _ = b.recvmsg(10, 0, socket.MSG_PEEK)
+        observe({"peek_flags": flag_names(flags), "then_recv": len(b.recv(100))})
+
+
+@case(
+    "os.seqpacket.zero_length",
+    "A zero-length message: send's count, what recv returns, and whether it differs from EOF",
+    rows=["SEQ-07"],
+)
+def test_zero_length(observe: Observer) -> None:
+    a, b = _pair()
+    with a, b:
+        sent = a.send(b"")
+        data, _, flags, _ = b.recvmsg(10)
+        a.close()
+        eof, _, eof_flags, _ = b.recvmsg(10)
+        observe(
+            {
+                "send_returns": sent,
+                "recv_bytes": len(data),
+                "recv_flags": flag_names(flags),
+                "eof_flags": flag_names(eof_flags),
+                "distinguishable_by_flags": flags != eof_flags or len(data) != len(eof),
+            }
+        )
+
+
+@case(
+    "os.seqpacket.zero_length_recv",
+    "recv(0) with a message pending: consumed? MSG_TRUNC?",
+    rows=["SEQ-19"],
+)
+def test_zero_length_recv(observe: Observer) -> None:
+    a, b = _pair()
+    with a, b:
+        a.send(b"pending", _EOR)
+        _, _, flags, _ = b.recvmsg(0)
+        b.setblocking(False)
+        observe({"flags": flag_names(flags), "then": attempt(lambda: b.recv(100))})
+
+
+@case("os.seqpacket.send_to_closed_peer", "send() after the peer closed", rows=["SEQ-09"])
+def test_send_to_closed_peer(observe: Observer) -> None:
+    a, b = _pair()
+    with a:
+        b.close()
+        observe(attempt(lambda: a.send(b"x", getattr(socket, "MSG_NOSIGNAL", 0))))
+
+
+@case(
+    "os.seqpacket.sendto_unconnected",
+    "sendto() with an address on an unconnected seqpacket socket",
+    rows=["SEQ-11"],
+)
+def test_sendto_unconnected(observe: Observer, short_tmp: str) -> None:
+    require_seqpacket()
+    path = os.path.join(short_tmp, "l")
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener,
+        socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as lone,
+    ):
+        listener.bind(path)
+        listener.listen(1)
+        observe(
+            {
+                "valid": attempt(lambda: lone.sendto(b"x", path)),
+                "bogus": attempt(lambda: lone.sendto(b"x", path + "-no")),
+            }
+        )
+
+
+@case(
+    "os.seqpacket.sendto_connected",
+    "sendto() with a bogus address on a connected seqpacket socket",
+    rows=["SEQ-12"],
+)
+def test_sendto_connected(observe: Observer, short_tmp: str) -> None:
+    a, b = _pair()
+    with a, b:
+        observe(attempt(lambda: a.sendto(b"x", os.path.join(short_tmp, "nobody"))))
+
+
+@case(
+    "os.seqpacket.recvfrom_source",
+    "recvfrom() on an accepted seqpacket connection: the source address",
+    rows=["SEQ-13"],
+)
+def test_recvfrom_source(observe: Observer, short_tmp: str) -> None:
+    require_seqpacket()
+    path = os.path.join(short_tmp, "l")
+    client_path = os.path.join(short_tmp, "c")
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener,
+        socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as client,
+    ):
+        listener.bind(path)
+        listener.listen(1)
+        client.bind(client_path)
+        client.connect(path)
+        conn, _ = listener.accept()
+        with conn:
+            client.send(b"x")
+            _, source = conn.recvfrom(10)
+            observe("client path" if source == client_path else repr(source))
+
+
+@case(
+    "os.seqpacket.shutdown",
+    "After shutdown(SHUT_RDWR): our send, and the peer's recv",
+    rows=["SEQ-17"],
+)
+def test_shutdown(observe: Observer) -> None:
+    a, b = _pair()
+    with a, b:
+        a.shutdown(socket.SHUT_RDWR)
+        b.setblocking(False)
+        observe(
+            {
+                "send": attempt(lambda: a.send(b"x", getattr(socket, "MSG_NOSIGNAL", 0))),
+                "peer_recv": _recv_result(b),
+            }
+        )
+
+
+def _recv_result(sock: socket.socket) -> str:
+    try:
+        data = sock.recv(10)
+    except OSError as exc:
+        return errno_name(exc)
+    return f"{len(data)} bytes"
+
+
+@case(
+    "os.seqpacket.abstract",
+    "Seqpacket listen/connect/accept over an abstract name",
+    rows=["SEQ-21"],
+)
+def test_abstract(observe: Observer) -> None:
+    require_seqpacket()
+    require_abstract()
+    name = abstract_name("seq")
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener,
+        socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as client,
+    ):
+        listener.bind(name)
+        listener.listen(1)
+        client.connect(name)
+        conn, _ = listener.accept()
+        with conn:
+            client.send(b"hi")
+            observe(conn.recv(10) == b"hi")
+
+
+@case(
+    "os.seqpacket.max_message",
+    "Largest seqpacket message with default buffers, and the error beyond it",
+    rows=["SEQ-22"],
+)
+def test_max_message(observe: Observer) -> None:
+    a, b = _pair()
+    with a, b:
+        a.setblocking(False)
+        errors: Dict[str, str] = {}
+
+        def works(n: int) -> bool:
+            try:
+                a.send(b"\0" * n)
+            except OSError as exc:
+                errors["beyond"] = errno_name(exc)
+                return False
+            b.recv(n)
+            return True
+
+        size = largest(works, 1, 1 << 24)
+        observe({"bytes": size, "beyond": errors.get("beyond")})

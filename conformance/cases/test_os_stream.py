@@ -1,0 +1,360 @@
+"""OS cases: stream sockets and the connection lifecycle shared by all socket types."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+from typing import Dict
+
+import pytest
+
+from conformance.plugin import Observer
+from conformance.support import SOCKET_KINDS, attempt, errno_name, kind_pair, require_seqpacket
+
+case = pytest.mark.case
+
+
+@case(
+    "os.stream.connect_refused",
+    "connect() to a missing path, and to a socket file nobody listens on",
+    rows=["STR-03"],
+)
+def test_connect_refused(observe: Observer, short_tmp: str) -> None:
+    stale = os.path.join(short_tmp, "stale")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(stale)  # closed without listen: the file stays, nobody accepts
+    with socket.socket(socket.AF_UNIX) as a, socket.socket(socket.AF_UNIX) as b:
+        observe(
+            {
+                "missing": attempt(lambda: a.connect(os.path.join(short_tmp, "none"))),
+                "stale_file": attempt(lambda: b.connect(stale)),
+            }
+        )
+
+
+@case(
+    "os.stream.listen_edges",
+    "listen() unbound, again on a listener, and on a connected socket",
+    rows=["STR-04", "STR-05", "STR-06"],
+)
+def test_listen_edges(observe: Observer, short_tmp: str) -> None:
+    seen: Dict[str, str] = {}
+    with socket.socket(socket.AF_UNIX) as unbound:
+        seen["unbound"] = attempt(lambda: unbound.listen(1))
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(os.path.join(short_tmp, "l"))
+        listener.listen(1)
+        seen["again"] = attempt(lambda: listener.listen(5))
+        seen["backlog_0"] = attempt(lambda: listener.listen(0))
+        seen["backlog_-1"] = attempt(lambda: listener.listen(-1))
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        seen["connected"] = attempt(lambda: a.listen(1))
+    observe(seen)
+
+
+@case(
+    "os.stream.backlog_full",
+    "A non-blocking connect() to a listener whose backlog (0) is full",
+    rows=["STR-07"],
+)
+def test_backlog_full(observe: Observer, short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "l")
+    clients = []
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen(0)
+        outcome = "no error after 256 connects"
+        try:
+            for count in range(256):
+                c = socket.socket(socket.AF_UNIX)
+                clients.append(c)
+                c.setblocking(False)
+                result = attempt(lambda c=c: c.connect(path))  # type: ignore[misc]
+                if result != "ok":
+                    outcome = f"{result} after {count} queued"
+                    break
+        finally:
+            for c in clients:
+                c.close()
+        observe(outcome)
+
+
+@case(
+    "os.stream.close_with_unread_data",
+    "The peer closes with our data unread: what our recv gets",
+    rows=["STR-11", "SEQ-10"],
+)
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+def test_close_with_unread_data(observe: Observer, kind: str) -> None:
+    a, b = kind_pair(kind)
+    with a:
+        a.send(b"unread")
+        b.close()
+        a.settimeout(2)
+        try:
+            data = a.recv(10)
+        except OSError as exc:
+            observe(errno_name(exc))
+        else:
+            observe(f"returned {len(data)} bytes")
+
+
+@case(
+    "os.stream.listener_closed_with_pending",
+    "The listener closes with our connection unaccepted",
+    rows=["STR-12", "SEQ-10"],
+)
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+def test_listener_closed_with_pending(observe: Observer, short_tmp: str, kind: str) -> None:
+    if kind == "seqpacket":
+        require_seqpacket()
+    path = os.path.join(short_tmp, "l")
+    with socket.socket(socket.AF_UNIX, SOCKET_KINDS[kind]) as client:
+        with socket.socket(socket.AF_UNIX, SOCKET_KINDS[kind]) as listener:
+            listener.bind(path)
+            listener.listen(1)
+            client.connect(path)
+        client.settimeout(2)
+        try:
+            data = client.recv(10)
+        except OSError as exc:
+            observe(errno_name(exc))
+        else:
+            observe(f"returned {len(data)} bytes")
+
+
+@case(
+    "os.stream.sendto_with_address",
+    "sendto() with an address on a connected and on an unconnected stream",
+    rows=["STR-13"],
+)
+def test_sendto_with_address(observe: Observer, short_tmp: str) -> None:
+    bogus = os.path.join(short_tmp, "nobody")
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b, socket.socket(socket.AF_UNIX) as lone:
+        observe(
+            {
+                "connected": attempt(lambda: a.sendto(b"x", bogus)),
+                "unconnected": attempt(lambda: lone.sendto(b"x", bogus)),
+            }
+        )
+
+
+@case(
+    "os.stream.send_zero_bytes",
+    "send(b'') on a connected stream returns 0 and delivers nothing",
+    rows=["STR-14"],
+)
+def test_send_zero_bytes(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        sent = a.send(b"")
+        b.setblocking(False)
+        observe({"returned": sent, "peer_reads": attempt(lambda: b.recv(1))})
+
+
+@case(
+    "os.stream.socket_options",
+    "SO_TYPE, SO_ACCEPTCONN, SO_DOMAIN and SO_PROTOCOL on unix sockets",
+    rows=["STR-20"],
+)
+def test_socket_options(observe: Observer, short_tmp: str) -> None:
+    seen: Dict[str, object] = {}
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(os.path.join(short_tmp, "l"))
+        listener.listen(1)
+        seen["SO_TYPE_is_stream"] = (
+            listener.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM
+        )
+        for name in ("SO_ACCEPTCONN", "SO_DOMAIN", "SO_PROTOCOL"):
+            option = getattr(socket, name, None)
+            if option is None:
+                seen[name] = "no constant in this Python"
+                continue
+            try:
+                seen[name] = listener.getsockopt(socket.SOL_SOCKET, option)
+            except OSError as exc:
+                seen[name] = errno_name(exc)
+    observe(seen)
+
+
+@case(
+    "os.stream.buffer_sizes",
+    "Default SO_SNDBUF/SO_RCVBUF per type, and what setting 8192 reads back as",
+    rows=["STR-19"],
+)
+def test_buffer_sizes(observe: Observer) -> None:
+    seen: Dict[str, object] = {}
+    for name in ("stream", "dgram", "seqpacket"):
+        try:
+            a, b = kind_pair(name)
+        except pytest.skip.Exception:
+            continue
+        with a, b:
+            seen[f"{name}_sndbuf"] = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            seen[f"{name}_rcvbuf"] = a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+            seen[f"{name}_sndbuf_set_8192"] = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    observe(seen)
+
+
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("@ll", whole, int((seconds - whole) * 1e6))
+
+
+@case(
+    "os.stream.rcvtimeo",
+    "SO_RCVTIMEO bounds a blocking recv, and accept() on a listener",
+    rows=["STR-21", "STR-22"],
+)
+def test_rcvtimeo(observe: Observer, short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "l")
+    seen: Dict[str, str] = {}
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b, socket.socket(socket.AF_UNIX) as listener:
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(0.2))
+        seen["recv"] = attempt(lambda: b.recv(1))
+        listener.bind(path)
+        listener.listen(1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(0.2))
+        # If the OS ignores the timeout, accept() would block: a late client ends it.
+        rescuer = threading.Timer(3.0, _connect_and_close, (path,))
+        rescuer.start()
+        started = time.monotonic()
+        try:
+            conn, _ = listener.accept()
+        except OSError as exc:
+            seen["accept"] = f"{errno_name(exc)} after the timeout"
+        else:
+            conn.close()
+            seen["accept"] = (
+                f"not bounded (a client connected after {time.monotonic() - started:.0f} s)"
+            )
+        finally:
+            rescuer.cancel()
+            rescuer.join()
+    observe(seen)
+
+
+def _connect_and_close(path: str) -> None:
+    with socket.socket(socket.AF_UNIX) as c:
+        c.connect(path)
+
+
+@case(
+    "os.stream.peek_across_sends",
+    "One MSG_PEEK after two sends: does it stop at the first send?",
+    rows=["STR-26", "STR-24"],
+)
+def test_peek_across_sends(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        a.send(b"abc")
+        a.send(b"defg")
+        time.sleep(0.05)
+        observe({"peek_bytes": len(b.recv(100, socket.MSG_PEEK)), "recv_bytes": len(b.recv(100))})
+
+
+@case(
+    "os.stream.linux_options",
+    "Linux-only stream options: SO_PEEK_OFF, SO_INQ, MSG_OOB",
+    rows=["STR-28", "STR-29", "STR-30"],
+)
+def test_linux_options(observe: Observer) -> None:
+    so_peek_off, so_inq = 42, 84  # Linux's values (asm-generic/socket.h)
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        seen = {
+            "SO_PEEK_OFF": attempt(lambda: b.setsockopt(socket.SOL_SOCKET, so_peek_off, 0)),
+            "SO_INQ": attempt(lambda: b.setsockopt(socket.SOL_SOCKET, so_inq, 1)),
+            "MSG_OOB_send": attempt(lambda: a.send(b"!", socket.MSG_OOB)),
+        }
+    observe(
+        seen, note="Linux option numbers tried on every OS; other values mean other options there"
+    )
+
+
+@case(
+    "os.stream.nonblocking_empty",
+    "recv on an empty non-blocking socket of each type",
+    rows=["STR-34"],
+)
+@pytest.mark.parametrize("kind", ["stream", "dgram", "seqpacket"])
+def test_nonblocking_empty(observe: Observer, kind: str) -> None:
+    a, b = kind_pair(kind)
+    with a, b:
+        b.setblocking(False)
+        observe(attempt(lambda: b.recv(1)))
+
+
+@case(
+    "os.stream.poll_after_peer_shutdown",
+    "poll() events after the peer's shutdown(SHUT_WR) and after its close",
+    rows=["STR-18", "SEQ-18"],
+)
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+def test_poll_after_peer_shutdown(observe: Observer, kind: str) -> None:
+    import select
+
+    names = {
+        select.POLLIN: "POLLIN",
+        select.POLLOUT: "POLLOUT",
+        select.POLLHUP: "POLLHUP",
+        getattr(select, "POLLRDHUP", 0): "POLLRDHUP",
+    }
+    mask = 0
+    for bit in names:
+        mask |= bit
+
+    def events(sock: socket.socket) -> list[str]:
+        poller = select.poll()
+        poller.register(sock, mask)
+        found = poller.poll(0)
+        got = found[0][1] if found else 0
+        return sorted(name for bit, name in names.items() if bit and got & bit)
+
+    a, b = kind_pair(kind)
+    with a, b:
+        a.shutdown(socket.SHUT_WR)
+        after_shutdown = events(b)
+        read = attempt(lambda: b.recv(1))
+        a.close()
+        observe(
+            {"peer_shut_wr": after_shutdown, "recv_after_shut_wr": read, "peer_closed": events(b)}
+        )
+
+
+@case(
+    "os.stream.socketpair_flags",
+    "socketpair() with SOCK_NONBLOCK|SOCK_CLOEXEC in the type: flags set, lowest free fds",
+    rows=["STR-33"],
+)
+def test_socketpair_flags(observe: Observer) -> None:
+    import fcntl
+
+    nonblock = getattr(socket, "SOCK_NONBLOCK", None)
+    cloexec = getattr(socket, "SOCK_CLOEXEC", None)
+    if nonblock is None or cloexec is None:
+        observe("no SOCK_NONBLOCK/SOCK_CLOEXEC type flags in this Python")
+        return
+    lowest = os.dup(0)
+    os.close(lowest)
+    try:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | nonblock | cloexec)
+    except OSError as exc:
+        observe(errno_name(exc))
+        return
+    with a, b:
+        observe(
+            {
+                "nonblocking": bool(fcntl.fcntl(a.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK),
+                "cloexec": bool(fcntl.fcntl(b.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
+                "lowest_free": sorted([a.fileno(), b.fileno()])[0] == lowest,
+                "SOCK_CLOFORK_known": hasattr(socket, "SOCK_CLOFORK"),
+            }
+        )
