@@ -2,7 +2,7 @@
 
 udscompat-conformance run [--out FILE] [-n N] [--seqpacket native|emulated|auto]
                           [--timeout S] [--report DIR] [-- pytest args]
-udscompat-conformance report RESULTS... [--out DIR]
+udscompat-conformance report RESULTS... [--out DIR] [--claims FILE...] [--readme FILE]
 """
 
 from __future__ import annotations
@@ -85,13 +85,24 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from conformance import report
 
-        return report.main([str(out), "--out", args.report]) or (0 if code in (0, 1) else code)
+        # The report covers every published result next to this run's own.
+        published = Path(args.report) / "results"
+        inputs = [str(published)] if published.is_dir() else []
+        if out.resolve().parent != published.resolve():
+            inputs.append(str(out))
+        rendered = report.main([*inputs, "--out", args.report])
+        if rendered != 0:
+            return rendered
     # Failed cases are recorded in the file; only a run that could not happen is an error.
     return 0 if code in (0, 1) else int(code)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        from conformance import report
+
+        return report.main(argv[1:])
     extra: List[str] = []
     if "--" in argv:
         cut = argv.index("--")
@@ -116,7 +127,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--timeout", type=float, default=DEFAULT_TIMEOUT, help="per-case timeout in seconds"
     )
     run_parser.add_argument(
-        "--report", metavar="DIR", help="also render the report from this run's result into DIR"
+        "--report",
+        metavar="DIR",
+        help="then render the report into DIR from DIR/results/*.json and this run's result",
     )
     run_parser.add_argument(
         "--standin",
@@ -124,13 +137,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="run under the LD_PRELOAD kernel stand-in (Linux): a comma-separated subset of "
         "noseqpacket,noabstract,nocloexec",
     )
-    report_parser = sub.add_parser("report", help="merge result files into the feature matrix")
-    report_parser.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser(
+        "report",
+        help="merge result files into the feature matrix (see: report --help)",
+        add_help=False,
+    )
     args = parser.parse_args(argv)
-    if args.command == "report":
-        from conformance import report
-
-        return report.main(args.rest + extra)
     args.pytest_args = extra
     if args.standin:
         return run_under_standin(args, list(sys.argv[1:] if argv is None else argv))

@@ -23,7 +23,6 @@ def host_facts() -> Dict[str, Any]:
         "version": uname.version,
         "machine": uname.machine,
         "kernel": f"{uname.system} {uname.release}",
-        "hostname": uname.node,
         "libc": f"{libc_name} {libc_version}".strip() or None,
         "python_implementation": platform.python_implementation(),
         "python_version": platform.python_version(),

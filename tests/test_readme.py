@@ -22,6 +22,17 @@ def test_readme_example_runs() -> None:
     assert "written through the client's stdout" in result.stdout
 
 
+def test_readme_main_job_runs_the_suite_and_writes_the_report() -> None:
+    text = (ROOT / "README.md").read_text()
+    main_job = (
+        'python3 -m pip install ".[conformance]" && '
+        "python3 -m conformance run -n auto --report report"
+    )
+    assert main_job in text
+    tox = (ROOT / "tox.ini").read_text()
+    assert "udscompat-conformance report report/results --out report --readme README.md" in tox
+
+
 def test_readme_commands_are_the_ci_commands() -> None:
     text = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
