@@ -264,13 +264,11 @@ def _chromium() -> str:
             return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        install = subprocess.run(
-            ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=900,
-        )
+        command = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        install = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+        if install.returncode != 0:  # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update"], capture_output=True, env=env, timeout=900)
+            install = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
         found = shutil.which("chromium")
         if found:
             return found
