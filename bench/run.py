@@ -6,15 +6,18 @@ Prints, for each case, the best-of-N time per operation for udscompat and
 for the stdlib baseline, and their ratio (udscompat / stdlib; lower is better).
 Targets (from the issues): fd passing <= 1.15x stdlib; native seqpacket
 <= 1.15x a raw stdlib SOCK_SEQPACKET socketpair; emulated <= 1.5x native for
-64 B and <= 1.2x for 64 KiB.
+64 B and <= 1.2x for 64 KiB; udscompat.aio echo round trips <= 1.3x asyncio
+unix-stream echo of the same payloads.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, List, Sequence
@@ -92,6 +95,58 @@ def seqpacket_case(size: int, kind: str) -> Callable[[int], None]:
     return run
 
 
+def aio_echo_case(size: int, kind: str) -> Callable[[int], None]:
+    """Echo round trips over one connection, on a fresh asyncio loop per run."""
+    from udscompat import aio
+
+    payload = b"x" * size
+
+    async def streams(n: int, path: str) -> None:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    writer.write(await reader.readexactly(size))
+                    await writer.drain()
+            except asyncio.IncompleteReadError:
+                writer.close()
+
+        server = await asyncio.start_unix_server(handler, path)
+        async with server:
+            reader, writer = await asyncio.open_unix_connection(path)
+            for _ in range(n):
+                writer.write(payload)
+                await writer.drain()
+                await reader.readexactly(size)
+            writer.close()
+            await writer.wait_closed()
+
+    async def seqpacket(n: int, path: str) -> None:
+        async def handler(conn: aio.AsyncSeqpacketConn) -> None:
+            while True:
+                message = await conn.recv_message(size)
+                if message is None:
+                    return
+                await conn.send(message.data)
+
+        server = await aio.start_seqpacket_server(handler, path, implementation=kind)
+        async with server, await aio.open_seqpacket_connection(path, implementation=kind) as conn:
+            for _ in range(n):
+                await conn.send(payload)
+                await conn.recv_message(size)
+
+    def run(n: int) -> None:
+        with tempfile.TemporaryDirectory(prefix="udsc-bench-", dir="/tmp") as directory:
+            path = os.path.join(directory, "s")
+            body = streams(n, path) if kind == "streams" else seqpacket(n, path)
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(body)
+            finally:
+                loop.close()
+
+    return run
+
+
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
@@ -116,6 +171,16 @@ def main(argv: List[str]) -> int:
         rows.append(
             (f"seqpacket emulated, {label}", emulated, "native", native, 1.5 if size == 64 else 1.2)
         )
+    aio_count = max(n // 10, 200)
+    for size in (64, 65536):
+        label = "64 B" if size == 64 else "64 KiB"
+        streams, native, emulated = best_of(
+            [aio_echo_case(size, kind) for kind in ("streams", "native", "emulated")],
+            aio_count,
+            repeats,
+        )
+        rows.append((f"aio echo native, {label}", native, "asyncio streams", streams, 1.3))
+        rows.append((f"aio echo emulated, {label}", emulated, "asyncio streams", streams, 1.3))
     print(f"{'case':34} {'udscompat':>11} {'baseline':>11}  {'ratio':>6}  target")
     for name, ours, base_name, base, target in rows:
         ratio = ours / base

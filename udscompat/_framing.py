@@ -143,6 +143,11 @@ class FrameDecoder:
         """Frames delivered whose sender asked for an acknowledgement not yet taken."""
         return self._wants_ack
 
+    @property
+    def buffered(self) -> bool:
+        """Whether received data (or end-of-stream) waits to be turned into events."""
+        return len(self._buffer) > self._pos or self._eof or self._error is not None
+
     def take_acks(self) -> int:
         """Return and reset the count of acknowledgements owed to the peer."""
         count, self._wants_ack = self._wants_ack, 0

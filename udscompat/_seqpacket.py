@@ -205,6 +205,17 @@ class SeqpacketConn:
         """The underlying socket's descriptor (-1 once closed)."""
         return self._sock.fileno()
 
+    def _unsent(self) -> bool:
+        """Whether part of an accepted message still waits to go out (the emulation's frames)."""
+        return False
+
+    def _buffered(self) -> bool:
+        """Whether a receive may succeed without the socket being readable (decoded data)."""
+        return False
+
+    def _send_unsent(self) -> None:
+        """Send what ``_unsent`` reports, as far as the socket takes it now."""
+
     def close(self) -> None:
         """Close the connection; held descriptors are closed with it."""
         _fdpass.REGISTRY.release(self._sock)
@@ -380,6 +391,16 @@ class _EmulatedConn(SeqpacketConn):
             except (BlockingIOError, TimeoutError):
                 return  # committed; the next send, receive or close goes on with it
             self._pending = self._pending[sent:]
+
+    def _unsent(self) -> bool:
+        return bool(self._pending)
+
+    def _buffered(self) -> bool:
+        return self._decoder.buffered
+
+    def _send_unsent(self) -> None:
+        with self._send_lock:
+            self._flush(block=False)
 
     def _flush_acks(self) -> None:
         count = self._decoder.take_acks()

@@ -1,0 +1,82 @@
+"""Shim cases: udscompat.aio, the event-loop integration (the uds README's mio/tokio rows)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, List
+
+import pytest
+
+from conformance.plugin import Observer
+from conformance.support import close_all
+from udscompat import aio
+
+case = pytest.mark.case
+
+
+def _run(main: Any) -> Any:
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(main, 30))
+    finally:
+        loop.close()
+
+
+@case(
+    "shim.aio.echo",
+    "asyncio server and 50 clients exchange messages with fds, without blocking the loop",
+    rows=["STR-37"],
+)
+def test_echo(observe: Observer, short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "srv")
+    r, w = os.pipe()
+
+    async def handler(conn: aio.AsyncSeqpacketConn) -> None:
+        async for message in conn.messages(maxfds=1):
+            await conn.send(message.data[::-1], message.fds)
+            close_all(message.fds)
+
+    async def client(n: int) -> bool:
+        async with await aio.open_seqpacket_connection(path) as conn:
+            await conn.send(b"abc%d" % n, [r])
+            reply = await conn.recv_message(maxfds=1)
+            assert reply is not None and reply.data == (b"abc%d" % n)[::-1]
+            same = os.fstat(reply.fds[0]).st_ino == os.fstat(r).st_ino
+            close_all(reply.fds)
+            return same
+
+    async def main() -> List[bool]:
+        async with await aio.start_seqpacket_server(handler, path):
+            return list(await asyncio.gather(*(client(n) for n in range(50))))
+
+    try:
+        results = _run(main())
+    finally:
+        close_all([r, w])
+    assert results == [True] * 50
+    observe(True)
+
+
+@case(
+    "shim.aio.cancelled_receive",
+    "A receive cancelled while waiting loses no message: the next receive gets it",
+    rows=["STR-37"],
+)
+def test_cancelled_receive(observe: Observer) -> None:
+    async def main() -> List[bytes]:
+        a, b = aio.seqpacket_pair()
+        async with a, b:
+            for _ in range(5):
+                waiting = asyncio.ensure_future(b.recv_message())
+                await asyncio.sleep(0)
+                waiting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiting
+            await a.send(b"kept")
+            message = await b.recv_message()
+            assert message is not None
+            return [message.data]
+
+    assert _run(main()) == [b"kept"]
+    observe(True)

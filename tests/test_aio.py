@@ -1,0 +1,415 @@
+"""udscompat.aio: the seqpacket contract and fd passing on asyncio (and uvloop where it installs).
+
+Real sockets throughout; the fd-leak check of conftest.py runs around every test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Awaitable, Callable, List, Optional, Tuple
+
+import pytest
+
+import udscompat
+from udscompat import aio
+
+ROOT = Path(__file__).resolve().parent.parent
+IMPLEMENTATIONS = ["native", "emulated"]
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is in the test extra where it installs
+    uvloop = None
+else:
+    # uvloop opens a process-wide pipe with its first loop and keeps it: open it now, before
+    # any test counts descriptors.
+    uvloop.new_event_loop().close()
+
+LOOPS = [
+    "asyncio",
+    pytest.param(
+        "uvloop", marks=pytest.mark.skipif(uvloop is None, reason="uvloop is not installed here")
+    ),
+]
+
+
+def run(main: Callable[[], Awaitable[Any]], loop_kind: str = "asyncio") -> Any:
+    """Run ``main()`` to completion on a fresh loop of ``loop_kind``."""
+    loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(main(), 60))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def close_all(fds: List[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def same_file(a: int, b: int) -> bool:
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_contract(impl: str, loop_kind: str, pipe: Tuple[int, int]) -> None:
+    async def main() -> None:
+        a, b = aio.seqpacket_pair(implementation=impl)
+        assert a.implementation == impl
+        async with a, b:
+            await a.send(b"one")
+            await a.send(b"", [pipe[0]])  # zero-length, with an fd
+            await a.send(b"x" * 100)
+            await a.send(b"last", [pipe[0], pipe[1]])
+            first = await b.recv_message()
+            empty = await b.recv_message(maxfds=1)
+            cut = await b.recv_message(10)
+            assert first is not None and first.data == b"one"
+            assert empty is not None and empty.data == b"" and len(empty.fds) == 1
+            assert cut is not None and cut.data == b"x" * 10 and cut.truncated
+            last = await b.recv_message(maxfds=2)
+            assert last is not None and [same_file(f, p) for f, p in zip(last.fds, pipe)] == [
+                True,
+                True,
+            ]
+            assert all(not os.get_inheritable(fd) for fd in empty.fds + last.fds)
+            close_all(empty.fds + last.fds)
+            creds = b.peer_credentials()
+            assert (creds.euid, creds.egid) == (os.geteuid(), os.getegid())
+            await a.send(b"queued")
+            a.close()
+            await a.wait_closed()
+            got = [m.data async for m in b]
+            assert got == [b"queued"]
+            assert await b.recv_message() is None  # and None again
+
+    run(main, loop_kind)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_server_and_client_over_a_path(impl: str, short_tmp: str, pipe: Tuple[int, int]) -> None:
+    path = os.path.join(short_tmp, "srv")
+
+    async def handler(conn: aio.AsyncSeqpacketConn) -> None:
+        async for message in conn.messages(maxfds=1):
+            await conn.send(message.data.upper(), message.fds)
+            close_all(message.fds)
+
+    async def main() -> None:
+        async with await aio.start_seqpacket_server(handler, path, implementation=impl) as server:
+            assert server.local_addr == udscompat.UnixSocketAddr.from_path(path)
+            async with await aio.open_seqpacket_connection(path, implementation=impl) as client:
+                await client.send(b"hi", [pipe[0]])
+                reply = await client.recv_message(maxfds=1)
+                assert (
+                    reply is not None and reply.data == b"HI" and same_file(reply.fds[0], pipe[0])
+                )
+                close_all(reply.fds)
+        assert not os.path.exists(path)
+
+    run(main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_thousand_concurrent_connections(
+    impl: str, loop_kind: str, short_tmp: str, pipe: Tuple[int, int]
+) -> None:
+    path = os.path.join(short_tmp, "srv")
+    clients = 1000
+
+    async def handler(conn: aio.AsyncSeqpacketConn) -> None:
+        async for message in conn.messages(maxfds=1):
+            await conn.send(message.data[::-1], message.fds)
+            close_all(message.fds)
+
+    async def client(n: int) -> int:
+        async with await aio.open_seqpacket_connection(path, implementation=impl) as conn:
+            for i in range(3):
+                await conn.send(f"{n}:{i}".encode(), [pipe[0]])
+                reply = await conn.recv_message(maxfds=1)
+                assert reply is not None and reply.data == f"{n}:{i}".encode()[::-1]
+                assert len(reply.fds) == 1 and same_file(reply.fds[0], pipe[0])
+                close_all(reply.fds)
+        return n
+
+    async def main() -> None:
+        async with await aio.start_seqpacket_server(handler, path, implementation=impl):
+            done = await asyncio.gather(*(client(n) for n in range(clients)))
+        assert sorted(done) == list(range(clients))
+
+    run(main, loop_kind)
+
+
+def _payload(i: int, size: int) -> bytes:
+    body = bytes([i % 251]) * size
+    return i.to_bytes(4, "big") + len(body).to_bytes(4, "big") + body
+
+
+def _check(data: bytes) -> int:
+    i = int.from_bytes(data[:4], "big")
+    size = int.from_bytes(data[4:8], "big")
+    assert data[8:] == bytes([i % 251]) * size, f"message {i} arrived damaged"
+    return i
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_cancelled_receives_lose_nothing(impl: str, seed: int, pipe: Tuple[int, int]) -> None:
+    rng = random.Random(seed)
+    count = 150
+    sizes = [rng.choice([0, 10, 5000, 60000, 150000]) for _ in range(count)]
+
+    async def sender(a: aio.AsyncSeqpacketConn) -> None:
+        for i, size in enumerate(sizes):
+            await a.send(_payload(i, size), [pipe[0]] if i % 3 == 0 else ())
+            if rng.random() < 0.3:
+                await asyncio.sleep(0)
+        a.close()
+        await a.wait_closed()
+
+    async def main() -> None:
+        a, b = aio.seqpacket_pair(implementation=impl)
+        sending = asyncio.ensure_future(sender(a))
+        got: List[int] = []
+        cancelled = 0
+        while True:
+            task = asyncio.ensure_future(b.recv_message(1 << 20, 1))
+            for _ in range(rng.choice([0, 0, 1, 3])):
+                await asyncio.sleep(0)
+            if not task.done():
+                task.cancel()
+            try:
+                message = await task
+            except asyncio.CancelledError:
+                cancelled += 1
+                continue
+            if message is None:
+                break
+            got.append(_check(message.data))
+            assert len(message.fds) == (1 if got[-1] % 3 == 0 else 0)
+            close_all(message.fds)
+        await sending
+        b.close()
+        assert got == list(range(count))
+        assert cancelled > 10, "the test must actually cancel receives"
+
+    run(main)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_cancelled_sends_are_whole_or_nothing(impl: str, seed: int, pipe: Tuple[int, int]) -> None:
+    rng = random.Random(seed)
+    count = 120
+    limit = 150000 if impl == "native" else 400000
+
+    async def main() -> None:
+        a, b = aio.seqpacket_pair(implementation=impl)
+        completed: List[int] = []
+        cancelled: List[int] = []
+
+        async def sender() -> None:
+            for i in range(count):
+                size = rng.choice([0, 100, 40000, limit])
+                try:
+                    await asyncio.wait_for(
+                        a.send(_payload(i, size), [pipe[0]]), rng.choice([0.0005, 0.002, 1])
+                    )
+                except asyncio.TimeoutError:
+                    cancelled.append(i)
+                else:
+                    completed.append(i)
+            a.close()
+            await a.wait_closed()
+
+        async def reader() -> List[int]:
+            seen: List[int] = []
+            while True:
+                if rng.random() < 0.5:
+                    await asyncio.sleep(0.001)
+                message = await b.recv_message(1 << 20, 1)
+                if message is None:
+                    return seen
+                seen.append(_check(message.data))
+                assert len(message.fds) == 1
+                close_all(message.fds)
+
+        sending = asyncio.ensure_future(sender())
+        seen = await reader()
+        await sending
+        b.close()
+        assert seen == sorted(seen) and len(set(seen)) == len(seen)
+        assert set(completed) <= set(seen), "a send that returned was lost"
+        assert set(seen) <= set(completed) | set(cancelled)
+        assert cancelled, "the test must actually cancel sends"
+
+    run(main)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_slow_reader_applies_backpressure(impl: str) -> None:
+    async def main() -> None:
+        a, b = aio.seqpacket_pair(implementation=impl)
+        sent = 0
+
+        async def sender() -> None:
+            nonlocal sent
+            for i in range(200):
+                await a.send(_payload(i, 65536))
+                sent += 1
+            a.close()
+            await a.wait_closed()
+
+        sending = asyncio.ensure_future(sender())
+        await asyncio.sleep(0.3)  # the reader does not read
+        stalled_at = sent
+        assert 0 < stalled_at < 60, f"the sender ran ahead by {stalled_at} messages"
+        assert not a.conn._unsent() or impl == "emulated"
+        got = [_check(m.data) async for m in b.messages(1 << 17)]
+        await sending
+        b.close()
+        assert got == list(range(200))
+
+    run(main)
+
+
+PEER = textwrap.dedent(
+    """
+    import os, sys
+    import udscompat
+    conn = udscompat.SeqpacketConn.connect(sys.argv[1], implementation=sys.argv[2])
+    r, w = os.pipe()
+    for i in range(3):
+        conn.send(b"whole %d" % i, [r])
+    os.write(1, b"sending\\n")
+    while True:
+        conn.send(b"y" * int(sys.argv[3]))  # blocks soon: the server does not read yet
+    """
+)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_peer_killed_mid_message(impl: str, short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "srv")
+    big = 200000 if impl == "native" else 900000
+    outcome: List[Any] = []
+    killed = asyncio.Event
+
+    async def main() -> None:
+        gate = killed()
+
+        async def handler(conn: aio.AsyncSeqpacketConn) -> None:
+            await gate.wait()
+            while True:
+                try:
+                    message = await conn.recv_message(1 << 20, 1)
+                except OSError as exc:
+                    outcome.append(type(exc).__name__)
+                    return
+                if message is None:
+                    outcome.append(None)
+                    return
+                outcome.append(message.data)
+                close_all(message.fds)
+
+        async with await aio.start_seqpacket_server(handler, path, implementation=impl):
+            env = dict(os.environ, PYTHONPATH=str(ROOT))
+            peer = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", PEER, path, impl, str(big), stdout=subprocess.PIPE, env=env
+            )
+            assert peer.stdout is not None
+            assert await peer.stdout.readline() == b"sending\n"
+            await asyncio.sleep(0.2)  # let it fill the socket and block mid-message
+            peer.send_signal(signal.SIGKILL)
+            assert await peer.wait() == -signal.SIGKILL
+            gate.set()
+
+    run(main)
+    assert outcome[:3] == [b"whole 0", b"whole 1", b"whole 2"]
+    if impl == "native":
+        # The kernel queues a seqpacket message whole or not at all.
+        whole = [m for m in outcome[3:-1] if m == b"y" * big]
+        assert outcome[3:] == [*whole, None] or outcome[3:] == [*whole, "ConnectionResetError"]
+    else:
+        assert outcome[3:] == ["FramingError"], outcome[3:]
+
+
+def test_stream_helpers_on_a_socketpair(pipe: Tuple[int, int]) -> None:
+    async def main() -> None:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with a, b:
+            a.setblocking(False)
+            b.setblocking(False)
+            data = os.urandom(3_000_000)  # far more than the socket buffer: partial sends
+            sending = asyncio.ensure_future(aio.send_fds(a, data, [pipe[0]]))
+            first, fds, _, _ = await aio.recv_fds(b, 65536, 1)
+            assert len(fds) == 1 and same_file(fds[0], pipe[0])
+            close_all(fds)
+            received = bytearray(first)
+            while len(received) < len(data):
+                chunk, more, _, _ = await aio.recv_fds(b, 65536, 0)
+                assert not more
+                received += chunk
+            assert await sending == len(data)
+            assert bytes(received) == data
+
+    run(main)
+
+
+def test_stream_helpers_on_asyncio_transports(short_tmp: str, pipe: Tuple[int, int]) -> None:
+    path = os.path.join(short_tmp, "streams")
+
+    async def main() -> None:
+        paused = asyncio.Event()
+        result: List[Any] = []
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.transport.pause_reading()  # type: ignore[attr-defined]
+            paused.set()
+            data, fds, _, _ = await aio.recv_fds(writer.get_extra_info("socket"), 100, 1)
+            result.append((data, [same_file(fd, pipe[0]) for fd in fds]))
+            close_all(fds)
+            writer.transport.resume_reading()  # type: ignore[attr-defined]
+            result.append(await reader.readexactly(5))
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_unix_server(handler, path)
+        async with server:
+            reader, writer = await asyncio.open_unix_connection(path)
+            await paused.wait()
+            await aio.send_fds(writer.get_extra_info("socket"), b"with-fd", [pipe[0]])
+            writer.write(b"after")
+            await writer.drain()
+            assert await reader.read() == b""
+            writer.close()
+            await writer.wait_closed()
+        assert result == [(b"with-fd", [True]), b"after"]
+
+    run(main)
+
+
+def test_connect_refused_names_the_address(short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "nobody")
+
+    async def main() -> Optional[OSError]:
+        try:
+            await aio.open_seqpacket_connection(path)
+        except OSError as exc:
+            return exc
+        return None
+
+    error = run(main)
+    assert isinstance(error, OSError) and path in str(error)

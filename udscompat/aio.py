@@ -1,0 +1,667 @@
+"""asyncio: seqpacket connections and fd passing without blocking the event loop.
+
+The blocking types already keep their sockets non-blocking; this module puts
+them in non-blocking mode and waits for readiness with the loop's
+``add_reader``/``add_writer``, so it works on any loop that has them (the
+default selector loop, uvloop).
+
+Cancellation never loses anything:
+
+* a receive takes a message from the socket and returns it in one step, with
+  no ``await`` in between, so a cancelled receive consumed nothing and the
+  next one gets the message;
+* a send is whole or nothing: a native seqpacket send is atomic in the
+  kernel; an emulated frame that went out in part is finished by a shielded
+  task even if the caller is cancelled (its rest is queued in the
+  connection, never dropped, and the next send waits for it).
+
+Backpressure comes from the kernel: a send waits while the peer does not
+read, and at most one partly sent frame is buffered per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import os
+import socket
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Deque,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypeVar,
+    Union,
+)
+
+from udscompat import _fdpass, _seqpacket
+from udscompat._address import UnixSocketAddr
+from udscompat._bind import AddressArg, as_address
+from udscompat._platform import backend
+from udscompat._records import ConnCredentials, Message
+
+__all__ = [
+    "AsyncSeqpacketConn",
+    "SeqpacketServer",
+    "open_seqpacket_connection",
+    "recv_fds",
+    "send_fds",
+    "seqpacket_pair",
+    "start_seqpacket_server",
+]
+
+T = TypeVar("T")
+Handler = Callable[["AsyncSeqpacketConn"], Awaitable[Any]]
+
+_CONNECT_RETRY_MAX = 0.05  # seconds between connect attempts while the backlog is full
+#: How long ``close`` keeps trying to finish a partly sent (emulated) frame.
+CLOSE_DRAIN_TIMEOUT = 10.0
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def _ready(fd: int, *, write: bool) -> None:
+    """Wait once until ``fd`` is writable (or readable); the registration ends with the wait."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    if write:
+        loop.add_writer(fd, wake)
+    else:
+        loop.add_reader(fd, wake)
+    try:
+        await waiter
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+class _Readiness:
+    """Runs one direction's operations on one descriptor, as the loop reports it ready.
+
+    Like asyncio's transports, the operation runs inside the loop's
+    readiness callback, so the data is taken in the same loop iteration that
+    saw it (trying in the woken task instead meets the next iteration's
+    stale "readable" and fails).  The registration is kept between
+    operations -- registering costs two ``epoll_ctl`` calls each time -- and
+    dropped when the loop reports readiness with no operation waiting (the
+    loop is level-triggered and would spin); ``ready`` then says to try at
+    once next time.
+    """
+
+    __slots__ = ("_fd", "_loop", "_operation", "_registered", "_waiter", "_write", "ready")
+
+    def __init__(self, fd: int, *, write: bool) -> None:
+        self._fd = fd
+        self._write = write
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._registered = False
+        self._waiter: Optional[asyncio.Future[Any]] = None
+        self._operation: Optional[Callable[[], Any]] = None
+        #: Worth trying the operation before waiting for the loop.
+        self.ready = True
+
+    async def run(
+        self, operation: Callable[[], T], keep: Optional[Callable[[T], None]] = None
+    ) -> T:
+        """``operation()``, retried as the loop reports readiness while it would block.
+
+        If the caller is cancelled after the operation succeeded in the
+        callback, its result goes to ``keep`` (a receive must not lose it).
+        """
+        if self.ready:
+            try:
+                return operation()
+            except BlockingIOError:
+                self.ready = False
+        loop = asyncio.get_running_loop()
+        if self._registered and loop is not self._loop:
+            self.stop()
+        if not self._registered:
+            if self._write:
+                loop.add_writer(self._fd, self._wake)
+            else:
+                loop.add_reader(self._fd, self._wake)
+            self._loop = loop
+            self._registered = True
+        waiter: asyncio.Future[T] = loop.create_future()
+        self._waiter, self._operation = waiter, operation
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            done = waiter.done() and not waiter.cancelled()
+            if keep is not None and done and waiter.exception() is None:
+                keep(waiter.result())
+            raise
+        finally:
+            self._waiter = self._operation = None
+
+    def _wake(self) -> None:
+        waiter, operation = self._waiter, self._operation
+        if waiter is None or operation is None or waiter.done():
+            self.stop()
+            self.ready = True
+            return
+        try:
+            result = operation()
+        except BlockingIOError:
+            return  # not ready after all: keep waiting
+        except BaseException as exc:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(result)
+
+    def stop(self) -> None:
+        """Unregister from the loop (before the descriptor is closed)."""
+        if self._registered and self._loop is not None and not self._loop.is_closed():
+            if self._write:
+                self._loop.remove_writer(self._fd)
+            else:
+                self._loop.remove_reader(self._fd)
+        self._registered = False
+
+
+class _Turn:
+    """A FIFO lock whose uncontended acquire needs no ``await`` (asyncio.Lock's does).
+
+    ``take()`` returns True when the turn was free and is now held; otherwise
+    the caller ``await wait_for_turn()``.  A cancelled waiter gives up its
+    place, and a turn granted to a waiter that was cancelled meanwhile is
+    passed on, never lost.
+    """
+
+    __slots__ = ("_waiters", "busy")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self._waiters: Deque[asyncio.Future[None]] = collections.deque()
+
+    def take(self) -> bool:
+        if self.busy:
+            return False
+        self.busy = True
+        return True
+
+    async def wait_for_turn(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the turn arrived with the cancellation: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the turn goes to the next waiter, still busy
+                return
+        self.busy = False
+
+
+class AsyncSeqpacketConn:
+    """A seqpacket connection for asyncio: ``await send(...)``, ``await recv_message(...)``.
+
+    Wraps a ``SeqpacketConn`` (native or emulated: ``implementation`` tells
+    which) with the same contract.  One receive and one send may run at a
+    time; concurrent callers queue.  ``async for message in conn`` yields
+    messages until end-of-stream.
+    """
+
+    def __init__(self, conn: _seqpacket.SeqpacketConn) -> None:
+        conn.setblocking(False)
+        self._conn = conn
+        self._readable = _Readiness(conn.fileno(), write=False)
+        self._writable = _Readiness(conn.fileno(), write=True)
+        self._send_turn = _Turn()
+        self._recv_turn = _Turn()
+        #: Messages received for a caller that was cancelled at that moment, for the next one.
+        self._kept: List[Optional[Message]] = []
+        self._flushing: Optional[asyncio.Future[None]] = None
+        self._closing: Optional[asyncio.Future[None]] = None
+        self._closed_event = asyncio.Event()
+
+    @property
+    def implementation(self) -> str:
+        """``"native"`` or ``"emulated"``."""
+        return self._conn.implementation
+
+    @property
+    def conn(self) -> _seqpacket.SeqpacketConn:
+        """The underlying (non-blocking) ``SeqpacketConn``."""
+        return self._conn
+
+    async def send(self, data: Any, fds: Sequence[Any] = ()) -> int:
+        """Send ``data`` as one message with ``fds``; waits while the peer does not read.
+
+        Returns ``len(data)``.  The descriptors may be closed once this returns.
+        If the caller is cancelled, the message was sent whole or not at all.
+
+        Raises:
+            ValueError: too many descriptors, or a message over the size limit.
+            OSError: ``EPIPE`` once the peer has gone, and other send errors.
+        """
+        if not self._send_turn.take():
+            await self._send_turn.wait_for_turn()
+        try:
+            await self._drain()  # the rest of an earlier frame goes first
+            sent = await self._writable.run(lambda: self._conn.send(data, fds))
+            if self._conn._unsent():
+                await self._drain()
+            return sent
+        finally:
+            self._send_turn.release()
+
+    async def _drain(self) -> None:
+        """Finish a partly sent frame in a task that cancelling the caller does not stop."""
+        if not self._conn._unsent():
+            return
+        await asyncio.shield(self._start_flushing())
+
+    def _start_flushing(self) -> asyncio.Future[None]:
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush_unsent())
+            # Seen by whoever awaits it; a background flush's error must not go unreported
+            # as "never retrieved" (the next send meets the same error from the socket).
+            self._flushing.add_done_callback(_retrieve)
+        return self._flushing
+
+    async def _flush_unsent(self) -> None:
+        while self._conn._unsent():
+            await self._writable.run(self._send_some_unsent)
+
+    def _send_some_unsent(self) -> None:
+        self._conn._send_unsent()
+        if self._conn._unsent():
+            raise BlockingIOError(errno.EAGAIN, "frame still partly unsent")
+
+    async def recv_message(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
+        """Receive one message, or ``None`` at end-of-stream; see ``SeqpacketConn.recv_message``.
+
+        A cancelled receive loses nothing: a message that arrived meanwhile
+        is returned by the next receive.
+        """
+        if not self._recv_turn.take():
+            await self._recv_turn.wait_for_turn()
+        try:
+            if self._kept:
+                message = self._kept.pop(0)
+            else:
+                if self._conn._buffered():
+                    self._readable.ready = True  # decoded frames wait; the socket may be empty
+                message = await self._readable.run(
+                    lambda: self._conn.recv_message(bufsize, maxfds), self._kept.append
+                )
+        finally:
+            self._recv_turn.release()
+        if self._conn._unsent() and not self._send_turn.busy:
+            self._start_flushing()  # an acknowledgement the receive could not push out at once
+        return message
+
+    def peer_credentials(self) -> ConnCredentials:
+        """The peer's credentials (``udscompat.peer_credentials``)."""
+        return self._conn.peer_credentials()
+
+    @property
+    def local_addr(self) -> UnixSocketAddr:
+        return self._conn.local_addr
+
+    @property
+    def peer_addr(self) -> UnixSocketAddr:
+        return self._conn.peer_addr
+
+    def fileno(self) -> int:
+        return self._conn.fileno()
+
+    def close(self) -> None:
+        """Close the connection.
+
+        A frame still partly unsent (the emulation, after a cancelled send)
+        is finished first, for up to ``CLOSE_DRAIN_TIMEOUT`` seconds; await
+        ``wait_closed`` to know when the socket is closed.
+        """
+        if self._closing is not None or self._closed_event.is_set():
+            return
+        if self._conn._unsent() and not self._conn.closed:
+            try:
+                self._closing = asyncio.ensure_future(self._finish_then_close())
+                return
+            except RuntimeError:
+                pass  # no running loop: close at once
+        self._close_now()
+
+    async def _finish_then_close(self) -> None:
+        try:
+            await asyncio.wait_for(self._drain(), CLOSE_DRAIN_TIMEOUT)
+        except (asyncio.TimeoutError, OSError):
+            pass  # the peer is gone or does not read: nothing more can be delivered
+        finally:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        if self._flushing is not None and not self._flushing.done():
+            self._flushing.cancel()
+        self._readable.stop()
+        self._writable.stop()
+        self._conn.close()
+        self._closed_event.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed."""
+        await self._closed_event.wait()
+
+    @property
+    def closed(self) -> bool:
+        return self._conn.closed
+
+    async def __aenter__(self) -> AsyncSeqpacketConn:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self.messages()
+
+    async def messages(self, bufsize: int = 65536, maxfds: int = 0) -> AsyncIterator[Message]:
+        """Messages until end-of-stream (``async for m in conn.messages(maxfds=3)``)."""
+        while True:
+            message = await self.recv_message(bufsize, maxfds)
+            if message is None:
+                return
+            yield message
+
+    def __repr__(self) -> str:
+        return f"<AsyncSeqpacketConn {self._conn!r}>"
+
+
+async def open_seqpacket_connection(
+    addr: AddressArg, *, implementation: Optional[str] = None
+) -> AsyncSeqpacketConn:
+    """Connect to a seqpacket listener (blocking or asyncio) at ``addr``.
+
+    While the listener's backlog is full the connect is retried (Linux
+    answers a non-blocking AF_UNIX connect with EAGAIN then), never blocking
+    the loop.
+
+    Raises:
+        OSError: from ``connect``, with the address in the message.
+    """
+    address = as_address(addr)
+    impl = _seqpacket.resolve_implementation(implementation)
+    kind = backend.SOCK_SEQPACKET if impl == "native" else socket.SOCK_STREAM
+    sock = socket.socket(socket.AF_UNIX, kind)
+    try:
+        sock.setblocking(False)
+        await _connect(sock, address)
+    except BaseException as exc:
+        sock.close()
+        if isinstance(exc, OSError) and not isinstance(exc, (BlockingIOError, TimeoutError)):
+            raise OSError(exc.errno, f"{exc.strerror}: cannot connect to {address}") from exc
+        raise
+    return AsyncSeqpacketConn(_seqpacket._wrap(sock, impl))
+
+
+async def _connect(sock: socket.socket, address: UnixSocketAddr) -> None:
+    delay = 0.0005
+    while True:
+        try:
+            sock.connect(address.to_sockaddr())
+            return
+        except BlockingIOError as exc:
+            if exc.errno == errno.EINPROGRESS:
+                await _ready(sock.fileno(), write=True)
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    raise OSError(error, os.strerror(error)) from None
+                return
+        # EAGAIN: the backlog is full and nothing will signal when it is not.
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _CONNECT_RETRY_MAX)
+
+
+def seqpacket_pair(
+    *, implementation: Optional[str] = None
+) -> Tuple[AsyncSeqpacketConn, AsyncSeqpacketConn]:
+    """A connected pair of ``AsyncSeqpacketConn`` (call it inside a running loop)."""
+    a, b = _seqpacket.seqpacket_pair(implementation=implementation)
+    return AsyncSeqpacketConn(a), AsyncSeqpacketConn(b)
+
+
+class SeqpacketServer:
+    """Accepts seqpacket connections and runs ``handler(conn)`` for each in its own task.
+
+    Each connection is closed when its handler returns.  ``close()`` stops
+    accepting; ``wait_closed()`` waits for the running handlers.
+    """
+
+    def __init__(self, listener: _seqpacket.SeqpacketListener, handler: Handler) -> None:
+        listener.setblocking(False)
+        self._listener = listener
+        self._handler = handler
+        self._tasks: Set[asyncio.Task[None]] = set()
+        self._closed = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(listener.fileno(), self._accept_ready)
+
+    @property
+    def local_addr(self) -> UnixSocketAddr:
+        return self._listener.local_addr
+
+    @property
+    def implementation(self) -> str:
+        return self._listener.implementation
+
+    def _accept_ready(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: pause accepting briefly instead of spinning.
+                    self._loop.remove_reader(self._listener.fileno())
+                    self._loop.call_later(0.1, self._resume)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            task = self._loop.create_task(self._serve(AsyncSeqpacketConn(conn)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _resume(self) -> None:
+        if not self._closed.is_set():
+            self._loop.add_reader(self._listener.fileno(), self._accept_ready)
+
+    async def _serve(self, conn: AsyncSeqpacketConn) -> None:
+        try:
+            await self._handler(conn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # As asyncio's own servers do: the loop's exception handler reports it.
+            self._loop.call_exception_handler(
+                {"message": "unhandled exception in a seqpacket handler", "exception": exc}
+            )
+        finally:
+            conn.close()
+            await conn.wait_closed()
+
+    def close(self) -> None:
+        """Stop accepting and close the listener (running handlers go on)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._loop.remove_reader(self._listener.fileno())
+        self._listener.close()
+
+    def is_serving(self) -> bool:
+        return not self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        """Wait until the server is closed and every handler has finished."""
+        await self._closed.wait()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled (or closed); cancelling closes the server."""
+        try:
+            await self._closed.wait()
+        finally:
+            self.close()
+
+    async def __aenter__(self) -> SeqpacketServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def start_seqpacket_server(
+    handler: Handler,
+    addr: Union[AddressArg, UnixSocketAddr],
+    *,
+    backlog: int = socket.SOMAXCONN,
+    implementation: Optional[str] = None,
+    mode: Optional[int] = None,
+    remove_on_close: bool = True,
+) -> SeqpacketServer:
+    """Listen at ``addr`` and run ``await handler(conn)`` for every connection.
+
+    Arguments as ``SeqpacketListener`` (stale socket files replaced, live
+    ones never).  Returns the server, already accepting.
+    """
+    listener = _seqpacket.SeqpacketListener(
+        addr,
+        backlog,
+        implementation=implementation,
+        mode=mode,
+        remove_on_close=remove_on_close,
+    )
+    try:
+        return SeqpacketServer(listener, handler)
+    except BaseException:
+        listener.close()
+        raise
+
+
+# --- fd passing on stream (or any) AF_UNIX sockets ---------------------------------------------
+
+
+def _own_socket(sock: Any) -> Tuple[socket.socket, bool]:
+    """A ``socket.socket`` to operate on, and whether it is a duplicate to close afterwards.
+
+    asyncio transports hand out ``TransportSocket`` wrappers and keep the
+    descriptor registered with the loop, so a duplicate descriptor (the same
+    open socket) is used for those: it can be waited on independently.
+    """
+    if isinstance(sock, socket.socket):
+        return sock, False
+    fileno = getattr(sock, "fileno", None)
+    if fileno is None:
+        raise TypeError(f"expected a socket, got {type(sock).__name__}")
+    dup = socket.socket(fileno=os.dup(fileno()))
+    dup.setblocking(False)
+    return dup, True
+
+
+async def _wait_on(sock: socket.socket, *, write: bool) -> None:
+    try:
+        await _ready(sock.fileno(), write=write)
+    except RuntimeError:
+        # The loop refuses: a transport owns this descriptor.  Wait on a duplicate.
+        dup = os.dup(sock.fileno())
+        try:
+            await _ready(dup, write=write)
+        finally:
+            os.close(dup)
+
+
+async def send_fds(
+    sock: Any, data: bytes, fds: Sequence[Any], flags: int = 0, address: Any = None
+) -> int:
+    """``udscompat.send_fds`` without blocking the loop; sends all of ``data``.
+
+    On a stream socket the descriptors travel with the first byte and the
+    rest of ``data`` follows; if the caller is cancelled after the first
+    byte went out, the rest is still sent by a shielded task.  ``sock`` is a
+    non-blocking AF_UNIX socket or an asyncio transport's socket
+    (``transport.get_extra_info("socket")``).
+
+    Returns ``len(data)``.
+    """
+    own, is_dup = _own_socket(sock)
+    try:
+        own.setblocking(False)
+        payload = memoryview(data).cast("B")
+        while True:
+            try:
+                sent = _fdpass.send_fds(own, [payload], fds, flags, address)
+                break
+            except BlockingIOError:
+                await _wait_on(own, write=True)
+        if sent < len(payload):
+            rest = asyncio.ensure_future(_send_rest(own, payload[sent:], flags))
+            if is_dup:
+                rest.add_done_callback(lambda _: own.close())
+                is_dup = False  # the task closes it
+            await asyncio.shield(rest)
+        return len(payload)
+    finally:
+        if is_dup:
+            own.close()
+
+
+async def _send_rest(sock: socket.socket, rest: memoryview, flags: int) -> None:
+    while rest:
+        try:
+            rest = rest[sock.send(rest, flags | getattr(socket, "MSG_NOSIGNAL", 0)) :]
+        except BlockingIOError:
+            await _wait_on(sock, write=True)
+
+
+async def recv_fds(
+    sock: Any, bufsize: int, maxfds: int, flags: int = 0
+) -> Tuple[bytes, List[int], int, Any]:
+    """``udscompat.recv_fds`` without blocking the loop.
+
+    For an asyncio transport's socket, pause the transport's reading first
+    (``transport.pause_reading()``), or the transport may read the bytes
+    (and the kernel then discards their descriptors).
+    """
+    own, is_dup = _own_socket(sock)
+    try:
+        own.setblocking(False)
+        while True:
+            try:
+                return _fdpass.recv_fds(own, bufsize, maxfds, flags)
+            except BlockingIOError:
+                await _wait_on(own, write=False)
+    finally:
+        if is_dup:
+            own.close()
