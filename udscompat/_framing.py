@@ -128,7 +128,9 @@ class FrameDecoder:
     ):
         self.max_message_size = max_message_size
         self.max_fds = max_fds
-        self._buffer = bytearray()
+        # The last chunk as received (bytes) while frames are parsed straight out of it; a
+        # bytearray once a frame spans chunks.  Either way, _buffer[_pos:] is unparsed.
+        self._buffer: Union[bytes, bytearray] = b""
         self._pos = 0  # start of the unparsed data in _buffer
         self._base = 0  # stream offset of _buffer[0]
         self._received = 0  # stream offset of the end of the data received
@@ -168,7 +170,17 @@ class FrameDecoder:
                 _close(fds)
                 self._fail("descriptors arrived with end-of-stream")
             return
-        self._buffer += data
+        if self._pos >= len(self._buffer):
+            # Everything before is parsed: keep the chunk itself, no copy.
+            self._base = start
+            self._buffer = data if type(data) is bytes else bytes(data)
+            self._pos = 0
+        else:
+            if type(self._buffer) is bytes:
+                self._base += self._pos
+                self._buffer = bytearray(self._buffer[self._pos :])
+                self._pos = 0
+            self._buffer += data  # a bytearray here
         self._received += len(data)
         for fd in fds:
             self._fds.append((fd, start, self._received))
@@ -205,7 +217,8 @@ class FrameDecoder:
             return self._at_boundary(available, length)
         fds = self._claim(frame_start, nfds)
         body_start = self._pos + HEADER.size
-        data = bytes(self._buffer[body_start : body_start + length])
+        body = self._buffer[body_start : body_start + length]
+        data = body if type(body) is bytes else bytes(body)
         self._consume(HEADER.size + length)
         if flags & FLAG_ACK_REQUESTED:
             self._wants_ack += 1
@@ -216,7 +229,8 @@ class FrameDecoder:
         self._closed = True
         _close([fd for fd, _, _ in self._fds])
         self._fds.clear()
-        self._buffer = bytearray()
+        self._buffer = b""
+        self._pos = 0
 
     # -- internals ---------------------------------------------------------------------
 
@@ -251,8 +265,9 @@ class FrameDecoder:
     def _consume(self, size: int) -> None:
         self._pos += size
         # Compact now and then, so a long stream does not keep every byte.
-        if self._pos > 65536 and self._pos * 2 > len(self._buffer):
-            del self._buffer[: self._pos]
+        buffer = self._buffer
+        if isinstance(buffer, bytearray) and self._pos > 65536 and self._pos * 2 > len(buffer):
+            del buffer[: self._pos]
             self._base += self._pos
             self._pos = 0
 

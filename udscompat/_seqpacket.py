@@ -46,6 +46,7 @@ _TRUNCATIONS = backend.MSG_TRUNC | backend.MSG_CTRUNC
 # Only SOL_SOCKET cmsgs arrive on AF_UNIX sockets, so the type alone names the marker.
 _MARKER_TYPE = backend.MESSAGE_MARKER[2] if backend.MESSAGE_MARKER is not None else None
 _STREAM_CHUNK = 131072  # larger reads cost an mmap per recvmsg in CPython's allocator
+_CHUNK_FDS = backend.MAX_FDS_PER_MESSAGE or 256
 
 
 def resolve_implementation(implementation: Optional[str]) -> str:
@@ -356,29 +357,45 @@ class _EmulatedConn(SeqpacketConn):
         self._broken: Optional[FramingError] = None
 
     def send(self, data: Any, fds: Sequence[Any] = ()) -> int:
-        numbers = _io.check_fds(fds)
-        payload = memoryview(data).cast("B")
-        hold = bool(numbers) and _fdpass.hold_sent_fds()
-        header = self._encoder.header(len(payload), len(numbers), ack_requested=hold)
+        numbers = _io.check_fds(fds) if fds else None
+        payload = data if type(data) is bytes else memoryview(data).cast("B")
+        size = len(payload)
+        hold = numbers is not None and _fdpass.hold_sent_fds()
+        header = self._encoder.header(size, len(numbers) if numbers else 0, ack_requested=hold)
         with self._send_lock:
-            self._check_broken()
-            self._flush_acks()
-            self._flush(block=True)
+            if self._broken is not None:
+                self._check_broken()
+            if self._decoder.pending_acks:
+                self._flush_acks()
             if self._pending:
-                raise BlockingIOError(errno.EAGAIN, "previous message still being sent")
-            frame = header + bytes(payload) if len(payload) < 4096 else None
-            buffers: List[Any] = [frame] if frame is not None else [header, payload]
-            sent = self._call(
-                lambda: _io.send_with_fds(self._sock, buffers, numbers, _NOSIGNAL), write=True
-            )
-            if hold:
+                self._flush(block=True)
+                if self._pending:
+                    raise BlockingIOError(errno.EAGAIN, "previous message still being sent")
+            # Small frames go out as one joined buffer: one copy is cheaper than an iovec.
+            frame = header + payload if size < 4096 else None
+            try:
+                sent = self._send_frame(header, payload, frame, numbers)
+            except BlockingIOError:
+                if self._timeout == 0.0:
+                    raise
+                sent = self._call(
+                    lambda: self._send_frame(header, payload, frame, numbers), write=True
+                )
+            if hold and numbers is not None:
                 _fdpass.REGISTRY.hold(self._sock, numbers)
-            total = len(header) + len(payload)
-            if sent < total:
+            if sent < len(header) + size:
                 whole = frame if frame is not None else header + bytes(payload)
                 self._pending = memoryview(whole)[sent:]
                 self._flush(block=self._timeout is None)
-        return len(payload)
+        return size
+
+    def _send_frame(self, header: bytes, payload: Any, frame: Optional[bytes], numbers: Any) -> int:
+        if numbers is None:
+            if frame is not None:
+                return self._sock.send(frame, _NOSIGNAL)
+            return self._sock.sendmsg([header, payload], [], _NOSIGNAL)
+        buffers = [frame] if frame is not None else [header, payload]
+        return _io.send_with_fds(self._sock, buffers, numbers, _NOSIGNAL)
 
     def _flush(self, *, block: bool) -> None:
         """Send the rest of a partly sent frame; in timeout mode, until the deadline."""
@@ -412,32 +429,40 @@ class _EmulatedConn(SeqpacketConn):
             self._flush(block=False)
 
     def recv_message(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
-        _io.check_sizes(bufsize, maxfds)
+        if bufsize < 0 or maxfds < 0:
+            _io.check_sizes(bufsize, maxfds)
+        decoder = self._decoder
         with self._recv_lock:
             while True:
-                self._check_broken()
+                if self._broken is not None:
+                    self._check_broken()
                 try:
-                    event = self._decoder.next_event()
+                    event = decoder.next_event()
                 except FramingError as exc:
                     self._break(exc)
                     raise
-                if isinstance(event, _framing.Ack):
+                if type(event) is Message:
+                    if decoder.pending_acks:
+                        self._acknowledge()
+                    if event.fds or len(event.data) > bufsize:
+                        return _fit(event, bufsize, maxfds)
+                    return event
+                if event is _framing.NEED_DATA:
+                    self._read_chunk()
+                elif isinstance(event, _framing.Ack):
                     _fdpass.REGISTRY.release(self._sock, event.frames)
-                    continue
-                if isinstance(event, _framing.EndOfStream):
-                    return None
-                if isinstance(event, Message):
-                    self._acknowledge()
-                    return _fit(event, bufsize, maxfds)
-                self._read_chunk()
+                else:
+                    return None  # EndOfStream
 
     def _read_chunk(self) -> None:
-        data, fds, _, _, _ = self._call(
-            lambda: _io.recv_with_fds(
-                self._sock, _STREAM_CHUNK, backend.MAX_FDS_PER_MESSAGE or 256
-            ),
-            write=False,
-        )
+        try:
+            data, fds, _, _, _ = _io.recv_with_fds(self._sock, _STREAM_CHUNK, _CHUNK_FDS)
+        except BlockingIOError:
+            if self._timeout == 0.0:
+                raise
+            data, fds, _, _, _ = self._call(
+                lambda: _io.recv_with_fds(self._sock, _STREAM_CHUNK, _CHUNK_FDS), write=False
+            )
         try:
             self._decoder.receive_data(data, fds)
         except FramingError as exc:
