@@ -3,6 +3,7 @@
 udscompat-conformance run [--out FILE] [-n N] [--seqpacket native|emulated|auto]
                           [--timeout S] [--report DIR] [-- pytest args]
 udscompat-conformance report RESULTS... [--out DIR] [--claims FILE...] [--readme FILE]
+    udscompat-conformance vm [TARGET...] [--parallel N] [--provider P] [--keep] [--timeout S]
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from conformance import report
 
         return report.main(argv[1:])
+    if argv[:1] == ["vm"]:
+        from conformance import vm
+
+        return vm.main(argv[1:])
     extra: List[str] = []
     if "--" in argv:
         cut = argv.index("--")
@@ -136,6 +141,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         metavar="FEATURES",
         help="run under the LD_PRELOAD kernel stand-in (Linux): a comma-separated subset of "
         "noseqpacket,noabstract,nocloexec",
+    )
+    sub.add_parser(
+        "vm",
+        help="run the suite on Vagrant machines, ssh:// hosts or local (see: vm --help)",
+        add_help=False,
     )
     sub.add_parser(
         "report",
