@@ -48,18 +48,9 @@ from conformance.plugin import write_atomically
 PROJECT = Path(__file__).resolve().parent.parent
 VAGRANT_DIR = PROJECT / "vagrant"
 VAGRANT_MACHINES = ("linux", "freebsd", "openbsd", "netbsd", "dragonfly", "omnios")
-#: Distributions the suite imports (pure Python), copied from this environment to the target.
-SUITE_DEPENDENCIES = (
-    "pytest",
-    "pluggy",
-    "iniconfig",
-    "packaging",
-    "pytest-xdist",
-    "execnet",
-    "pytest-timeout",
-    "exceptiongroup",
-    "tomli",
-)
+#: The suite's own requirements; they and everything they require (as installed here, all pure
+#: Python) are copied to the target, so it needs no package index.
+SUITE_REQUIREMENTS = ("pytest", "pytest-xdist", "pytest-timeout")
 _PROJECT_PARTS = ("pyproject.toml", "udscompat", "conformance")
 _PYTHON_CHECK = (
     "import sys; assert sys.version_info >= (3, 9), sys.version; print(sys.version.split()[0])"
@@ -324,11 +315,7 @@ def payload() -> bytes:
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for part in _PROJECT_PARTS:
             tar.add(str(PROJECT / part), arcname=f"project/{part}", filter=_skip_caches)
-        for name in SUITE_DEPENDENCIES:
-            try:
-                dist = importlib.metadata.distribution(name)
-            except importlib.metadata.PackageNotFoundError:
-                continue
+        for dist in suite_distributions():
             for file in dist.files or []:
                 if file.suffix == ".pyc" or "__pycache__" in file.parts or ".." in file.parts:
                     continue
@@ -336,6 +323,36 @@ def payload() -> bytes:
                 if source.is_file():
                     tar.add(str(source), arcname=f"deps/{file}")
     return buffer.getvalue()
+
+
+def suite_distributions() -> List[importlib.metadata.Distribution]:
+    """The installed distributions the suite needs: its requirements, recursively.
+
+    Requirements that apply only to an extra are left out; ones limited to
+    other Python versions are taken when installed (a target may be older).
+    """
+    found: Dict[str, importlib.metadata.Distribution] = {}
+    pending = list(SUITE_REQUIREMENTS)
+    while pending:
+        name = _normalise(pending.pop())
+        if name in found:
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found[name] = dist
+        for requirement in dist.requires or []:
+            if "extra ==" in requirement.replace("extra==", "extra =="):
+                continue
+            match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+            if match:
+                pending.append(match.group(1))
+    return [found[name] for name in sorted(found)]
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _skip_caches(info: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:

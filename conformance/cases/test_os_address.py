@@ -387,3 +387,26 @@ def test_abstract_per_netns(observe: Observer, short_tmp: str) -> None:
     if len(parts) != 3:
         raise AssertionError(f"the child in a new namespace could not report: {report}")
     observe({"abstract_connect": parts[0], "path_connect": parts[1], "abstract_rebind": parts[2]})
+
+
+@case(
+    "os.address.bytes_after_nul",
+    "A path with a trailing NUL, or bytes after a NUL, names the same socket as the plain path",
+    rows=["ADDR-07", "ADDR-08"],
+)
+def test_bytes_after_nul(observe: Observer, short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "p").encode()
+    with socket.socket(socket.AF_UNIX) as plain:
+        plain.bind(path)
+        plain.listen(1)
+        seen = {}
+        for label, variant in (("trailing_nul", path + b"\0"), ("after_nul", path + b"\0junk")):
+            with socket.socket(socket.AF_UNIX) as other:
+                seen[f"bind_{label}"] = attempt(
+                    lambda other=other, variant=variant: other.bind(variant)
+                )
+            with socket.socket(socket.AF_UNIX) as client:
+                seen[f"connect_{label}"] = attempt(
+                    lambda client=client, variant=variant: client.connect(variant)
+                )
+        observe(seen)

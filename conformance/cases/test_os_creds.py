@@ -336,3 +336,75 @@ def test_sendto_unconnected(observe: Observer, short_tmp: str) -> None:
                 "sender_autobound": isinstance(source, bytes) and source.startswith(b"\0"),
             }
         )
+
+
+@case(
+    "os.creds.ucred_truncated",
+    "SCM_CREDENTIALS into a control buffer too small for a ucred: MSG_CTRUNC? a partial ucred?",
+    rows=["CRED-13"],
+)
+def test_ucred_truncated(observe: Observer) -> None:
+    _require_scm_credentials()
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        b.setsockopt(socket.SOL_SOCKET, _SO_PASSCRED, 1)
+        a.send(b"x")
+        a.send(b"y")
+        _, small, small_flags, _ = b.recvmsg(1, socket.CMSG_LEN(4))
+        _, _, enough_flags, _ = b.recvmsg(1, socket.CMSG_SPACE(12))
+        observe(
+            {
+                "small_flags": [n for n in ("MSG_CTRUNC",) if small_flags & socket.MSG_CTRUNC],
+                "small_payload_bytes": len(small[0][2]) if small else 0,
+                "enough_flags": [n for n in ("MSG_CTRUNC",) if enough_flags & socket.MSG_CTRUNC],
+            }
+        )
+
+
+@case(
+    "os.creds.not_coalesced",
+    "Stream data sent with different credentials is not merged into one read",
+    rows=["CRED-14"],
+)
+def test_not_coalesced(observe: Observer) -> None:
+    _require_scm_credentials()
+    if os.geteuid() != 0:
+        unavailable("naming another pid in SCM_CREDENTIALS needs root")
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        b.setsockopt(socket.SOL_SOCKET, _SO_PASSCRED, 1)
+
+        def send_as(pid: int, data: bytes) -> None:
+            ucred = struct.pack("@iII", pid, os.geteuid(), os.getegid())
+            a.sendmsg([data], [(socket.SOL_SOCKET, _SCM_CREDENTIALS, ucred)])
+
+        send_as(os.getpid(), b"mine")
+        send_as(1, b"init")
+        send_as(1, b"more")
+        first, _, _, _ = b.recvmsg(100, 512)
+        second, _, _, _ = b.recvmsg(100, 512)
+        observe({"first_read": first.decode(), "second_read": second.decode()})
+
+
+@case(
+    "os.creds.local_creds_bsd",
+    "LOCAL_CREDS (FreeBSD, NetBSD): the receiver's first message carries the sender's sockcred",
+    rows=["CRED-17"],
+)
+def test_local_creds_bsd(observe: Observer) -> None:
+    # <sys/un.h>: LOCAL_CREDS is 2 on FreeBSD and NetBSD (level 0);
+    # <sys/socket.h>: SCM_CREDS is 3 on FreeBSD, 4 on NetBSD.
+    if not sys.platform.startswith(("freebsd", "netbsd")):
+        unavailable("LOCAL_CREDS exists on FreeBSD and NetBSD only")
+    scm_creds = 3 if sys.platform.startswith("freebsd") else 4
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        option = attempt(lambda: b.setsockopt(0, 2, 1))
+        if option != "ok":
+            observe({"setsockopt": option})
+            return
+        a.send(b"x")
+        _, ancdata, _, _ = b.recvmsg(1, 1024)
+        observe(
+            {"setsockopt": "ok", "scm_creds_arrived": any(k == scm_creds for _, k, _ in ancdata)}
+        )

@@ -207,3 +207,166 @@ def test_abstract_connect(observe: Observer) -> None:
         sender.connect(name)
         sender.send(b"hi")
         observe(receiver.recv(10) == b"hi")
+
+
+@case("os.dgram.boundaries", "A datagram socketpair keeps message boundaries", rows=["DG-01"])
+def test_boundaries(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        a.send(b"one")
+        a.send(b"two")
+        observe([b.recv(100).decode(), b.recv(100).decode()])
+
+
+@case(
+    "os.dgram.many_clients",
+    "20 clients connect() to one bound receiver; how many datagrams queue before senders block",
+    rows=["DG-03"],
+)
+def test_many_clients(observe: Observer, short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "r")
+    with _dgram() as receiver:
+        receiver.bind(path)
+        clients = [_dgram() for _ in range(20)]
+        try:
+            got = []
+            for i, client in enumerate(clients):
+                client.connect(path)
+                client.send(b"%d" % i)
+                got.append(int(receiver.recv(10)))
+            # Now fill the receiver from the connected clients without reading.
+            queued, error = 0, "none"
+            for client in clients * 3:
+                client.setblocking(False)
+                try:
+                    client.send(b"q")
+                except OSError as exc:
+                    error = errno_name(exc)
+                    break
+                queued += 1
+        finally:
+            for client in clients:
+                client.close()
+        observe({"all_delivered": got == list(range(20)), "queue_limit": f"{error} after {queued}"})
+
+
+@case(
+    "os.dgram.dontwait",
+    "An empty queue: recv with MSG_DONTWAIT, and on a non-blocking socket",
+    rows=["DG-11"],
+)
+def test_dontwait(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        flag = attempt(lambda: b.recv(1, socket.MSG_DONTWAIT))
+        b.setblocking(False)
+        observe({"MSG_DONTWAIT": flag, "O_NONBLOCK": attempt(lambda: b.recv(1))})
+
+
+@case(
+    "os.dgram.fionread",
+    "FIONREAD on a datagram socket with SO_TIMESTAMP on: data bytes only, or more?",
+    rows=["DG-15"],
+)
+def test_fionread(observe: Observer) -> None:
+    import array
+    import fcntl
+    import termios
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        timestamp = getattr(socket, "SO_TIMESTAMP", None)
+        if timestamp is not None:
+            b.setsockopt(socket.SOL_SOCKET, timestamp, 1)
+        a.send(b"x" * 100)
+        a.send(b"y" * 50)
+        value = array.array("i", [0])
+        fcntl.ioctl(b.fileno(), termios.FIONREAD, value, True)
+        observe(value[0], note="100 is the first datagram, 150 all of them")
+
+
+@case(
+    "os.dgram.truncated_length",
+    "recv_into(MSG_TRUNC) with a short buffer returns the datagram's real length",
+    rows=["DG-10"],
+)
+def test_truncated_length(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        a.send(b"x" * 300)
+        a.send(b"y" * 300)
+        scratch = bytearray(10)
+        peeked = b.recv_into(scratch, 10, socket.MSG_PEEK | socket.MSG_TRUNC)
+        read = b.recv_into(scratch, 10, socket.MSG_TRUNC)
+        observe({"peek": peeked, "read": read, "next_intact": len(b.recv(1000)) == 300})
+
+
+@case(
+    "os.dgram.peek_from",
+    "sendto with several buffers; recvmsg with MSG_PEEK and the source address, then the read",
+    rows=["DG-18"],
+)
+def test_peek_from(observe: Observer, short_tmp: str) -> None:
+    receiver_path = os.path.join(short_tmp, "r")
+    sender_path = os.path.join(short_tmp, "s")
+    with _dgram() as receiver, _dgram() as sender:
+        receiver.bind(receiver_path)
+        sender.bind(sender_path)
+        sender.sendmsg([b"ab", b"cd"], [], 0, receiver_path)
+        peek, _, _, source = receiver.recvmsg(10, 0, socket.MSG_PEEK)
+        data, _, _, again = receiver.recvmsg(10)
+        observe(
+            {
+                "peek": peek.decode(),
+                "read": data.decode(),
+                "source_is_sender": source == sender_path == again,
+            }
+        )
+
+
+@case(
+    "os.dgram.abstract_sendto_loop",
+    "4096 unconnected sendto/recv cycles to an abstract name exhaust nothing",
+    rows=["DG-19"],
+)
+def test_abstract_sendto_loop(observe: Observer) -> None:
+    require_abstract()
+    name = abstract_name("loop")
+    with _dgram() as receiver, _dgram() as sender:
+        receiver.bind(name)
+        for i in range(4096):
+            sender.sendto(b"%d" % i, name)
+            if receiver.recv(10) != b"%d" % i:
+                observe(f"wrong datagram at {i}")
+                return
+        observe("ok")
+
+
+@case(
+    "os.dgram.from_child",
+    "A forked child sends a datagram with an fd to its parent",
+    rows=["DG-20"],
+)
+def test_from_child(observe: Observer) -> None:
+    import array
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    r, w = os.pipe()
+    with a, b:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(w, b"child")
+                a.sendmsg([b"hi"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        data, ancdata, _, _ = b.recvmsg(10, socket.CMSG_SPACE(4))
+        fds = [fd for _, _, p in ancdata for fd in array.array("i", p[: len(p) - len(p) % 4])]
+        try:
+            observe(
+                {"data": data.decode(), "fd_reads": os.read(fds[0], 10).decode() if fds else None}
+            )
+        finally:
+            for fd in [*fds, r, w]:
+                os.close(fd)

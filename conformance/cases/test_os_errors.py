@@ -102,3 +102,19 @@ def test_bad_descriptor(observe: Observer) -> None:
     with socket.socket(socket.AF_UNIX) as probe:
         number = probe.fileno()
     observe(attempt(lambda: socket.socket(fileno=number)))
+
+
+@case(
+    "os.errors.recvmsg_flags",
+    "msg_flags after a plain recvmsg, after MSG_PEEK, and with MSG_CTRUNC passed as an input flag",
+    rows=["ERR-06"],
+)
+def test_recvmsg_flags(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        a.send(b"one")
+        _, _, peek_flags, _ = b.recvmsg(10, 0, socket.MSG_PEEK)
+        _, _, plain_flags, _ = b.recvmsg(10)
+        a.send(b"two")
+        _, _, ctrunc_in_flags, _ = b.recvmsg(10, 0, socket.MSG_CTRUNC)
+        observe({"peek": peek_flags, "plain": plain_flags, "ctrunc_as_input": ctrunc_in_flags})

@@ -462,3 +462,65 @@ def test_with_oob(observe: Observer, pipe: tuple[int, int]) -> None:
         observe(
             {"send": "ok", "recv": f"{len(data)} bytes, {len(fds)} fds", "flags": flag_names(flags)}
         )
+
+
+@case(
+    "os.fdpass.shutdown_rd_disposes",
+    "shutdown(SHUT_RD) with an fd (a pipe's write end) queued: is the in-flight fd released?",
+    rows=["FD-23"],
+)
+def test_shutdown_rd_disposes(observe: Observer) -> None:
+    import select
+
+    r, w = os.pipe()
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        send_rights(a, b"x", [w])
+        os.close(w)  # the only writer left is the one in flight
+        b.shutdown(socket.SHUT_RD)
+        poller = select.poll()
+        poller.register(r, select.POLLIN | select.POLLHUP)
+        released = bool(poller.poll(500))
+        b.setblocking(False)
+        try:
+            _, later, _ = recv_rights(b, 1, _ROOM)
+        except OSError as exc:
+            later_read: Any = errno_name(exc)
+        else:
+            later_read = f"{len(later)} fds"
+            close_all(later)
+        os.close(r)
+        observe({"write_end_released": released, "recv_after": later_read})
+
+
+@case(
+    "os.fdpass.threads",
+    "Four threads pass 50 fds each over one datagram pair at the same time",
+    rows=["FD-33"],
+)
+def test_threads(observe: Observer, pipe: tuple[int, int]) -> None:
+    import threading
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    errors: List[BaseException] = []
+
+    def sender() -> None:
+        try:
+            for _ in range(50):
+                send_rights(a, b"x", [pipe[0]])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with a, b:
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        threads = [threading.Thread(target=sender) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        good = 0
+        for _ in range(200):
+            _, fds, _ = recv_rights(b, 1, _ROOM)
+            good += sum(1 for fd in fds if _same_file(fd, pipe[0]))
+            close_all(fds)
+        for thread in threads:
+            thread.join()
+        observe({"received": good, "errors": [repr(e) for e in errors]})

@@ -289,3 +289,96 @@ def test_max_message(observe: Observer) -> None:
 
         size = largest(works, 1, 1 << 24)
         observe({"bytes": size, "beyond": errors.get("beyond")})
+
+
+@case(
+    "os.seqpacket.vectored",
+    "sendmsg with several buffers (an empty one too) makes one packet; recvmsg_into scatters it",
+    rows=["SEQ-08"],
+)
+def test_vectored(observe: Observer) -> None:
+    a, b = _pair()
+    with a, b:
+        a.sendmsg([b"ab", b"", b"cde"])
+        first, second = bytearray(2), bytearray(10)
+        count, _, _, _ = b.recvmsg_into([first, second])
+        observe({"bytes": count, "joined": bytes(first) + bytes(second[: count - 2]) == b"abcde"})
+
+
+@case(
+    "os.seqpacket.fill_nonblocking",
+    "Non-blocking 1 KiB sends until EAGAIN, for SO_SNDBUF x SO_RCVBUF of 8k and 128k",
+    rows=["SEQ-14"],
+)
+def test_fill_nonblocking(observe: Observer) -> None:
+    seen = {}
+    for snd in (8192, 131072):
+        for rcv in (8192, 131072):
+            a, b = _pair()
+            with a, b:
+                a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, snd)
+                b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcv)
+                a.setblocking(False)
+                count = 0
+                error = "none"
+                while count < 100000:
+                    try:
+                        a.send(b"\0" * 1024)
+                    except OSError as exc:
+                        error = errno_name(exc)
+                        break
+                    count += 1
+                seen[f"{snd // 1024}k_{rcv // 1024}k"] = f"{error} after {count}"
+    observe(seen)
+
+
+@case(
+    "os.seqpacket.half_buffer_packet",
+    "One packet of half the buffer size, for buffers of 8k to 128k, read with MSG_WAITALL",
+    rows=["SEQ-15"],
+)
+def test_half_buffer_packet(observe: Observer) -> None:
+    seen = {}
+    for size in (8192, 16384, 32768, 65536, 131072):
+        a, b = _pair()
+        with a, b:
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            payload = b"\1" * (size // 2)
+            sent = attempt(lambda a=a, payload=payload: a.send(payload))  # type: ignore[misc]
+            got = len(b.recv(size, socket.MSG_WAITALL)) if sent == "ok" else 0
+            seen[f"{size // 1024}k"] = got if sent == "ok" else sent
+    observe(seen)
+
+
+@case(
+    "os.seqpacket.next_length",
+    "recv_into(1 byte, MSG_PEEK|MSG_TRUNC) gives the next packet's full length",
+    rows=["SEQ-20"],
+)
+def test_next_length(observe: Observer) -> None:
+    a, b = _pair()
+    with a, b:
+        a.send(b"x" * 5000)
+        scratch = bytearray(1)
+        length = b.recv_into(scratch, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+        observe({"reported": length, "still_queued": len(b.recv(10000))})
+
+
+@case(
+    "os.seqpacket.fd_round_trip",
+    "The socket keeps working through dup, detach and a new socket object for its fd",
+    rows=["SEQ-24"],
+)
+def test_fd_round_trip(observe: Observer) -> None:
+    a, b = _pair()
+    with b:
+        again = socket.socket(fileno=a.detach())
+        with again, socket.socket(fileno=os.dup(b.fileno())) as twin:
+            again.send(b"through")
+            observe(
+                {
+                    "type_kept": again.type == socket.SOCK_SEQPACKET,
+                    "works": twin.recv(10) == b"through",
+                }
+            )

@@ -12,7 +12,14 @@ from typing import Dict
 import pytest
 
 from conformance.plugin import Observer
-from conformance.support import SOCKET_KINDS, attempt, errno_name, kind_pair, require_seqpacket
+from conformance.support import (
+    SOCKET_KINDS,
+    attempt,
+    errno_name,
+    flag_names,
+    kind_pair,
+    require_seqpacket,
+)
 
 case = pytest.mark.case
 
@@ -358,3 +365,220 @@ def test_socketpair_flags(observe: Observer) -> None:
                 "SOCK_CLOFORK_known": hasattr(socket, "SOCK_CLOFORK"),
             }
         )
+
+
+@case(
+    "os.stream.socketpair_default",
+    "socketpair() with no arguments: its family, and a byte exchange both ways",
+    rows=["STR-01"],
+)
+def test_socketpair_default(observe: Observer) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b"ping")
+        b.sendall(b"pong")
+        observe(
+            {
+                "family_is_unix": a.family == socket.AF_UNIX,
+                "exchange": (b.recv(4), a.recv(4)) == (b"ping", b"pong"),
+            }
+        )
+
+
+@case(
+    "os.stream.send_before_accept",
+    "Data sent before accept() is queued and readable after it",
+    rows=["STR-08"],
+)
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+def test_send_before_accept(observe: Observer, short_tmp: str, kind: str) -> None:
+    if kind == "seqpacket":
+        require_seqpacket()
+    path = os.path.join(short_tmp, "l")
+    with (
+        socket.socket(socket.AF_UNIX, SOCKET_KINDS[kind]) as listener,
+        socket.socket(socket.AF_UNIX, SOCKET_KINDS[kind]) as client,
+    ):
+        listener.bind(path)
+        listener.listen(1)
+        client.connect(path)
+        sent = attempt(lambda: client.send(b"early"))
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(2)
+            observe({"send": sent, "read_after_accept": attempt(lambda: conn.recv(10)) == "ok"})
+
+
+@case(
+    "os.stream.zero_length_recv",
+    "recv(0): with data pending (nothing consumed), on an empty non-blocking socket, after SHUT_WR",
+    rows=["STR-15"],
+)
+def test_zero_length_recv(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        b.setblocking(False)
+        empty = attempt(lambda: b.recv(0))
+        a.send(b"data")
+        pending = b.recv(0)
+        kept = b.recv(10)
+        a.shutdown(socket.SHUT_WR)
+        observe(
+            {
+                "empty_queue": empty,
+                "pending_returns": len(pending),
+                "data_kept": kept == b"data",
+                "after_shut_wr": attempt(lambda: b.recv(0)),
+            }
+        )
+
+
+@case(
+    "os.stream.shutdown_directions",
+    "shutdown(SHUT_WR) then send; shutdown(SHUT_RD) then the peer's send; queued data readable",
+    rows=["STR-16"],
+)
+@pytest.mark.parametrize("kind", ["stream", "dgram", "seqpacket"])
+def test_shutdown_directions(observe: Observer, kind: str) -> None:
+    a, b = kind_pair(kind)
+    c, d = kind_pair(kind)
+    with a, b, c, d:
+        b.send(b"queued")
+        a.shutdown(socket.SHUT_WR)
+        nosignal = getattr(socket, "MSG_NOSIGNAL", 0)
+        write_after = attempt(lambda: a.send(b"x", nosignal))
+        a.setblocking(False)
+        still_readable = attempt(lambda: a.recv(10))
+        c.shutdown(socket.SHUT_RD)
+        peer_send = attempt(lambda: d.send(b"y", nosignal))
+        observe(
+            {
+                "send_after_shut_wr": write_after,
+                "queued_readable": still_readable,
+                "peer_send_after_shut_rd": peer_send,
+            }
+        )
+
+
+@case(
+    "os.stream.writability",
+    "poll(): a connected socket is writable, an unconnected one is not, a full one is not",
+    rows=["STR-17"],
+)
+def test_writability(observe: Observer) -> None:
+    import select
+
+    def writable(sock: socket.socket) -> bool:
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        return bool(poller.poll(0))
+
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b, socket.socket(socket.AF_UNIX) as lone:
+        connected = writable(a)
+        a.setblocking(False)
+        try:
+            while True:
+                a.send(b"\0" * 65536)
+        except BlockingIOError:
+            pass
+        full = writable(a)
+        b.setblocking(False)
+        try:
+            while True:
+                b.recv(1 << 20)
+        except BlockingIOError:
+            pass
+        observe(
+            {
+                "connected": connected,
+                "unconnected": writable(lone),
+                "full": full,
+                "drained": writable(a),
+            }
+        )
+
+
+@case(
+    "os.stream.msg_trunc_ignored",
+    "MSG_TRUNC on a stream recv: the flags, and how many bytes come back",
+    rows=["STR-25"],
+)
+def test_msg_trunc_ignored(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        a.send(b"0123456789")
+        data, _, flags, _ = b.recvmsg(4, 0, socket.MSG_TRUNC)
+        observe({"bytes": len(data), "flags": flag_names(flags), "rest": len(b.recv(100))})
+
+
+@case(
+    "os.stream.waitall",
+    "MSG_WAITALL waits for the full length; with MSG_DONTWAIT it returns what is there",
+    rows=["STR-27"],
+)
+def test_waitall(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        a.send(b"abc")
+        dontwait = b.recv(10, socket.MSG_WAITALL | socket.MSG_DONTWAIT)
+        timer = threading.Timer(0.2, lambda: a.send(b"0123456789"))
+        timer.start()
+        try:
+            waited = b.recv(10, socket.MSG_WAITALL)
+        finally:
+            timer.join()
+        observe({"with_dontwait": len(dontwait), "waitall": len(waited)})
+
+
+@case(
+    "os.stream.fionread",
+    "FIONREAD and TIOCOUTQ on a stream count queued data bytes",
+    rows=["STR-31"],
+)
+def test_fionread(observe: Observer) -> None:
+    import array
+    import fcntl
+    import termios
+
+    def ioctl_int(sock: socket.socket, request: int) -> object:
+        value = array.array("i", [0])
+        try:
+            fcntl.ioctl(sock.fileno(), request, value, True)
+        except OSError as exc:
+            return errno_name(exc)
+        return value[0]
+
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        a.send(b"x" * 100)
+        outq = getattr(termios, "TIOCOUTQ", None)
+        observe(
+            {
+                "FIONREAD": ioctl_int(b, termios.FIONREAD),
+                "TIOCOUTQ": ioctl_int(a, outq) if outq is not None else "no TIOCOUTQ here",
+            }
+        )
+
+
+@case(
+    "os.stream.boolean_options",
+    "SO_LINGER, SO_KEEPALIVE and SO_OOBINLINE set and read back on a unix socket",
+    rows=["STR-36"],
+)
+def test_boolean_options(observe: Observer) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        seen = {}
+        for name in ("SO_KEEPALIVE", "SO_OOBINLINE"):
+            option = getattr(socket, name)
+            result = attempt(lambda option=option: a.setsockopt(socket.SOL_SOCKET, option, 1))
+            seen[name] = bool(a.getsockopt(socket.SOL_SOCKET, option)) if result == "ok" else result
+        linger = struct.pack("ii", 1, 5)
+        result = attempt(lambda: a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger))
+        seen["SO_LINGER"] = (
+            struct.unpack("ii", a.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)) == (1, 5)
+            if result == "ok"
+            else result
+        )
+        observe(seen)

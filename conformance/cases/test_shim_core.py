@@ -463,3 +463,18 @@ def test_capabilities_measured(observe: Observer) -> None:
     finally:
         close_all([r, w])
     observe(caps.as_dict())
+
+
+@case(
+    "shim.errors.not_unix",
+    "udscompat refuses a socket of another family before any system call",
+    rows=["ERR-09"],
+)
+def test_not_unix(observe: Observer) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as inet:
+        with pytest.raises(ValueError) as info:
+            udscompat.send_fds(inet, b"x", [])
+        with pytest.raises(ValueError):
+            udscompat.recv_fds(inet, 1, 0)
+    assert "AF_UNIX" in str(info.value)
+    observe("ValueError")
