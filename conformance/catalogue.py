@@ -50,9 +50,6 @@ NOT_OBSERVED: Dict[str, str] = {
     "ADDR-30": "connectat(2) is FreeBSD's and not in Python's socket module",
     "STR-32": "CPython makes every socket close-on-exec itself (SOCK_CLOEXEC, else fcntl), so "
     "whether the kernel did it atomically cannot be seen from Python",
-    "STR-35": "not yet: sock_diag needs a netlink request codec",
-    "DG-14": "not yet: sender fairness needs a timing-free design",
-    "FD-28": "not yet: LOCAL_CREDS with rights on a full stream is FreeBSD-only and unwritten",
     "FD-30": "needs a 32-bit and a 64-bit process on one kernel",
     "FD-37": "needs an LSM or BPF program loaded into the kernel",
     "ERR-04": "connectat(2) errors: FreeBSD's syscall, not in Python's socket module "

@@ -40,7 +40,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
 
 from conformance import SCHEMA_VERSION
 from conformance.plugin import write_atomically
@@ -84,6 +84,12 @@ class StageError(Exception):
 # --- where commands run ---------------------------------------------------------------------------
 
 
+#: Commands running on some target now, so that Ctrl-C can stop them all.
+_RUNNING: Set[subprocess.Popen[bytes]] = set()
+_RUNNING_LOCK = threading.Lock()
+_INTERRUPTED = threading.Event()
+
+
 class Remote:
     """Runs ``sh`` command lines on a target (here, or over ssh)."""
 
@@ -116,6 +122,8 @@ class Remote:
             stderr=subprocess.PIPE,
             start_new_session=True,  # so a timeout kills the whole tree
         )
+        with _RUNNING_LOCK:
+            _RUNNING.add(proc)
         try:
             out, err = proc.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -123,6 +131,9 @@ class Remote:
             out, err = proc.communicate()
             log.write(err.decode(errors="replace"))
             raise
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(proc)
         log.write(err.decode(errors="replace"))
         if proc.returncode != 0:
             log.write(out.decode(errors="replace")[-_LOG_TAIL:])
@@ -205,6 +216,11 @@ class SshTarget(Target):
         return Remote(self.ssh_argv(), self.python)
 
 
+_FIRST_UP_LOCK = threading.Lock()
+_FIRST_UP_BY_BOX: Dict[str, threading.Lock] = {}
+_WARMED_BOXES: Set[str] = set()
+
+
 class VagrantTarget(Target):
     """A machine of ``vagrant/Vagrantfile``, driven by python-vagrant, reached by plain ssh."""
 
@@ -233,8 +249,18 @@ class VagrantTarget(Target):
 
     def up(self, log: Log, timeout: float) -> Remote:
         self._vagrant = self._driver(log)
-        lines = self._vagrant.up(vm_name=self.name, provider=self.provider, stream_output=True)
-        _consume_with_timeout(lines, log, timeout, "vagrant")  # python-vagrant has no timeout
+        # Two first `up`s of one newly added box race while uploading it into the provider
+        # (vm-feasibility.md): the first `up` of each box runs alone.
+        box = os.environ.get(f"UDSCOMPAT_BOX_{self.name.upper()}", self.name)
+        with _FIRST_UP_LOCK:
+            lock = _FIRST_UP_BY_BOX.setdefault(box, threading.Lock())
+        with lock:
+            first = box not in _WARMED_BOXES
+            if first:
+                self._up(log, timeout)
+                _WARMED_BOXES.add(box)
+        if not first:
+            self._up(log, timeout)
         conf = self._vagrant.conf(vm_name=self.name)
         ssh = [
             "ssh", *_SSH_OPTIONS,
@@ -244,6 +270,10 @@ class VagrantTarget(Target):
             f"{conf['User']}@{conf['HostName']}",
         ]  # fmt: skip
         return Remote(ssh, "python3", as_root=True)
+
+    def _up(self, log: Log, timeout: float) -> None:
+        lines = self._vagrant.up(vm_name=self.name, provider=self.provider, stream_output=True)
+        _consume_with_timeout(lines, log, timeout, "vagrant")  # python-vagrant has no timeout
 
     def down(self, log: Log, timeout: float) -> None:
         if self._vagrant is None or self.keep:
@@ -379,6 +409,7 @@ def run_target(
     result_path = out_dir / f"{target.name}.json"
     stage = "up"
     remote: Optional[Remote] = None
+    workdir = ""
     try:
         progress.update(target.name, "up")
         remote = target.up(log, timeout)
@@ -419,12 +450,17 @@ def run_target(
             target.name, f"done: {sum(data['summary'].values())} cases -> {result_path}"
         )
     except BaseException as exc:
-        message = _describe(exc)
+        message = "interrupted" if _INTERRUPTED.is_set() else _describe(exc)
         log.write(f"stage {stage} failed: {message}")
         write_atomically(result_path, _stub(target, stage, message, log.tail(), started))
         progress.update(target.name, f"FAILED at {stage}: {message.splitlines()[0][:120]}")
         if isinstance(exc, KeyboardInterrupt):
             raise
+        if workdir and remote is not None and not _INTERRUPTED.is_set():
+            try:  # leave nothing behind on a host that stays
+                remote.run(f"rm -rf {workdir}", log, 60)
+            except (OSError, subprocess.SubprocessError):
+                pass
     finally:
         try:
             target.down(log, 300)
@@ -533,10 +569,16 @@ def run_targets(
         try:
             return [f.result() for f in futures]
         except KeyboardInterrupt:
+            # Stop what runs now; each target's own finally then tears it down (halt/destroy).
+            _INTERRUPTED.set()
             for future in futures:
                 future.cancel()
-            for target in targets:  # tear down what this run started
-                target.down(Log(log_dir / f"{target.name}.teardown.log"), 300)
+            with _RUNNING_LOCK:
+                running = list(_RUNNING)
+            for proc in running:
+                _kill_tree(proc)
+            _kill_children("vagrant")
+            pool.shutdown(wait=True)
             raise
 
 
@@ -563,13 +605,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         targets = [parse_target(t, args.provider, args.keep) for t in args.targets]
     except ValueError as exc:
         parser.error(str(exc))
-    paths = run_targets(
-        targets,
-        Path(args.out_dir),
-        Path(args.log_dir),
-        parallel=args.parallel,
-        timeout=args.timeout,
-        workers=args.workers,
-    )
+    try:
+        paths = run_targets(
+            targets,
+            Path(args.out_dir),
+            Path(args.log_dir),
+            parallel=args.parallel,
+            timeout=args.timeout,
+            workers=args.workers,
+        )
+    except KeyboardInterrupt:
+        print("udscompat-conformance vm: interrupted; what this run started is torn down")
+        return 130
     failed = [p for p in paths if json.loads(p.read_text()).get("run", {}).get("stage")]
     return 1 if failed else 0

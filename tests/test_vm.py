@@ -337,3 +337,41 @@ def test_ci_workflow_passes_actionlint() -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ctrl_c_stops_every_target_and_records_it(tmp_path: Path) -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "conformance",
+            "vm",
+            "local",
+            "--out-dir",
+            str(tmp_path / "results"),
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "-n",
+            "2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # live progress: wait for the run stage
+        if " run" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out = proc.stdout.read()
+    assert proc.wait(60) == 130, out
+    proc.stdout.close()
+    [result] = results(tmp_path).values()
+    assert (result["run"]["stage"], result["run"]["message"]) == ("run", "interrupted")
+    log = (tmp_path / "logs" / "local.log").read_text()
+    workdir = log.split("tar -xzf - -C ")[1].split()[0]
+    left = subprocess.run(["pgrep", "-f", workdir], capture_output=True, text=True)
+    assert left.stdout == "", f"the suite still runs: {left.stdout}"

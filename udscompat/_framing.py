@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 HEADER = struct.Struct("!IHBB")
+_HEADER_SIZE = HEADER.size
+_unpack_header = HEADER.unpack_from  # bound once: next_event runs per message
 KIND_DATA = 0
 KIND_ACK = 1
 FLAG_ACK_REQUESTED = 0x01
@@ -193,11 +195,12 @@ class FrameDecoder:
         """
         if self._error is not None or self._closed:
             self._raise()
-        self._check_stray(self._base + self._pos)
+        if self._fds:
+            self._check_stray(self._base + self._pos)
         available = len(self._buffer) - self._pos
-        if available < HEADER.size:
+        if available < _HEADER_SIZE:
             return self._at_boundary(available)
-        length, nfds, kind, flags = HEADER.unpack_from(self._buffer, self._pos)
+        length, nfds, kind, flags = _unpack_header(self._buffer, self._pos)
         frame_start = self._base + self._pos
         if kind == KIND_ACK:
             if nfds or flags:
@@ -213,13 +216,13 @@ class FrameDecoder:
             self._fail(f"frame declares {length} bytes; the limit is {self.max_message_size}")
         if nfds > self.max_fds:
             self._fail(f"frame declares {nfds} descriptors; the limit is {self.max_fds}")
-        if available < HEADER.size + length:
+        if available < _HEADER_SIZE + length:
             return self._at_boundary(available, length)
-        fds = self._claim(frame_start, nfds)
-        body_start = self._pos + HEADER.size
+        fds = self._claim(frame_start, nfds) if nfds or self._fds else []
+        body_start = self._pos + _HEADER_SIZE
         body = self._buffer[body_start : body_start + length]
         data = body if type(body) is bytes else bytes(body)
-        self._consume(HEADER.size + length)
+        self._consume(_HEADER_SIZE + length)
         if flags & FLAG_ACK_REQUESTED:
             self._wants_ack += 1
         return Message(data, fds)

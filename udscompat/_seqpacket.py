@@ -47,6 +47,7 @@ _TRUNCATIONS = backend.MSG_TRUNC | backend.MSG_CTRUNC
 _MARKER_TYPE = backend.MESSAGE_MARKER[2] if backend.MESSAGE_MARKER is not None else None
 _STREAM_CHUNK = 131072  # larger reads cost an mmap per recvmsg in CPython's allocator
 _CHUNK_FDS = backend.MAX_FDS_PER_MESSAGE or 256
+_DATA_HEADER = _framing.HEADER.pack
 
 
 def resolve_implementation(implementation: Optional[str]) -> str:
@@ -355,13 +356,20 @@ class _EmulatedConn(SeqpacketConn):
         self._decoder = _framing.FrameDecoder(max_message_size, max_fds)
         self._pending = memoryview(b"")  # the unsent rest of the last frame
         self._broken: Optional[FramingError] = None
+        try:
+            self._recv_flags: Optional[int] = _probes.cmsg_cloexec_flag()
+        except OSError:
+            self._recv_flags = None  # probe failed (EMFILE?): the general path sets FD_CLOEXEC
 
     def send(self, data: Any, fds: Sequence[Any] = ()) -> int:
         numbers = _io.check_fds(fds) if fds else None
         payload = data if type(data) is bytes else memoryview(data).cast("B")
         size = len(payload)
         hold = numbers is not None and _fdpass.hold_sent_fds()
-        header = self._encoder.header(size, len(numbers) if numbers else 0, ack_requested=hold)
+        if numbers is None and size <= self._encoder.max_message_size:
+            header = _DATA_HEADER(size, 0, _framing.KIND_DATA, 0)  # what header() builds, inline
+        else:
+            header = self._encoder.header(size, len(numbers) if numbers else 0, ack_requested=hold)
         with self._send_lock:
             if self._broken is not None:
                 self._check_broken()
@@ -374,7 +382,10 @@ class _EmulatedConn(SeqpacketConn):
             # Small frames go out as one joined buffer: one copy is cheaper than an iovec.
             frame = header + payload if size < 4096 else None
             try:
-                sent = self._send_frame(header, payload, frame, numbers)
+                if numbers is None and frame is not None:
+                    sent = self._sock.send(frame, _NOSIGNAL)  # the common case, inline
+                else:
+                    sent = self._send_frame(header, payload, frame, numbers)
             except BlockingIOError:
                 if self._timeout == 0.0:
                     raise
@@ -433,6 +444,8 @@ class _EmulatedConn(SeqpacketConn):
             _io.check_sizes(bufsize, maxfds)
         decoder = self._decoder
         with self._recv_lock:
+            if not decoder.buffered and self._broken is None:
+                self._read_chunk()  # nothing decoded waits: read before asking the decoder
             while True:
                 if self._broken is not None:
                     self._check_broken()
@@ -455,6 +468,26 @@ class _EmulatedConn(SeqpacketConn):
                     return None  # EndOfStream
 
     def _read_chunk(self) -> None:
+        if self._recv_flags is not None:
+            # The common case inline: a chunk without descriptors.
+            try:
+                data, ancdata, flags, _ = self._sock.recvmsg(
+                    _STREAM_CHUNK, _io.ANCBUF_SIZE, self._recv_flags
+                )
+            except BlockingIOError:
+                if self._timeout == 0.0:
+                    raise
+            else:
+                if ancdata or flags & _TRUNCATIONS:
+                    fds, _ = _io.collect_fds(data, ancdata, flags, _CHUNK_FDS, set_cloexec=False)
+                else:
+                    fds = []
+                try:
+                    self._decoder.receive_data(data, fds)
+                except FramingError as exc:
+                    self._break(exc)
+                    raise
+                return
         try:
             data, fds, _, _, _ = _io.recv_with_fds(self._sock, _STREAM_CHUNK, _CHUNK_FDS)
         except BlockingIOError:

@@ -263,10 +263,20 @@ class AsyncSeqpacketConn:
         """
         if not self._send_turn.take():
             await self._send_turn.wait_for_turn()
+        conn = self._conn
         try:
-            await self._drain()  # the rest of an earlier frame goes first
-            sent = await self._writable.run(lambda: self._conn.send(data, fds))
-            if self._conn._unsent():
+            if conn._unsent():
+                await self._drain()  # the rest of an earlier frame goes first
+            writable = self._writable
+            if writable.ready:  # try at once, without a coroutine: the usual case
+                try:
+                    sent = conn.send(data, fds)
+                except BlockingIOError:
+                    writable.ready = False
+                    sent = await writable.run(lambda: conn.send(data, fds))
+            else:
+                sent = await writable.run(lambda: conn.send(data, fds))
+            if conn._unsent():
                 await self._drain()
             return sent
         finally:
@@ -303,18 +313,20 @@ class AsyncSeqpacketConn:
         """
         if not self._recv_turn.take():
             await self._recv_turn.wait_for_turn()
+        conn = self._conn
         try:
             if self._kept:
                 message = self._kept.pop(0)
             else:
-                if self._conn._buffered():
-                    self._readable.ready = True  # decoded frames wait; the socket may be empty
-                message = await self._readable.run(
-                    lambda: self._conn.recv_message(bufsize, maxfds), self._kept.append
+                readable = self._readable
+                if conn._buffered():
+                    readable.ready = True  # decoded frames wait; the socket may be empty
+                message = await readable.run(
+                    lambda: conn.recv_message(bufsize, maxfds), self._kept.append
                 )
         finally:
             self._recv_turn.release()
-        if self._conn._unsent() and not self._send_turn.busy:
+        if conn._unsent() and not self._send_turn.busy:
             self._start_flushing()  # an acknowledgement the receive could not push out at once
         return message
 

@@ -370,3 +370,43 @@ def test_from_child(observe: Observer) -> None:
         finally:
             for fd in [*fds, r, w]:
                 os.close(fd)
+
+
+@case(
+    "os.dgram.flood_fairness",
+    "A connected sender floods a receiver: can another send? Does a closed sender's data stay?",
+    rows=["DG-14"],
+)
+def test_flood_fairness(observe: Observer, short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "r")
+    with _dgram() as receiver, _dgram() as flooder, _dgram() as other:
+        receiver.bind(path)
+        flooder.connect(path)
+        other.connect(path)
+        flooder.setblocking(False)
+        other.setblocking(False)
+        flooded, error = 0, "none"
+        while flooded < 100000:
+            try:
+                flooder.send(b"f")
+            except OSError as exc:
+                error = errno_name(exc)
+                break
+            flooded += 1
+        other_result = attempt(lambda: other.send(b"o"))
+        flooder.close()  # its datagrams are still in the receiver's queue
+        receiver.setblocking(False)
+        drained = 0
+        while True:
+            try:
+                receiver.recv(10)
+            except BlockingIOError:
+                break
+            drained += 1
+        observe(
+            {
+                "flooder": f"{error} after {flooded}",
+                "other_sender": other_result,
+                "queued_after_flooder_closed": drained,
+            }
+        )

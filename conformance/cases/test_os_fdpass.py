@@ -524,3 +524,49 @@ def test_threads(observe: Observer, pipe: tuple[int, int]) -> None:
         for thread in threads:
             thread.join()
         observe({"received": good, "errors": [repr(e) for e in errors]})
+
+
+@case(
+    "os.fdpass.rights_with_local_creds",
+    "FreeBSD: rights plus LOCAL_CREDS on an almost full non-blocking stream; fd and creds arrive",
+    rows=["FD-28"],
+)
+def test_rights_with_local_creds(observe: Observer, pipe: tuple[int, int]) -> None:
+    import sys
+
+    from conformance.support import unavailable
+
+    if not sys.platform.startswith("freebsd"):
+        unavailable("LOCAL_CREDS with SCM_RIGHTS on a stream is a FreeBSD case (PR 181741)")
+    local_creds, scm_creds = 2, 3  # <sys/un.h> (level 0), <sys/socket.h>
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        b.setsockopt(0, local_creds, 1)
+        a.setblocking(False)
+        try:
+            while True:
+                a.send(b"\0" * 4096)
+        except BlockingIOError:
+            pass
+        b.recv(2048)  # leave a little room: the next send can only be partial
+        try:
+            sent = send_rights(a, b"\1" * 65536, [pipe[0]])
+        except OSError as exc:
+            observe({"send": errno_name(exc)})
+            return
+        b.setblocking(False)
+        fds: List[int] = []
+        creds = False
+        while True:
+            try:
+                data, ancdata, _, _ = b.recvmsg(1 << 20, 4096)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            for _, kind, payload in ancdata:
+                if kind == socket.SCM_RIGHTS:
+                    fds += list(array.array("i", payload[: len(payload) - len(payload) % 4]))
+                creds = creds or kind == scm_creds
+        close_all(fds)
+        observe({"partial_send": sent < 65536, "fd_arrived": len(fds) == 1, "creds_arrived": creds})

@@ -582,3 +582,60 @@ def test_boolean_options(observe: Observer) -> None:
             else result
         )
         observe(seen)
+
+
+@case(
+    "os.stream.sock_diag_uid",
+    "sock_diag (NETLINK_SOCK_DIAG, UDIAG_SHOW_UID) reports a unix socket's owner uid",
+    rows=["STR-35"],
+)
+def test_sock_diag_uid(observe: Observer) -> None:
+    import sys
+
+    from conformance.support import unavailable
+
+    if not sys.platform.startswith("linux") or not hasattr(socket, "AF_NETLINK"):
+        unavailable("sock_diag is Linux's netlink interface")
+    # <linux/netlink.h>, <linux/sock_diag.h>, <linux/unix_diag.h>
+    netlink_sock_diag, sock_diag_by_family = 4, 20
+    nlm_f_request, nlmsg_error = 0x1, 0x2
+    udiag_show_uid, unix_diag_uid = 0x40, 7
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        inode = os.fstat(a.fileno()).st_ino
+        # struct unix_diag_req: family, protocol, pad, states, ino, show, cookie[2] (no cookie)
+        request = struct.pack(
+            "=BBHIII2I",
+            socket.AF_UNIX,
+            0,
+            0,
+            0xFFFFFFFF,
+            inode,
+            udiag_show_uid,
+            0xFFFFFFFF,
+            0xFFFFFFFF,
+        )
+        header = struct.pack("=IHHII", 16 + len(request), sock_diag_by_family, nlm_f_request, 1, 0)
+        try:
+            netlink = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink_sock_diag)
+        except OSError as exc:
+            observe({"netlink": errno_name(exc)})
+            return
+        with netlink:
+            netlink.send(header + request)
+            reply = netlink.recv(65536)
+        length, kind = struct.unpack_from("=IH", reply)
+        if kind == nlmsg_error:
+            error = -struct.unpack_from("=i", reply, 16)[0]
+            observe({"reply": os.strerror(error)})
+            return
+        # struct unix_diag_msg is 16 bytes; the attributes (len, type, payload) follow, 4-aligned.
+        offset, uid = 16 + 16, None
+        while offset + 4 <= length:
+            attr_len, attr_type = struct.unpack_from("=HH", reply, offset)
+            if attr_len < 4:
+                break
+            if attr_type == unix_diag_uid:
+                uid = struct.unpack_from("=I", reply, offset + 4)[0]
+            offset += (attr_len + 3) & ~3
+        observe({"uid_reported": uid is not None, "uid_is_owner": uid == os.geteuid()})
