@@ -30,13 +30,14 @@ OS_LABELS = {
 _OS_ORDER = list(OS_LABELS)
 
 #: Areas in reading order; others follow alphabetically.
-AREA_ORDER = ["seqpacket", "fdpass", "address", "bind", "creds", "stream", "dgram", "errors"]
+AREA_ORDER = ["seqpacket", "fdpass", "address", "bind", "creds", "aio", "stream", "dgram", "errors"]
 AREA_LABELS = {
     "seqpacket": "SOCK_SEQPACKET",
     "fdpass": "Descriptor passing (SCM_RIGHTS)",
     "address": "Addresses",
     "bind": "Binding",
     "creds": "Peer credentials",
+    "aio": "asyncio (udscompat.aio)",
     "stream": "Stream sockets and connection lifecycle",
     "dgram": "Datagram sockets",
     "errors": "Errors",
