@@ -1,7 +1,7 @@
 """``udscompat-conformance vm``: run the suite on other machines and bring the results home.
 
-    udscompat-conformance vm [TARGET...] [--parallel N] [--provider P] [--keep]
-                             [--timeout S] [--out-dir DIR] [--log-dir DIR]
+    udscompat-conformance vm [TARGET...] [--target TARGET] [--parallel N] [--provider P]
+                             [--keep] [--timeout S] [--out-dir DIR] [--log-dir DIR]
 
 A TARGET is one of:
 
@@ -587,7 +587,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         prog="udscompat-conformance vm", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
-        "targets", nargs="*", default=["linux"], help="vagrant machines, ssh://..., or local"
+        "targets", nargs="*", help="vagrant machines, ssh://..., or local (default: linux)"
+    )
+    parser.add_argument(
+        "--target",
+        dest="more_targets",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="one more target (ssh://user@host[:port], local, a machine); repeatable",
     )
     parser.add_argument("--parallel", type=int, default=1, help="targets at once (default 1)")
     parser.add_argument("--provider", help="Vagrant provider (libvirt, virtualbox)")
@@ -601,8 +609,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "-n", dest="workers", default="auto", help="pytest-xdist workers on the target"
     )
     args = parser.parse_args(argv)
+    specs = [*args.targets, *args.more_targets] or ["linux"]
     try:
-        targets = [parse_target(t, args.provider, args.keep) for t in args.targets]
+        targets = [parse_target(t, args.provider, args.keep) for t in specs]
     except ValueError as exc:
         parser.error(str(exc))
     try:

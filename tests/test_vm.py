@@ -62,7 +62,7 @@ def results(tmp: Path) -> Dict[str, Dict[str, Any]]:
 
 
 def test_local_target_runs_the_suite_and_brings_the_result_back(tmp_path: Path) -> None:
-    proc = run_vm(tmp_path, "local", "-n", "2", "--timeout", "300")
+    proc = run_vm(tmp_path, "--target", "local", "-n", "2", "--timeout", "300")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [result] = results(tmp_path).values()
     validate(result)
