@@ -191,3 +191,49 @@ def test_any_chunking_gives_the_same_messages(messages: List[bytes], cuts: List[
     decoder.receive_data(b"")
     got += drain(decoder)
     assert got == [Message(m) for m in messages] + [EndOfStream()]
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.tuples(st.binary(max_size=200), st.booleans()), max_size=10),
+    st.lists(st.integers(1, 80), max_size=30),
+)
+def test_receive_and_next_equals_receive_then_next(
+    messages: List[Tuple[bytes, bool]], cuts: List[int]
+) -> None:
+    """The one-step fast path leaves the decoder exactly as the two calls do."""
+    stream = b"".join(ENC.encode(m, ack_requested=ack) for m, ack in messages)
+    # Whole frames as chunks (the fast path's case), then arbitrary cuts of the same stream.
+    chunks = [ENC.encode(m, ack_requested=ack) for m, ack in messages]
+    pos = 0
+    for cut in cuts:
+        if pos < len(stream):
+            chunks.append(stream[pos : pos + cut])
+            pos += cut
+    if pos < len(stream):
+        chunks.append(stream[pos:])
+    one, two = FrameDecoder(), FrameDecoder()
+    got_one: List[object] = []
+    got_two: List[object] = []
+    for chunk in chunks:
+        first = one.receive_and_next(chunk)
+        if first is not NEED_DATA:
+            got_one.append(first)
+            got_one += drain(one)
+        two.receive_data(chunk)
+        got_two += drain(two)
+        assert (one.buffered, one.pending_acks) == (two.buffered, two.pending_acks)
+    assert got_one == got_two
+    assert got_one[: len(messages)] == [Message(m) for m, _ in messages]
+
+
+def test_receive_and_next_fast_path_keeps_fd_offsets() -> None:
+    r, w = os.pipe()
+    try:
+        decoder = FrameDecoder()
+        assert decoder.receive_and_next(ENC.encode(b"plain")) == Message(b"plain")
+        event = decoder.receive_and_next(ENC.encode(b"with", nfds=1), [r])
+        assert isinstance(event, Message) and event.data == b"with" and event.fds == [r]
+    finally:
+        os.close(w)
+        os.close(r)

@@ -444,16 +444,19 @@ class _EmulatedConn(SeqpacketConn):
             _io.check_sizes(bufsize, maxfds)
         decoder = self._decoder
         with self._recv_lock:
+            # Nothing decoded waits: read first, and decode in the same step.
+            event: Any = None
             if not decoder.buffered and self._broken is None:
-                self._read_chunk()  # nothing decoded waits: read before asking the decoder
+                event = self._read_and_decode()
             while True:
-                if self._broken is not None:
-                    self._check_broken()
-                try:
-                    event = decoder.next_event()
-                except FramingError as exc:
-                    self._break(exc)
-                    raise
+                if event is None:
+                    if self._broken is not None:
+                        self._check_broken()
+                    try:
+                        event = decoder.next_event()
+                    except FramingError as exc:
+                        self._break(exc)
+                        raise
                 if type(event) is Message:
                     if decoder.pending_acks:
                         self._acknowledge()
@@ -461,13 +464,15 @@ class _EmulatedConn(SeqpacketConn):
                         return _fit(event, bufsize, maxfds)
                     return event
                 if event is _framing.NEED_DATA:
-                    self._read_chunk()
+                    event = self._read_and_decode()
                 elif isinstance(event, _framing.Ack):
                     _fdpass.REGISTRY.release(self._sock, event.frames)
+                    event = None
                 else:
                     return None  # EndOfStream
 
-    def _read_chunk(self) -> None:
+    def _read_and_decode(self) -> Any:
+        """Read one chunk from the socket and return the decoder's next event."""
         if self._recv_flags is not None:
             # The common case inline: a chunk without descriptors.
             try:
@@ -482,12 +487,7 @@ class _EmulatedConn(SeqpacketConn):
                     fds, _ = _io.collect_fds(data, ancdata, flags, _CHUNK_FDS, set_cloexec=False)
                 else:
                     fds = []
-                try:
-                    self._decoder.receive_data(data, fds)
-                except FramingError as exc:
-                    self._break(exc)
-                    raise
-                return
+                return self._decode(data, fds)
         try:
             data, fds, _, _, _ = _io.recv_with_fds(self._sock, _STREAM_CHUNK, _CHUNK_FDS)
         except BlockingIOError:
@@ -496,8 +496,11 @@ class _EmulatedConn(SeqpacketConn):
             data, fds, _, _, _ = self._call(
                 lambda: _io.recv_with_fds(self._sock, _STREAM_CHUNK, _CHUNK_FDS), write=False
             )
+        return self._decode(data, fds)
+
+    def _decode(self, data: bytes, fds: List[int]) -> Any:
         try:
-            self._decoder.receive_data(data, fds)
+            return self._decoder.receive_and_next(data, fds)
         except FramingError as exc:
             self._break(exc)
             raise
