@@ -237,6 +237,11 @@ class AsyncSeqpacketConn:
         self._recv_turn = _Turn()
         #: Messages received for a caller that was cancelled at that moment, for the next one.
         self._kept: List[Optional[Message]] = []
+        self._keep = self._kept.append
+        # Bound once: they run for every message.
+        self._buffered = conn._buffered
+        self._unsent = conn._unsent
+        self._recv_args = (65536, 0)
         self._flushing: Optional[asyncio.Future[None]] = None
         self._closing: Optional[asyncio.Future[None]] = None
         self._closed_event = asyncio.Event()
@@ -265,7 +270,7 @@ class AsyncSeqpacketConn:
             await self._send_turn.wait_for_turn()
         conn = self._conn
         try:
-            if conn._unsent():
+            if self._unsent():
                 await self._drain()  # the rest of an earlier frame goes first
             writable = self._writable
             if writable.ready:  # try at once, without a coroutine: the usual case
@@ -276,7 +281,7 @@ class AsyncSeqpacketConn:
                     sent = await writable.run(lambda: conn.send(data, fds))
             else:
                 sent = await writable.run(lambda: conn.send(data, fds))
-            if conn._unsent():
+            if self._unsent():
                 await self._drain()
             return sent
         finally:
@@ -313,22 +318,23 @@ class AsyncSeqpacketConn:
         """
         if not self._recv_turn.take():
             await self._recv_turn.wait_for_turn()
-        conn = self._conn
         try:
             if self._kept:
                 message = self._kept.pop(0)
             else:
                 readable = self._readable
-                if conn._buffered():
+                if self._buffered():
                     readable.ready = True  # decoded frames wait; the socket may be empty
-                message = await readable.run(
-                    lambda: conn.recv_message(bufsize, maxfds), self._kept.append
-                )
+                self._recv_args = (bufsize, maxfds)
+                message = await readable.run(self._recv_once, self._keep)
         finally:
             self._recv_turn.release()
-        if conn._unsent() and not self._send_turn.busy:
+        if self._unsent() and not self._send_turn.busy:
             self._start_flushing()  # an acknowledgement the receive could not push out at once
         return message
+
+    def _recv_once(self) -> Optional[Message]:
+        return self._conn.recv_message(*self._recv_args)
 
     def peer_credentials(self) -> ConnCredentials:
         """The peer's credentials (``udscompat.peer_credentials``)."""
