@@ -140,12 +140,9 @@ class FrameDecoder:
         self._eof = False
         self._error: FramingError | None = None
         self._closed = False
-        self._wants_ack = 0
-
-    @property
-    def pending_acks(self) -> int:
-        """Frames delivered whose sender asked for an acknowledgement not yet taken."""
-        return self._wants_ack
+        #: Frames delivered whose sender asked for an acknowledgement not yet taken.
+        #: A plain attribute, read after every message (``take_acks`` resets it).
+        self.pending_acks = 0
 
     @property
     def buffered(self) -> bool:
@@ -154,7 +151,7 @@ class FrameDecoder:
 
     def take_acks(self) -> int:
         """Return and reset the count of acknowledgements owed to the peer."""
-        count, self._wants_ack = self._wants_ack, 0
+        count, self.pending_acks = self.pending_acks, 0
         return count
 
     def receive_data(self, data: bytes, fds: Sequence[int] = ()) -> None:
@@ -256,7 +253,7 @@ class FrameDecoder:
         data = body if type(body) is bytes else bytes(body)
         self._consume(_HEADER_SIZE + length)
         if flags & FLAG_ACK_REQUESTED:
-            self._wants_ack += 1
+            self.pending_acks += 1
         return Message(data, fds)
 
     def close(self) -> None:

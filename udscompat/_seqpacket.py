@@ -48,6 +48,7 @@ _MARKER_TYPE = backend.MESSAGE_MARKER[2] if backend.MESSAGE_MARKER is not None e
 _STREAM_CHUNK = 131072  # larger reads cost an mmap per recvmsg in CPython's allocator
 _CHUNK_FDS = backend.MAX_FDS_PER_MESSAGE or 256
 _DATA_HEADER = _framing.HEADER.pack
+_KIND_DATA = _framing.KIND_DATA
 
 
 def resolve_implementation(implementation: Optional[str]) -> str:
@@ -367,7 +368,7 @@ class _EmulatedConn(SeqpacketConn):
         size = len(payload)
         hold = numbers is not None and _fdpass.hold_sent_fds()
         if numbers is None and size <= self._encoder.max_message_size:
-            header = _DATA_HEADER(size, 0, _framing.KIND_DATA, 0)  # what header() builds, inline
+            header = _DATA_HEADER(size, 0, _KIND_DATA, 0)  # what header() builds, inline
         else:
             header = self._encoder.header(size, len(numbers) if numbers else 0, ack_requested=hold)
         with self._send_lock:

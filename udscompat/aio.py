@@ -238,7 +238,9 @@ class AsyncSeqpacketConn:
         #: Messages received for a caller that was cancelled at that moment, for the next one.
         self._kept: List[Optional[Message]] = []
         self._keep = self._kept.append
-        # Bound once: they run for every message.
+        # Bound once: they run for every message.  Only the emulation can have a frame partly
+        # unsent or frames decoded ahead; for native connections the checks are skipped.
+        self._framed = conn.implementation == "emulated"
         self._buffered = conn._buffered
         self._unsent = conn._unsent
         self._recv_args = (65536, 0)
@@ -270,7 +272,7 @@ class AsyncSeqpacketConn:
             await self._send_turn.wait_for_turn()
         conn = self._conn
         try:
-            if self._unsent():
+            if self._framed and self._unsent():
                 await self._drain()  # the rest of an earlier frame goes first
             writable = self._writable
             if writable.ready:  # try at once, without a coroutine: the usual case
@@ -281,7 +283,7 @@ class AsyncSeqpacketConn:
                     sent = await writable.run(lambda: conn.send(data, fds))
             else:
                 sent = await writable.run(lambda: conn.send(data, fds))
-            if self._unsent():
+            if self._framed and self._unsent():
                 await self._drain()
             return sent
         finally:
@@ -323,13 +325,13 @@ class AsyncSeqpacketConn:
                 message = self._kept.pop(0)
             else:
                 readable = self._readable
-                if self._buffered():
+                if self._framed and self._buffered():
                     readable.ready = True  # decoded frames wait; the socket may be empty
                 self._recv_args = (bufsize, maxfds)
                 message = await readable.run(self._recv_once, self._keep)
         finally:
             self._recv_turn.release()
-        if self._unsent() and not self._send_turn.busy:
+        if self._framed and self._unsent() and not self._send_turn.busy:
             self._start_flushing()  # an acknowledgement the receive could not push out at once
         return message
 
