@@ -46,12 +46,21 @@ from conformance import SCHEMA_VERSION
 from conformance.plugin import write_atomically
 
 PROJECT = Path(__file__).resolve().parent.parent
-VAGRANT_DIR = PROJECT / "vagrant"
+
+
+def vagrant_dir() -> Path:
+    """The Vagrantfile's directory: ``UDSCOMPAT_VAGRANT_DIR``, ``./vagrant``, or the checkout's."""
+    forced = os.environ.get("UDSCOMPAT_VAGRANT_DIR")
+    if forced:
+        return Path(forced)
+    here = Path.cwd() / "vagrant"
+    return here if (here / "Vagrantfile").exists() else PROJECT / "vagrant"
+
+
 VAGRANT_MACHINES = ("linux", "freebsd", "openbsd", "netbsd", "dragonfly", "omnios")
 #: The suite's own requirements; they and everything they require (as installed here, all pure
 #: Python) are copied to the target, so it needs no package index.
 SUITE_REQUIREMENTS = ("pytest", "pytest-xdist", "pytest-timeout")
-_PROJECT_PARTS = ("pyproject.toml", "udscompat", "conformance")
 _PYTHON_CHECK = (
     "import sys; assert sys.version_info >= (3, 9), sys.version; print(sys.version.split()[0])"
 )
@@ -241,7 +250,7 @@ class VagrantTarget(Target):
         # python-vagrant's env= replaces the environment: start from ours.
         env = dict(os.environ)
         return vagrant.Vagrant(
-            str(VAGRANT_DIR),
+            str(vagrant_dir()),
             env=env,
             out_cm=vagrant.make_file_cm(str(log.path)),
             err_cm=vagrant.make_file_cm(str(log.path)),
@@ -340,7 +349,7 @@ def parse_target(spec: str, provider: Optional[str], keep: bool) -> Target:
 
 
 def payload() -> bytes:
-    """A gzipped tar of the project (library and suite) and the suite's dependencies.
+    """A gzipped tar of the two packages (library and suite) and the suite's dependencies.
 
     The dependencies are the installed files of ``SUITE_DEPENDENCIES`` (those
     present here), placed under ``deps/`` with their dist-info, so pytest
@@ -348,8 +357,9 @@ def payload() -> bytes:
     """
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for part in _PROJECT_PARTS:
-            tar.add(str(PROJECT / part), arcname=f"project/{part}", filter=_skip_caches)
+        # The two packages wherever they are imported from (a checkout or site-packages).
+        for package in _project_packages():
+            tar.add(str(package), arcname=f"project/{package.name}", filter=_skip_caches)
         for dist in suite_distributions():
             for file in dist.files or []:
                 if file.suffix == ".pyc" or "__pycache__" in file.parts or ".." in file.parts:
@@ -358,6 +368,12 @@ def payload() -> bytes:
                 if source.is_file():
                     tar.add(str(source), arcname=f"deps/{file}")
     return buffer.getvalue()
+
+
+def _project_packages() -> List[Path]:
+    import udscompat
+
+    return [Path(udscompat.__file__).resolve().parent, Path(__file__).resolve().parent]
 
 
 def suite_distributions() -> List[importlib.metadata.Distribution]:

@@ -375,3 +375,20 @@ def test_ctrl_c_stops_every_target_and_records_it(tmp_path: Path) -> None:
     workdir = log.split("tar -xzf - -C ")[1].split()[0]
     left = subprocess.run(["pgrep", "-f", workdir], capture_output=True, text=True)
     assert left.stdout == "", f"the suite still runs: {left.stdout}"
+
+
+def test_payload_carries_both_packages_and_the_suites_dependencies() -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(vm.payload()), mode="r:gz") as tar:
+        names = tar.getnames()
+    assert "project/udscompat/__init__.py" in names
+    assert "project/conformance/cases/pytest.ini" in names
+    assert "project/conformance/standin/kernel_standin.c" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    # pytest finds xdist and timeout through their entry points: the dist-info must travel.
+    for dist in ("pytest", "pytest_xdist", "pytest_timeout", "pluggy"):
+        metadata = [n for n in names if n.startswith(f"deps/{dist}-") and n.endswith("METADATA")]
+        assert metadata, f"{dist}'s dist-info is missing"
+    assert "deps/_pytest/__init__.py" in names and "deps/xdist/__init__.py" in names
