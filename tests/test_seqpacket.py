@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -12,7 +13,7 @@ from typing import Iterator, List, Tuple
 import pytest
 
 import udscompat
-from udscompat import ControlTruncatedError, FramingError, SeqpacketConn, UnixSocketAddr
+from udscompat import ControlTruncatedError, FramingError, SeqpacketConn, UnixSocketAddr, _seqpacket
 from udscompat._fdpass import REGISTRY
 from udscompat._framing import HEADER, FrameEncoder
 from udscompat._seqpacket import _EmulatedConn, resolve_implementation
@@ -347,3 +348,23 @@ def test_acknowledgement_releases_held_fds(hold_env: pytest.MonkeyPatch) -> None
         assert r is not None and r.data == b"reply"
         assert REGISTRY.held(a._sock) == 0
     os.close(pipe[1])
+
+
+class _EmsgsizeSocket(socket.socket):
+    """Stand-in for OpenBSD/DragonFly, which cannot run here: recvmsg fails with EMSGSIZE
+    when the control data does not fit (os-facts §1).  The socket itself is real."""
+
+    def recvmsg(self, *args: object) -> Tuple[bytes, list, int, object]:  # type: ignore[override]
+        raise OSError(errno.EMSGSIZE, "Message too long")
+
+
+@pytest.mark.parametrize("implementation", ["native", "emulated"])
+def test_emsgsize_from_recvmsg_is_control_truncation(implementation: str) -> None:
+    kind = socket.SOCK_SEQPACKET if implementation == "native" else socket.SOCK_STREAM
+    a, b = socket.socketpair(socket.AF_UNIX, kind)
+    with a:
+        stand_in = _EmsgsizeSocket(socket.AF_UNIX, kind, fileno=b.detach())
+        conn = _seqpacket._wrap(stand_in, implementation)
+        with conn, pytest.raises(ControlTruncatedError) as info:
+            conn.recv_message(maxfds=1)
+        assert info.value.errno == errno.EMSGSIZE

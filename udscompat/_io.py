@@ -118,10 +118,7 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
         )
     except OSError as exc:
         if exc.errno == errno.EMSGSIZE:
-            raise ControlTruncatedError(
-                "recvmsg failed with EMSGSIZE: the kernel discarded the descriptors "
-                "(control data did not fit)"
-            ) from exc
+            raise emsgsize_error() from exc
         raise
     if not msg_flags & _MSG_CTRUNC:
         if not ancdata:
@@ -140,6 +137,17 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
                 return data, memoryview(payload).cast("i").tolist(), msg_flags, address, False
     fds, marked = collect_fds(data, ancdata, msg_flags, maxfds, cloexec is None)
     return data, fds, msg_flags, address, marked
+
+
+def emsgsize_error() -> ControlTruncatedError:
+    """What a recvmsg that failed with EMSGSIZE means (OpenBSD, DragonFly): fds discarded.
+
+    Every receive path that calls ``recvmsg`` itself raises this from such an error.
+    """
+    return ControlTruncatedError(
+        "recvmsg failed with EMSGSIZE: the kernel discarded the descriptors "
+        "(control data did not fit)"
+    )
 
 
 def collect_fds(

@@ -293,6 +293,10 @@ class _NativeConn(SeqpacketConn):
             except BlockingIOError:
                 if self._timeout == 0.0:
                     raise
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:  # as _io.recv_with_fds translates it
+                    raise _io.emsgsize_error() from exc
+                raise
             else:
                 if (
                     data
@@ -483,6 +487,10 @@ class _EmulatedConn(SeqpacketConn):
             except BlockingIOError:
                 if self._timeout == 0.0:
                     raise
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:  # as _io.recv_with_fds translates it
+                    raise _io.emsgsize_error() from exc
+                raise
             else:
                 if ancdata or flags & _TRUNCATIONS:
                     fds, _ = _io.collect_fds(data, ancdata, flags, _CHUNK_FDS, set_cloexec=False)
