@@ -146,3 +146,87 @@ def flag_names(flags: int) -> list[str]:
         if value is not None and flags & value:
             names.append(name)
     return names
+
+
+def same_file(a: int, b: int) -> bool:
+    """Do two descriptors refer to the same file (device and inode)?"""
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def timeval(seconds: float) -> bytes:
+    """A ``struct timeval`` for SO_RCVTIMEO / SO_SNDTIMEO."""
+    import struct
+
+    whole = int(seconds)
+    return struct.pack("@ll", whole, int((seconds - whole) * 1e6))
+
+
+def send_until_refused(
+    send: Callable[[], object], limit: int = 100000
+) -> Tuple[int, Optional[str]]:
+    """Call ``send()`` until it fails: how many calls succeeded, and the errno name of the failure
+    (None if ``limit`` calls all succeeded)."""
+    for count in range(limit):
+        try:
+            send()
+        except OSError as exc:
+            return count, errno_name(exc)
+    return limit, None
+
+
+def largest_message(sender: socket.socket, receiver: socket.socket) -> dict[str, Any]:
+    """The largest message a non-blocking ``sender`` takes (bisection), and the error beyond it."""
+    errors: dict[str, str] = {}
+
+    def works(n: int) -> bool:
+        try:
+            sender.send(b"\0" * n)
+        except OSError as exc:
+            errors["beyond"] = errno_name(exc)
+            return False
+        receiver.recv(n)
+        return True
+
+    sender.setblocking(False)
+    size = largest(works, 1, 1 << 24)
+    return {"bytes": size, "beyond": errors.get("beyond")}
+
+
+def endpoint(kind: str) -> Tuple[int, bytes]:
+    """An fd of ``kind`` ("file", "pipe", "unix_socket") with data waiting, and that data."""
+    import tempfile
+
+    if kind == "file":
+        fd, path = tempfile.mkstemp()
+        os.unlink(path)
+        os.write(fd, b"file")
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd, b"file"
+    if kind == "pipe":
+        r, w = os.pipe()
+        os.write(w, b"pipe")
+        os.close(w)
+        return r, b"pipe"
+    x, y = socket.socketpair(socket.AF_UNIX)
+    y.send(b"unix")
+    y.close()
+    return x.detach(), b"unix"
+
+
+def provoke_unix_gc(rounds: int = 20) -> None:
+    """Close unix sockets that have a socket in flight: this runs the kernel's garbage
+    collector for in-flight descriptors (os-facts §2.4)."""
+    for _ in range(rounds):
+        x, y = socket.socketpair(socket.AF_UNIX)
+        send_rights(x, b"x", [y.fileno()])
+        x.close()
+        y.close()
+
+
+def read_endpoint(fd: int, kind: str) -> bytes:
+    """What waits on an ``endpoint(kind)`` descriptor (or a received copy of it)."""
+    if kind == "unix_socket":
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            return sock.recv(10)
+    return os.read(fd, 10)

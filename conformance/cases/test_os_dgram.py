@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
-import struct
-from typing import Dict
 
 import pytest
 
@@ -13,10 +12,11 @@ from conformance.plugin import Observer
 from conformance.support import (
     abstract_name,
     attempt,
-    errno_name,
     flag_names,
-    largest,
+    largest_message,
     require_abstract,
+    send_until_refused,
+    timeval,
 )
 
 case = pytest.mark.case
@@ -86,19 +86,7 @@ def test_zero_length(observe: Observer) -> None:
 def test_max_size(observe: Observer) -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b:
-        a.setblocking(False)
-        errors: Dict[str, str] = {}
-
-        def works(n: int) -> bool:
-            try:
-                a.send(b"\0" * n)
-            except OSError as exc:
-                errors["beyond"] = errno_name(exc)
-                return False
-            b.recv(n)
-            return True
-
-        observe({"bytes": largest(works, 1, 1 << 24), "beyond": errors.get("beyond")})
+        observe(largest_message(a, b))
 
 
 @case(
@@ -123,11 +111,6 @@ def test_truncation(observe: Observer) -> None:
         )
 
 
-def _timeval(seconds: float) -> bytes:
-    whole = int(seconds)
-    return struct.pack("@ll", whole, int((seconds - whole) * 1e6))
-
-
 @case(
     "os.dgram.receiver_full",
     "The receiver's queue is full: a non-blocking send, then a blocking one (SO_SNDTIMEO 0.3 s)",
@@ -137,17 +120,11 @@ def test_receiver_full(observe: Observer) -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b:
         a.setblocking(False)
-        nonblocking = "never full"
-        for count in range(100000):
-            try:
-                a.send(b"\0" * 64)
-            except OSError as exc:
-                nonblocking = f"{errno_name(exc)} after {count} datagrams"
-                break
+        _, refused = send_until_refused(lambda: a.send(b"\0" * 64))
         a.setblocking(True)
-        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(0.3))
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(0.3))
         blocking = attempt(lambda: a.send(b"\0" * 64))
-        observe({"nonblocking": nonblocking.split(" after ")[0], "blocking": blocking})
+        observe({"nonblocking": refused or "never full", "blocking": blocking})
 
 
 @case(
@@ -234,20 +211,20 @@ def test_many_clients(observe: Observer, short_tmp: str) -> None:
                 client.connect(path)
                 client.send(b"%d" % i)
                 got.append(int(receiver.recv(10)))
-            # Now fill the receiver from the connected clients without reading.
-            queued, error = 0, "none"
-            for client in clients * 3:
+            # Now fill the receiver from the connected clients, in turn, without reading.
+            for client in clients:
                 client.setblocking(False)
-                try:
-                    client.send(b"q")
-                except OSError as exc:
-                    error = errno_name(exc)
-                    break
-                queued += 1
+            turns = itertools.cycle(clients)
+            queued, error = send_until_refused(lambda: next(turns).send(b"q"), len(clients) * 3)
         finally:
             for client in clients:
                 client.close()
-        observe({"all_delivered": got == list(range(20)), "queue_limit": f"{error} after {queued}"})
+        observe(
+            {
+                "all_delivered": got == list(range(20)),
+                "queue_limit": f"{error or 'none'} after {queued}",
+            }
+        )
 
 
 @case(
@@ -385,14 +362,7 @@ def test_flood_fairness(observe: Observer, short_tmp: str) -> None:
         other.connect(path)
         flooder.setblocking(False)
         other.setblocking(False)
-        flooded, error = 0, "none"
-        while flooded < 100000:
-            try:
-                flooder.send(b"f")
-            except OSError as exc:
-                error = errno_name(exc)
-                break
-            flooded += 1
+        flooded, error = send_until_refused(lambda: flooder.send(b"f"))
         other_result = attempt(lambda: other.send(b"o"))
         flooder.close()  # its datagrams are still in the receiver's queue
         receiver.setblocking(False)
@@ -405,7 +375,7 @@ def test_flood_fairness(observe: Observer, short_tmp: str) -> None:
             drained += 1
         observe(
             {
-                "flooder": f"{error} after {flooded}",
+                "flooder": f"{error or 'none'} after {flooded}",
                 "other_sender": other_result,
                 "queued_after_flooder_closed": drained,
             }

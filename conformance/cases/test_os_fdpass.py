@@ -6,7 +6,6 @@ import array
 import gc
 import os
 import socket
-import tempfile
 import time
 from typing import Any, Dict, List
 
@@ -16,11 +15,15 @@ from conformance.plugin import Observer
 from conformance.support import (
     attempt,
     close_all,
+    endpoint,
     errno_name,
     flag_names,
     kind_pair,
     largest,
+    provoke_unix_gc,
+    read_endpoint,
     recv_rights,
+    same_file,
     send_rights,
 )
 
@@ -28,11 +31,6 @@ case = pytest.mark.case
 _ROOM = socket.CMSG_SPACE(4 * 512)
 _CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _KINDS = ["stream", "dgram", "seqpacket"]
-
-
-def _same_file(a: int, b: int) -> bool:
-    sa, sb = os.fstat(a), os.fstat(b)
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 @case(
@@ -51,7 +49,7 @@ def test_one_fd(observe: Observer, pipe: tuple[int, int], kind: str) -> None:
             return
         _, fds, _ = recv_rights(b, 1, _ROOM)
         try:
-            observe({"received": len(fds), "same_file": bool(fds) and _same_file(fds[0], pipe[0])})
+            observe({"received": len(fds), "same_file": bool(fds) and same_file(fds[0], pipe[0])})
         finally:
             close_all(fds)
 
@@ -72,7 +70,7 @@ def test_order(observe: Observer) -> None:
             data1, fds1, _ = recv_rights(b, 10, _ROOM)
             _, fds2, _ = recv_rights(b, 10, _ROOM)
             try:
-                in_order = len(fds1) == 3 and all(_same_file(f, p[0]) for f, p in zip(fds1, pipes))
+                in_order = len(fds1) == 3 and all(same_file(f, p[0]) for f, p in zip(fds1, pipes))
                 observe({"in_order": in_order, "separate": (data1, len(fds2)) == (b"1", 1)})
             finally:
                 close_all(fds1 + fds2)
@@ -266,25 +264,6 @@ def test_cloexec(observe: Observer, pipe: tuple[int, int]) -> None:
         observe({"default_cloexec": default, "with_msg_cmsg_cloexec": with_flag})
 
 
-def _endpoint(kind: str) -> tuple[int, List[int]]:
-    """An fd of ``kind`` to pass, and every fd to close afterwards (the sender's side)."""
-    if kind == "file":
-        fd, path = tempfile.mkstemp()
-        os.unlink(path)
-        os.write(fd, b"file")
-        os.lseek(fd, 0, os.SEEK_SET)
-        return fd, [fd]
-    if kind == "pipe":
-        r, w = os.pipe()
-        os.write(w, b"pipe")
-        os.close(w)
-        return r, [r]
-    x, y = socket.socketpair(socket.AF_UNIX)
-    y.send(b"unix")
-    y.close()
-    return x.detach(), []
-
-
 @case(
     "os.fdpass.close_after_send",
     "The sender closes the fd before the receiver takes it (GC provoked meanwhile)",
@@ -292,28 +271,19 @@ def _endpoint(kind: str) -> tuple[int, List[int]]:
 )
 @pytest.mark.parametrize("kind", ["file", "pipe", "unix_socket"])
 def test_close_after_send(observe: Observer, kind: str) -> None:
-    fd, _ = _endpoint(kind)
+    fd, _ = endpoint(kind)
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
         send_rights(a, b"x", [fd])
         os.close(fd)
-        # Closing other unix sockets runs the kernel's garbage collector for in-flight fds.
-        for _ in range(20):
-            x, y = socket.socketpair(socket.AF_UNIX)
-            send_rights(x, b"x", [y.fileno()])
-            x.close()
-            y.close()
+        provoke_unix_gc()
         gc.collect()
         _, fds, _ = recv_rights(b, 1, _ROOM)
         try:
             if not fds:
                 observe("lost: no fd arrived")
                 return
-            if kind == "unix_socket":
-                got = socket.socket(fileno=os.dup(fds[0])).recv(10)
-            else:
-                got = os.read(fds[0], 10)
-            observe("works" if got else "arrived but empty")
+            observe("works" if read_endpoint(fds[0], kind) else "arrived but empty")
         finally:
             close_all(fds)
 
@@ -519,7 +489,7 @@ def test_threads(observe: Observer, pipe: tuple[int, int]) -> None:
         good = 0
         for _ in range(200):
             _, fds, _ = recv_rights(b, 1, _ROOM)
-            good += sum(1 for fd in fds if _same_file(fd, pipe[0]))
+            good += sum(1 for fd in fds if same_file(fd, pipe[0]))
             close_all(fds)
         for thread in threads:
             thread.join()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Dict
 
 import pytest
 
@@ -16,9 +15,10 @@ from conformance.support import (
     errno_name,
     flag_names,
     has_seqpacket,
-    largest,
+    largest_message,
     require_abstract,
     require_seqpacket,
+    send_until_refused,
 )
 
 case = pytest.mark.case
@@ -275,20 +275,7 @@ def test_abstract(observe: Observer) -> None:
 def test_max_message(observe: Observer) -> None:
     a, b = _pair()
     with a, b:
-        a.setblocking(False)
-        errors: Dict[str, str] = {}
-
-        def works(n: int) -> bool:
-            try:
-                a.send(b"\0" * n)
-            except OSError as exc:
-                errors["beyond"] = errno_name(exc)
-                return False
-            b.recv(n)
-            return True
-
-        size = largest(works, 1, 1 << 24)
-        observe({"bytes": size, "beyond": errors.get("beyond")})
+        observe(largest_message(a, b))
 
 
 @case(
@@ -319,16 +306,8 @@ def test_fill_nonblocking(observe: Observer) -> None:
                 a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, snd)
                 b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcv)
                 a.setblocking(False)
-                count = 0
-                error = "none"
-                while count < 100000:
-                    try:
-                        a.send(b"\0" * 1024)
-                    except OSError as exc:
-                        error = errno_name(exc)
-                        break
-                    count += 1
-                seen[f"{snd // 1024}k_{rcv // 1024}k"] = f"{error} after {count}"
+                count, error = send_until_refused(lambda a=a: a.send(b"\0" * 1024))  # type: ignore[misc]
+                seen[f"{snd // 1024}k_{rcv // 1024}k"] = f"{error or 'none'} after {count}"
     observe(seen)
 
 

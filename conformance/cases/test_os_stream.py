@@ -19,6 +19,7 @@ from conformance.support import (
     flag_names,
     kind_pair,
     require_seqpacket,
+    timeval,
 )
 
 case = pytest.mark.case
@@ -209,11 +210,6 @@ def test_buffer_sizes(observe: Observer) -> None:
     observe(seen)
 
 
-def _timeval(seconds: float) -> bytes:
-    whole = int(seconds)
-    return struct.pack("@ll", whole, int((seconds - whole) * 1e6))
-
-
 @case(
     "os.stream.rcvtimeo",
     "SO_RCVTIMEO bounds a blocking recv, and accept() on a listener",
@@ -224,11 +220,11 @@ def test_rcvtimeo(observe: Observer, short_tmp: str) -> None:
     seen: Dict[str, str] = {}
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b, socket.socket(socket.AF_UNIX) as listener:
-        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(0.2))
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(0.2))
         seen["recv"] = attempt(lambda: b.recv(1))
         listener.bind(path)
         listener.listen(1)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(0.2))
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(0.2))
         # If the OS ignores the timeout, accept() would block: a late client ends it.
         rescuer = threading.Timer(3.0, _connect_and_close, (path,))
         rescuer.start()

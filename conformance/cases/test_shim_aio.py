@@ -9,7 +9,10 @@ from typing import Any, List
 import pytest
 
 from conformance.plugin import Observer
-from conformance.support import close_all
+from conformance.support import (
+    close_all,
+    same_file,
+)
 from udscompat import aio
 
 case = pytest.mark.case
@@ -42,7 +45,7 @@ def test_echo(observe: Observer, short_tmp: str) -> None:
             await conn.send(b"abc%d" % n, [r])
             reply = await conn.recv_message(maxfds=1)
             assert reply is not None and reply.data == (b"abc%d" % n)[::-1]
-            same = os.fstat(reply.fds[0]).st_ino == os.fstat(r).st_ino
+            same = same_file(reply.fds[0], r)
             close_all(reply.fds)
             return same
 

@@ -7,14 +7,22 @@ import errno
 import gc
 import os
 import socket
-import tempfile
 from typing import List, Tuple
 
 import pytest
 
 import udscompat
 from conformance.plugin import Observer
-from conformance.support import abstract_name, close_all, kind_pair, largest, unavailable
+from conformance.support import (
+    abstract_name,
+    close_all,
+    endpoint,
+    kind_pair,
+    largest,
+    provoke_unix_gc,
+    read_endpoint,
+    unavailable,
+)
 
 case = pytest.mark.case
 _KINDS = ["stream", "dgram", "seqpacket"]
@@ -169,23 +177,6 @@ def test_roundtrip_cloexec(observe: Observer, kind: str) -> None:
     observe(True)
 
 
-def _endpoint(kind: str) -> Tuple[int, bytes]:
-    if kind == "file":
-        fd, path = tempfile.mkstemp()
-        os.unlink(path)
-        os.write(fd, b"file")
-        os.lseek(fd, 0, os.SEEK_SET)
-        return fd, b"file"
-    if kind == "pipe":
-        r, w = _pipe_with(b"pipe")
-        os.close(w)
-        return r, b"pipe"
-    x, y = socket.socketpair(socket.AF_UNIX)
-    y.send(b"unix")
-    y.close()
-    return x.detach(), b"unix"
-
-
 @case(
     "shim.fdpass.close_after_send",
     "The sender closes its fd as soon as send_fds returns; the receiver still gets it",
@@ -193,26 +184,17 @@ def _endpoint(kind: str) -> Tuple[int, bytes]:
 )
 @pytest.mark.parametrize("kind", ["file", "pipe", "unix_socket"])
 def test_close_after_send(observe: Observer, kind: str) -> None:
-    fd, expected = _endpoint(kind)
+    fd, expected = endpoint(kind)
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
         udscompat.send_fds(a, b"x", [fd])
         os.close(fd)
-        for _ in range(20):  # provoke the kernel's in-flight fd garbage collector
-            x, y = socket.socketpair(socket.AF_UNIX)
-            udscompat.send_fds(x, b"x", [y.fileno()])
-            x.close()
-            y.close()
+        provoke_unix_gc()
         gc.collect()
         _, fds, _, _ = udscompat.recv_fds(b, 1, 1)
         try:
             assert len(fds) == 1
-            got = (
-                os.read(fds[0], 10)
-                if kind != "unix_socket"
-                else socket.socket(fileno=os.dup(fds[0])).recv(10)
-            )
-            assert got == expected
+            assert read_endpoint(fds[0], kind) == expected
         finally:
             close_all(fds)
         udscompat.release_sent_fds(a)
