@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 from conformance import SCHEMA_VERSION
 
@@ -356,19 +356,3 @@ def find_result_files(inputs: Iterable[str]) -> List[Path]:
         else:
             found.append(path)
     return found
-
-
-def summary_row_value(
-    matrix: Dict[str, Any], case_id: str, column_key: str, path: Optional[List[str]] = None
-) -> Any:
-    """The observed value of one case in one column (``None`` if absent), optionally inside it."""
-    for row in matrix["rows"]:
-        if row["id"] == case_id:
-            cell = row["cells"].get(column_key)
-            if cell is None:
-                return None
-            value = cell["observed"]
-            for key in path or []:
-                value = value.get(key) if isinstance(value, dict) else None
-            return value
-    return None
