@@ -103,3 +103,27 @@ def pipe() -> Iterator[Tuple[int, int]]:
     for fd in (r, w):
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def apt_install(packages: list[str], *, recommends: bool = False) -> None:
+    """Install the Debian packages a test needs, or skip the test saying why not.
+
+    Only as root with apt-get.  The package lists are refreshed once if the
+    first attempt fails (a fresh machine may have none).
+    """
+    wanted = " ".join(packages)
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(f"needs {wanted}, and this is not root with apt-get to install it")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    options = [] if recommends else ["--no-install-recommends"]
+    command = ["apt-get", "install", "-y", "-q", *options, *packages]
+
+    def install() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+
+    proc = install()
+    if proc.returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=900)
+        proc = install()
+    if proc.returncode != 0:
+        pytest.skip(f"could not install {wanted}: {(proc.stdout + proc.stderr)[-500:]}")

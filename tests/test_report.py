@@ -25,6 +25,7 @@ import pytest
 
 from conformance import report
 from conformance.matrix import build_matrix, find_result_files, holds, load_claims
+from tests.conftest import apt_install
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "report"
@@ -262,18 +263,11 @@ def _chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        command = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-        install = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-        if install.returncode != 0:  # a fresh machine may have no package lists yet
-            subprocess.run(["apt-get", "update"], capture_output=True, env=env, timeout=900)
-            install = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-        found = shutil.which("chromium")
-        if found:
-            return found
-        pytest.skip(f"Debian's chromium could not be installed: {install.stderr[-300:]}")
-    pytest.skip("no chromium, and not root with apt-get to install Debian's package")
+    apt_install(["chromium"])
+    found = shutil.which("chromium")
+    if found is None:
+        pytest.skip("Debian's chromium installed, but no chromium on PATH")
+    return found
 
 
 def _png_pixels(path: Path) -> Tuple[int, int, List[bytes]]:

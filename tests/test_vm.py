@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from conformance import vm
+from tests.conftest import apt_install
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "conformance" / "result.schema.json").read_text())
@@ -121,13 +122,7 @@ def _ensure_sshd() -> str:
     found = shutil.which("sshd") or (os.path.exists("/usr/sbin/sshd") and "/usr/sbin/sshd")
     if found:
         return str(found)
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("no sshd, and not root with apt-get to install openssh-server")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "openssh-server"]
-    if subprocess.run(command, capture_output=True, env=env, timeout=900).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=900)
-        subprocess.run(command, capture_output=True, env=env, timeout=900)
+    apt_install(["openssh-server"])
     if not os.path.exists("/usr/sbin/sshd"):
         pytest.skip("openssh-server could not be installed")
     return "/usr/sbin/sshd"

@@ -20,6 +20,8 @@ from typing import Dict, Iterator
 
 import pytest
 
+from tests.conftest import apt_install
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = [
     "vagrant",
@@ -54,19 +56,7 @@ def _install() -> None:
     missing = [c for c in COMMANDS if not shutil.which(c) and not os.path.exists(f"/usr/sbin/{c}")]
     if not missing:
         return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip(f"missing {', '.join(missing)}, and not root with apt-get to install them")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=900)
-    proc = subprocess.run(
-        ["apt-get", "install", "-y", "-q", *PACKAGES],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"could not install the VM packages: {proc.stdout[-500:]} {proc.stderr[-500:]}")
+    apt_install(PACKAGES, recommends=True)  # as vm-feasibility.md installed them
 
 
 def _sysctl_forward() -> str:
