@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import functools
 import os
 import platform
 import subprocess
@@ -31,8 +33,11 @@ def host_facts() -> Dict[str, Any]:
     }
 
 
+@functools.cache
 def git_commit() -> Optional[str]:
-    """The project's commit: ``UDSCOMPAT_GIT_COMMIT``, else ``git`` in a checkout, else None."""
+    """The project's commit: ``UDSCOMPAT_GIT_COMMIT``, else ``git`` in a checkout, else None.
+
+    Read once per process (the runner asks for every target)."""
     forced = os.environ.get("UDSCOMPAT_GIT_COMMIT")
     if forced:
         return forced
@@ -49,3 +54,10 @@ def git_commit() -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def utc_time(timestamp: float) -> str:
+    """``timestamp`` as the result files write times: ISO 8601, UTC, whole seconds."""
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(
+        timespec="seconds"
+    )

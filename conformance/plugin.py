@@ -25,7 +25,6 @@ the same result file (cases are sorted by id).
 
 from __future__ import annotations
 
-import datetime
 import gc
 import json
 import os
@@ -38,7 +37,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from conformance import SCHEMA_VERSION
-from conformance.hostinfo import host_facts
+from conformance.hostinfo import host_facts, utc_time
 from udscompat import _probes
 
 _CASE_ID = re.compile(r"^(os|shim)\.[a-z0-9_]+\.[a-z0-9_.]+$")
@@ -264,9 +263,7 @@ def run_facts(config: pytest.Config, started: float) -> Dict[str, Any]:
         environment["LD_PRELOAD"] = " ".join(Path(p).name for p in preload.split())
     workers = getattr(config.option, "numprocesses", None)
     return {
-        "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(
-            timespec="seconds"
-        ),
+        "started": utc_time(started),
         "duration_s": round(time.time() - started, 3),
         "seqpacket_implementation": os.environ.get("UDSCOMPAT_SEQPACKET", "auto") or "auto",
         "standin": os.environ.get("UDSCOMPAT_STANDIN") or None,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
+import functools
 import importlib.metadata
 import io
 import json
@@ -42,7 +42,9 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
 
+import udscompat
 from conformance import SCHEMA_VERSION
+from conformance.hostinfo import git_commit, utc_time
 from conformance.plugin import write_atomically
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -348,6 +350,7 @@ def parse_target(spec: str, provider: Optional[str], keep: bool) -> Target:
 # --- the payload ----------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)  # one tar for every target of a run
 def payload() -> bytes:
     """A gzipped tar of the two packages (library and suite) and the suite's dependencies.
 
@@ -371,8 +374,6 @@ def payload() -> bytes:
 
 
 def _project_packages() -> List[Path]:
-    import udscompat
-
     return [Path(udscompat.__file__).resolve().parent, Path(__file__).resolve().parent]
 
 
@@ -449,7 +450,7 @@ def run_target(
         command = (
             f"cd {workdir}/project && {sudo}env "
             f"PYTHONPATH={workdir}/project:{workdir}/deps "
-            f"UDSCOMPAT_GIT_COMMIT={shlex.quote(_commit())} "
+            f"UDSCOMPAT_GIT_COMMIT={shlex.quote(git_commit() or '')} "
             f"{python} -m conformance run --out {remote_out} -n {shlex.quote(workers)}"
         )
         remote.run(command, log, timeout)
@@ -501,12 +502,6 @@ def _result_name(data: Dict[str, Any]) -> str:
     return f"{host['os']}-{host['release']}-{host['machine']}.json".lower().replace("/", "_")
 
 
-def _commit() -> str:
-    from conformance.hostinfo import git_commit
-
-    return git_commit() or ""
-
-
 def _stub(target: Target, stage: str, message: str, tail: str, started: float) -> Dict[str, Any]:
     """A result file that records where a target failed (no cases)."""
     os_name = _OS_OF_MACHINE.get(target.name, target.name)
@@ -521,13 +516,11 @@ def _stub(target: Target, stage: str, message: str, tail: str, started: float) -
             "libc": None,
             "python_implementation": "unknown",
             "python_version": "unknown",
-            "udscompat_version": _version(),
-            "git_commit": _commit() or None,
+            "udscompat_version": udscompat.__version__,
+            "git_commit": git_commit(),
         },
         "run": {
-            "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(
-                timespec="seconds"
-            ),
+            "started": utc_time(started),
             "duration_s": round(time.time() - started, 3),
             "seqpacket_implementation": "auto",
             "standin": None,
@@ -540,12 +533,6 @@ def _stub(target: Target, stage: str, message: str, tail: str, started: float) -
         "summary": {},
         "cases": [],
     }
-
-
-def _version() -> str:
-    import udscompat
-
-    return udscompat.__version__
 
 
 class Progress:
