@@ -127,3 +127,9 @@ def apt_install(packages: list[str], *, recommends: bool = False) -> None:
         proc = install()
     if proc.returncode != 0:
         pytest.skip(f"could not install {wanted}: {(proc.stdout + proc.stderr)[-500:]}")
+
+
+def same_file(fd1: int, fd2: int) -> bool:
+    """Do two descriptors refer to the same file (device and inode)?"""
+    s1, s2 = os.fstat(fd1), os.fstat(fd2)
+    return (s1.st_dev, s1.st_ino) == (s2.st_dev, s2.st_ino)

@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable, List, Optional, Tuple
 import pytest
 
 import udscompat
+from tests.conftest import same_file
 from udscompat import aio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,11 +55,6 @@ def run(main: Callable[[], Awaitable[Any]], loop_kind: str = "asyncio") -> Any:
 def close_all(fds: List[int]) -> None:
     for fd in fds:
         os.close(fd)
-
-
-def same_file(a: int, b: int) -> bool:
-    sa, sb = os.fstat(a), os.fstat(b)
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)

@@ -13,7 +13,7 @@ from typing import Iterator, Tuple
 import pytest
 
 import udscompat
-from tests.conftest import open_fds, python_peer
+from tests.conftest import open_fds, python_peer, same_file
 from udscompat import ControlTruncatedError, UnixSocketAddr
 from udscompat._fdpass import REGISTRY
 from udscompat._platform import backend
@@ -32,11 +32,6 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Tuple[socket.socket, socket
         yield a, b
 
 
-def _same_file(fd1: int, fd2: int) -> bool:
-    s1, s2 = os.fstat(fd1), os.fstat(fd2)
-    return (s1.st_dev, s1.st_ino) == (s2.st_dev, s2.st_ino)
-
-
 def test_round_trip_gives_new_cloexec_descriptors(
     pair: Tuple[socket.socket, socket.socket], pipe: Tuple[int, int]
 ) -> None:
@@ -48,8 +43,8 @@ def test_round_trip_gives_new_cloexec_descriptors(
         assert data == b"hello"
         assert len(fds) == 2
         assert not {r, w} & set(fds)
-        assert _same_file(fds[0], r)
-        assert _same_file(fds[1], w)
+        assert same_file(fds[0], r)
+        assert same_file(fds[1], w)
         assert not any(os.get_inheritable(fd) for fd in fds)
         assert flags & backend.MSG_CTRUNC == 0
         os.write(fds[1], b"!")
@@ -164,7 +159,7 @@ def test_flags_are_honoured_msg_peek(pipe: Tuple[int, int]) -> None:
         assert data == b"peeked"
         # Linux clones descriptors on peek: the caller owns these too.
         for fd in peeked:
-            assert _same_file(fd, pipe[0])
+            assert same_file(fd, pipe[0])
             os.close(fd)
         data, fds, _, _ = udscompat.recv_fds(b, 64, 1)
         assert data == b"peeked"

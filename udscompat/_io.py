@@ -27,14 +27,15 @@ T = TypeVar("T")
 #: Room for the most descriptors the kernel puts in one message, so the kernel itself never
 #: truncates (CPython's recv_fds uses CMSG_LEN and loses fds on FreeBSD, #111675; macOS leaks
 #: what does not fit, #80931).  Where the cap is unknown, room for 256.
-_FD_ROOM = backend.MAX_FDS_PER_MESSAGE or 256
+FD_ROOM = backend.MAX_FDS_PER_MESSAGE or 256
 _MARKER_ROOM = socket.CMSG_SPACE(16)  # a struct timeval
-ANCBUF_SIZE = socket.CMSG_SPACE(4 * _FD_ROOM) + _MARKER_ROOM
+ANCBUF_SIZE = socket.CMSG_SPACE(4 * FD_ROOM) + _MARKER_ROOM
 # Backend values read on every receive, bound once.
 _SOL_SOCKET = backend.SOL_SOCKET
 _SCM_RIGHTS = backend.SCM_RIGHTS
 _MSG_CTRUNC = backend.MSG_CTRUNC
-_MARKER_TYPE = backend.MESSAGE_MARKER[2] if backend.MESSAGE_MARKER is not None else None
+#: The cmsg type of the per-message marker (``Backend.MESSAGE_MARKER``), None where there is none.
+MARKER_TYPE = backend.MESSAGE_MARKER[2] if backend.MESSAGE_MARKER is not None else None
 _FD_CMSGS = backend.FD_CARRYING_CMSG_TYPES
 _MAX_FDS = backend.MAX_FDS_PER_MESSAGE
 _MAX_FD_NUMBER = 2**31 - 1
@@ -126,7 +127,7 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
         if len(ancdata) == 1 and cloexec is not None:
             # The common cases, the marker alone or one SCM_RIGHTS within maxfds, inline.
             level, kind, payload = ancdata[0]
-            if kind == _MARKER_TYPE and level == _SOL_SOCKET:
+            if kind == MARKER_TYPE and level == _SOL_SOCKET:
                 return data, [], msg_flags, address, True
             if (
                 kind == _SCM_RIGHTS
@@ -169,7 +170,7 @@ def collect_fds(
             continue
         if kind == _SCM_RIGHTS:
             fds += _ints(payload)
-        elif kind == _MARKER_TYPE:
+        elif kind == MARKER_TYPE:
             marked = True
         elif kind in _FD_CMSGS:
             close_fds(_ints(payload))

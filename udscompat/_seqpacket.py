@@ -44,9 +44,9 @@ _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 _MSG_TRUNC = backend.MSG_TRUNC
 _TRUNCATIONS = backend.MSG_TRUNC | backend.MSG_CTRUNC
 # Only SOL_SOCKET cmsgs arrive on AF_UNIX sockets, so the type alone names the marker.
-_MARKER_TYPE = backend.MESSAGE_MARKER[2] if backend.MESSAGE_MARKER is not None else None
+_MARKER_TYPE = _io.MARKER_TYPE
 _STREAM_CHUNK = 131072  # larger reads cost an mmap per recvmsg in CPython's allocator
-_CHUNK_FDS = backend.MAX_FDS_PER_MESSAGE or 256
+_CHUNK_FDS = _io.FD_ROOM
 _DATA_HEADER = _framing.HEADER.pack
 _KIND_DATA = _framing.KIND_DATA
 
