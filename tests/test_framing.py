@@ -222,7 +222,11 @@ def test_receive_and_next_equals_receive_then_next(
             got_one += drain(one)
         two.receive_data(chunk)
         got_two += drain(two)
-        assert (one.buffered, one.pending_acks) == (two.buffered, two.pending_acks)
+        assert (one.buffered, one.pending_acks, one.idle) == (
+            two.buffered,
+            two.pending_acks,
+            two.idle,
+        )
     assert got_one == got_two
     assert got_one[: len(messages)] == [Message(m) for m, _ in messages]
 
@@ -237,3 +241,37 @@ def test_receive_and_next_fast_path_keeps_fd_offsets() -> None:
     finally:
         os.close(w)
         os.close(r)
+
+
+def test_idle_means_nothing_held() -> None:
+    """``idle`` (the fast path's and asyncio's test) is true exactly when nothing waits."""
+    decoder = FrameDecoder()
+    assert decoder.idle
+    frame = ENC.encode(b"abcdef")
+    decoder.receive_data(frame[:5])  # part of a header
+    assert not decoder.idle and decoder.next_event() is NEED_DATA and not decoder.idle
+    decoder.receive_data(frame[5:] + frame[:9])  # the rest, and the next frame begun
+    assert decoder.next_event() == Message(b"abcdef")
+    assert not decoder.idle  # the second frame's start is buffered
+    decoder.receive_data(frame[9:])
+    assert decoder.next_event() == Message(b"abcdef") and decoder.idle
+    assert decoder.receive_and_next(frame) == Message(b"abcdef") and decoder.idle
+    r, w = os.pipe()
+    try:
+        decoder.receive_data(ENC.encode(b"fd", nfds=1)[:3], [r])  # the fd waits for its frame
+        assert not decoder.idle and decoder.next_event() is NEED_DATA and not decoder.idle
+        decoder.receive_data(ENC.encode(b"fd", nfds=1)[3:])
+        event = decoder.next_event()
+        assert isinstance(event, Message) and event.fds == [r] and decoder.idle
+    finally:
+        os.close(w)
+        os.close(r)
+    decoder.receive_data(b"")  # end-of-stream waits to be reported
+    assert not decoder.idle and decoder.next_event() == EndOfStream() and not decoder.idle
+    broken = FrameDecoder()
+    with pytest.raises(FramingError):
+        broken.receive_and_next(struct.pack("!IHBB", 1, 0, 9, 0) + b"x")  # unknown kind
+    assert not broken.idle
+    closed = FrameDecoder()
+    closed.close()
+    assert not closed.idle

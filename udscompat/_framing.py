@@ -38,6 +38,9 @@ __all__ = [
 HEADER = struct.Struct("!IHBB")
 _HEADER_SIZE = HEADER.size
 _unpack_header = HEADER.unpack_from  # bound once: next_event runs per message
+# The header as two numbers: length, then nfds/kind/flags together, which is 0 exactly for a
+# DATA frame (kind 0) with no descriptors and no flags -- one test instead of three.
+_unpack_length_and_rest = struct.Struct("!II").unpack_from
 KIND_DATA = 0
 KIND_ACK = 1
 FLAG_ACK_REQUESTED = 0x01
@@ -143,6 +146,10 @@ class FrameDecoder:
         #: Frames delivered whose sender asked for an acknowledgement not yet taken.
         #: A plain attribute, read after every message (``take_acks`` resets it).
         self.pending_acks = 0
+        #: True while the decoder holds nothing: no undecoded bytes, no descriptors, no
+        #: end-of-stream, no error.  A plain attribute (read per message): ``receive_data``,
+        #: ``close`` and errors clear it, consuming the last buffered byte sets it again.
+        self.idle = True
 
     @property
     def buffered(self) -> bool:
@@ -156,6 +163,7 @@ class FrameDecoder:
 
     def receive_data(self, data: bytes, fds: Sequence[int] = ()) -> None:
         """Take one chunk of the stream and ownership of the descriptors that came with it."""
+        self.idle = False
         if self._error is not None or self._closed:
             _close(fds)
             self._raise()
@@ -187,32 +195,15 @@ class FrameDecoder:
     def receive_and_next(self, data: bytes, fds: Sequence[int] = ()) -> Event:
         """``receive_data(data, fds)`` then ``next_event()``, in one step.
 
-        Equivalent to the two calls; faster when the chunk is exactly one
-        plain frame and nothing was buffered (what small messages look like).
+        Equivalent to the two calls; faster when the decoder is ``idle`` and
+        the chunk is exactly one plain frame (what small messages look like).
         """
-        if (
-            not fds
-            and not self._fds
-            and self._pos >= len(self._buffer)
-            and self._error is None
-            and not self._closed
-            and not self._eof
-            and len(data) >= _HEADER_SIZE
-        ):
-            length, nfds, kind, flags = _unpack_header(data, 0)
-            if (
-                kind == KIND_DATA
-                and not nfds
-                and not flags
-                and len(data) == _HEADER_SIZE + length
-                and length <= self.max_message_size
-            ):
-                # The state receive_data + next_event leave: the chunk held and all consumed.
-                self._base = self._received
-                self._received += len(data)
-                self._buffer = data if type(data) is bytes else bytes(data)
-                self._pos = len(data)
-                return Message(self._buffer[_HEADER_SIZE:], [])
+        if self.idle and not fds and type(data) is bytes and len(data) >= _HEADER_SIZE:
+            length, rest = _unpack_length_and_rest(data, 0)
+            if not rest and length == len(data) - _HEADER_SIZE and length <= self.max_message_size:
+                # Idle before and after: nothing to store (the stream offsets only place
+                # descriptors, and none are held).
+                return Message(data[_HEADER_SIZE:], [])
         self.receive_data(data, fds)
         return self.next_event()
 
@@ -259,6 +250,7 @@ class FrameDecoder:
     def close(self) -> None:
         """Close every descriptor still held; the decoder can no longer be used."""
         self._closed = True
+        self.idle = False
         _close([fd for fd, _, _ in self._fds])
         self._fds.clear()
         self._buffer = b""
@@ -296,9 +288,16 @@ class FrameDecoder:
 
     def _consume(self, size: int) -> None:
         self._pos += size
-        # Compact now and then, so a long stream does not keep every byte.
         buffer = self._buffer
-        if isinstance(buffer, bytearray) and self._pos > 65536 and self._pos * 2 > len(buffer):
+        if self._pos >= len(buffer):
+            if not self._fds and not self._eof:
+                # All decoded: drop the chunk, so an idle decoder holds no bytes.
+                self._base += self._pos
+                self._buffer = b""
+                self._pos = 0
+                self.idle = True
+        elif isinstance(buffer, bytearray) and self._pos > 65536 and self._pos * 2 > len(buffer):
+            # Compact now and then, so a long stream does not keep every byte.
             del buffer[: self._pos]
             self._base += self._pos
             self._pos = 0
