@@ -88,6 +88,9 @@ class SeqpacketConn:
     """
 
     implementation: str = ""
+    #: The unsent rest of a message already accepted by ``send``: only the emulation's frames
+    #: go out in parts.  An attribute, not a method: asyncio checks it around every send.
+    _pending: Union[bytes, memoryview] = b""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -208,16 +211,12 @@ class SeqpacketConn:
         """The underlying socket's descriptor (-1 once closed)."""
         return self._sock.fileno()
 
-    def _unsent(self) -> bool:
-        """Whether part of an accepted message still waits to go out (the emulation's frames)."""
-        return False
-
     def _buffered(self) -> bool:
         """Whether a receive may succeed without the socket being readable (decoded data)."""
         return False
 
     def _send_unsent(self) -> None:
-        """Send what ``_unsent`` reports, as far as the socket takes it now."""
+        """Send what ``_pending`` holds, as far as the socket takes it now."""
 
     def close(self) -> None:
         """Close the connection; held descriptors are closed with it."""
@@ -359,7 +358,7 @@ class _EmulatedConn(SeqpacketConn):
         super().__init__(sock)
         self._encoder = _framing.FrameEncoder(max_message_size, max_fds)
         self._decoder = _framing.FrameDecoder(max_message_size, max_fds)
-        self._pending = memoryview(b"")  # the unsent rest of the last frame
+        self._pending = memoryview(b"")
         self._broken: Optional[FramingError] = None
         try:
             self._recv_flags: Optional[int] = _probes.cmsg_cloexec_flag()
@@ -375,15 +374,12 @@ class _EmulatedConn(SeqpacketConn):
             header = _DATA_HEADER(size, 0, _KIND_DATA, 0)  # what header() builds, inline
         else:
             header = self._encoder.header(size, len(numbers) if numbers else 0, ack_requested=hold)
-        with self._send_lock:
-            if self._broken is not None:
-                self._check_broken()
-            if self._decoder.pending_acks:
-                self._flush_acks()
-            if self._pending:
-                self._flush(block=True)
-                if self._pending:
-                    raise BlockingIOError(errno.EAGAIN, "previous message still being sent")
+        # acquire/try/finally rather than ``with``: this runs per message, and on CPython 3.11
+        # the ``with`` costs about 80 ns more.
+        self._send_lock.acquire()
+        try:
+            if self._pending or self._broken is not None or self._decoder.pending_acks:
+                self._before_send()
             # Small frames go out as one joined buffer: one copy is cheaper than an iovec.
             frame = header + payload if size < 4096 else None
             try:
@@ -403,7 +399,19 @@ class _EmulatedConn(SeqpacketConn):
                 whole = frame if frame is not None else header + bytes(payload)
                 self._pending = memoryview(whole)[sent:]
                 self._flush(block=self._timeout is None)
+        finally:
+            self._send_lock.release()
         return size
+
+    def _before_send(self) -> None:
+        """Refuse a broken connection; send owed acknowledgements and an earlier frame's rest."""
+        self._check_broken()
+        if self._decoder.pending_acks:
+            self._flush_acks()
+        if self._pending:
+            self._flush(block=True)
+            if self._pending:
+                raise BlockingIOError(errno.EAGAIN, "previous message still being sent")
 
     def _send_frame(self, header: bytes, payload: Any, frame: Optional[bytes], numbers: Any) -> int:
         if numbers is None:
@@ -425,11 +433,8 @@ class _EmulatedConn(SeqpacketConn):
                 return  # committed; the next send, receive or close goes on with it
             self._pending = self._pending[sent:]
 
-    def _unsent(self) -> bool:
-        return bool(self._pending)
-
     def _buffered(self) -> bool:
-        return self._decoder.buffered
+        return not self._decoder.idle  # decoded frames, end-of-stream or an error wait
 
     def _send_unsent(self) -> None:
         with self._send_lock:
@@ -448,11 +453,10 @@ class _EmulatedConn(SeqpacketConn):
         if bufsize < 0 or maxfds < 0:
             _io.check_sizes(bufsize, maxfds)
         decoder = self._decoder
-        with self._recv_lock:
-            # Nothing decoded waits: read first, and decode in the same step.
-            event: Any = None
-            if not decoder.buffered and self._broken is None:
-                event = self._read_and_decode()
+        self._recv_lock.acquire()  # not ``with``: see send
+        try:
+            # Nothing decoded waits (nor an error): read first, and decode in the same step.
+            event: Any = self._read_and_decode() if decoder.idle else None
             while True:
                 if event is None:
                     if self._broken is not None:
@@ -475,6 +479,8 @@ class _EmulatedConn(SeqpacketConn):
                     event = None
                 else:
                     return None  # EndOfStream
+        finally:
+            self._recv_lock.release()
 
     def _read_and_decode(self) -> Any:
         """Read one chunk from the socket and return the decoder's next event."""
@@ -494,9 +500,12 @@ class _EmulatedConn(SeqpacketConn):
             else:
                 if ancdata or flags & _TRUNCATIONS:
                     fds, _ = _io.collect_fds(data, ancdata, flags, _CHUNK_FDS, set_cloexec=False)
-                else:
-                    fds = []
-                return self._decode(data, fds)
+                    return self._decode(data, fds)
+                try:
+                    return self._decoder.receive_and_next(data)
+                except FramingError as exc:
+                    self._break(exc)
+                    raise
         try:
             data, fds, _, _, _ = _io.recv_with_fds(self._sock, _STREAM_CHUNK, _CHUNK_FDS)
         except BlockingIOError:

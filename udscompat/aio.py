@@ -242,7 +242,6 @@ class AsyncSeqpacketConn:
         # unsent or frames decoded ahead; for native connections the checks are skipped.
         self._framed = conn.implementation == "emulated"
         self._buffered = conn._buffered
-        self._unsent = conn._unsent
         self._recv_args = (65536, 0)
         self._flushing: Optional[asyncio.Future[None]] = None
         self._closing: Optional[asyncio.Future[None]] = None
@@ -272,7 +271,7 @@ class AsyncSeqpacketConn:
             await self._send_turn.wait_for_turn()
         conn = self._conn
         try:
-            if self._framed and self._unsent():
+            if self._framed and conn._pending:
                 await self._drain()  # the rest of an earlier frame goes first
             writable = self._writable
             if writable.ready:  # try at once, without a coroutine: the usual case
@@ -283,7 +282,7 @@ class AsyncSeqpacketConn:
                     sent = await writable.run(lambda: conn.send(data, fds))
             else:
                 sent = await writable.run(lambda: conn.send(data, fds))
-            if self._framed and self._unsent():
+            if self._framed and conn._pending:
                 await self._drain()
             return sent
         finally:
@@ -291,7 +290,7 @@ class AsyncSeqpacketConn:
 
     async def _drain(self) -> None:
         """Finish a partly sent frame in a task that cancelling the caller does not stop."""
-        if not self._conn._unsent():
+        if not self._conn._pending:
             return
         await asyncio.shield(self._start_flushing())
 
@@ -304,12 +303,12 @@ class AsyncSeqpacketConn:
         return self._flushing
 
     async def _flush_unsent(self) -> None:
-        while self._conn._unsent():
+        while self._conn._pending:
             await self._writable.run(self._send_some_unsent)
 
     def _send_some_unsent(self) -> None:
         self._conn._send_unsent()
-        if self._conn._unsent():
+        if self._conn._pending:
             raise BlockingIOError(errno.EAGAIN, "frame still partly unsent")
 
     async def recv_message(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
@@ -331,7 +330,7 @@ class AsyncSeqpacketConn:
                 message = await readable.run(self._recv_once, self._keep)
         finally:
             self._recv_turn.release()
-        if self._framed and self._unsent() and not self._send_turn.busy:
+        if self._framed and self._conn._pending and not self._send_turn.busy:
             self._start_flushing()  # an acknowledgement the receive could not push out at once
         return message
 
@@ -362,7 +361,7 @@ class AsyncSeqpacketConn:
         """
         if self._closing is not None or self._closed_event.is_set():
             return
-        if self._conn._unsent() and not self._conn.closed:
+        if self._conn._pending and not self._conn.closed:
             try:
                 self._closing = asyncio.ensure_future(self._finish_then_close())
                 return
