@@ -298,6 +298,23 @@ def test_framing_violations_close_the_connection(
     assert conn.closed
     with pytest.raises(FramingError, match="earlier error"):
         conn.recv_message()
+    with pytest.raises(FramingError, match="earlier error"):
+        conn.send(b"after the error")
+
+
+def test_framing_violation_in_a_chunk_with_fds_closes_them(
+    raw_and_emulated: Tuple[socket.socket, SeqpacketConn], pipe: Tuple[int, int]
+) -> None:
+    raw, conn = raw_and_emulated
+    # One descriptor rides with a frame that declares three: refused as the chunk is decoded.
+    udscompat.send_fds(raw, HEADER.pack(1, 3, 0, 0) + b"x", [pipe[0]])
+    os.close(pipe[0])
+    with pytest.raises(FramingError, match="declares 3 descriptors but 1 came"):
+        conn.recv_message(maxfds=3)
+    assert conn.closed
+    # The received duplicate was closed: the pipe's read side is gone, so writing fails.
+    with pytest.raises(BrokenPipeError):
+        os.write(pipe[1], b"x")
 
 
 def test_fds_where_no_frame_declares_them(
@@ -348,6 +365,55 @@ def test_acknowledgement_releases_held_fds(hold_env: pytest.MonkeyPatch) -> None
         assert r is not None and r.data == b"reply"
         assert REGISTRY.held(a._sock) == 0
     os.close(pipe[1])
+
+
+def test_acknowledgement_owed_while_sending_goes_out_with_the_next_send(
+    hold_env: pytest.MonkeyPatch, pipe: Tuple[int, int]
+) -> None:
+    hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
+    a, b = udscompat.seqpacket_pair(implementation="emulated")
+    with a, b:
+        a.send(b"fd", [pipe[0]])
+        assert REGISTRY.held(a._sock) == 1
+        # Another sender holds b's send side as the message arrives (here: this thread), so
+        # the receive cannot acknowledge at once; the acknowledgement is owed, not lost.
+        b._send_lock.acquire()
+        try:
+            m = b.recv_message(maxfds=1)
+        finally:
+            b._send_lock.release()
+        assert m is not None and len(m.fds) == 1
+        _close(m.fds)
+        assert b._decoder.pending_acks == 1
+        b.send(b"reply")  # the owed ACK goes out first
+        r = a.recv_message()
+        assert r is not None and r.data == b"reply"
+        assert REGISTRY.held(a._sock) == 0
+
+
+def test_send_after_a_partly_sent_frame_finishes_it_first() -> None:
+    a, b = udscompat.seqpacket_pair(implementation="emulated")
+    with a, b:
+        a.setblocking(False)
+        big = bytes(range(256)) * 2048  # 512 KiB: more than the socket buffers hold
+        assert a.send(big) == len(big)  # accepted whole; the rest waits in the connection
+        assert a._pending
+        with pytest.raises(BlockingIOError, match="still being sent"):
+            a.send(b"next")  # nothing of it was sent: the peer has not read
+        received: List[bytes] = []
+        reader = threading.Thread(
+            target=lambda: received.extend(
+                m.data for m in iter(lambda: b.recv_message(len(big)), None) if m
+            )
+        )
+        b.settimeout(10)
+        reader.start()
+        a.settimeout(10)
+        a.send(b"next")  # finishes the big frame, then sends this one
+        a.close()
+        reader.join(10)
+        assert not reader.is_alive()
+        assert received == [big, b"next"]
 
 
 class _EmsgsizeSocket(socket.socket):
