@@ -20,7 +20,7 @@ import pytest
 
 import udscompat
 from tests.conftest import same_file
-from udscompat import aio
+from udscompat import _seqpacket, aio
 
 ROOT = Path(__file__).resolve().parent.parent
 IMPLEMENTATIONS = ["native", "emulated"]
@@ -409,3 +409,263 @@ def test_connect_refused_names_the_address(short_tmp: str) -> None:
 
     error = run(main)
     assert isinstance(error, OSError) and path in str(error)
+
+
+# -- concurrent callers on one connection ------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_concurrent_receivers_take_turns_in_order(impl: str) -> None:
+    async def main() -> None:
+        a, b = aio.seqpacket_pair(implementation=impl)
+        async with a, b:
+            receivers = [asyncio.ensure_future(b.recv_message()) for _ in range(6)]
+            await asyncio.sleep(0)
+            # One receive waits for data; five wait for their turn.  A queued receive that is
+            # cancelled gives up its place and takes nothing.
+            assert len(b._recv_turn._waiters) == 5
+            receivers[2].cancel()
+            for i in range(5):
+                await a.send(b"%d" % i)
+            got = [await r for i, r in enumerate(receivers) if i != 2]
+            assert [m.data for m in got if m is not None] == [b"0", b"1", b"2", b"3", b"4"]
+            assert receivers[2].cancelled()
+
+    run(main)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_concurrent_senders_take_turns_in_order(impl: str) -> None:
+    size = 150000  # two or three such messages fill the socket buffers: the rest queue
+    count, cancelled = 12, 10
+
+    async def main() -> None:
+        a, b = aio.seqpacket_pair(implementation=impl)
+        async with a, b:
+            senders = [asyncio.ensure_future(a.send(_payload(i, size))) for i in range(count)]
+            await asyncio.sleep(0)
+            assert len(a._send_turn._waiters) >= 5, "the senders must actually queue"
+            senders[cancelled].cancel()  # queued: it gives up its place and sends nothing
+            got = []
+            for _ in range(count - 1):
+                message = await b.recv_message(1 << 20)
+                assert message is not None
+                got.append(_check(message.data))
+            assert got == [i for i in range(count) if i != cancelled]
+            assert senders[cancelled].cancelled()
+            results = [s.result() for i, s in enumerate(senders) if i != cancelled]
+            assert results == [size + 8] * (count - 1)
+
+    run(main)
+
+
+def test_a_turn_granted_to_a_cancelled_waiter_is_passed_on() -> None:
+    async def main() -> None:
+        turn = aio._Turn()
+        turn.busy = True  # held by someone
+        first = asyncio.ensure_future(turn.wait_for_turn())
+        second = asyncio.ensure_future(turn.wait_for_turn())
+        await asyncio.sleep(0)
+        turn.release()  # granted to the first waiter ...
+        first.cancel()  # ... which is cancelled before it could run
+        await asyncio.wait_for(second, 5)  # the turn went on, not lost
+        assert first.cancelled() and turn.busy
+        turn.release()
+        assert not turn.busy
+
+    run(main)
+
+
+# -- closing, errors and the server's edges -----------------------------------------------
+
+
+def test_close_finishes_a_partly_sent_frame_first() -> None:
+    async def main() -> None:
+        a, b = aio.seqpacket_pair(implementation="emulated")
+        big = _payload(7, 600000)
+        sending = asyncio.ensure_future(a.send(big))
+        await asyncio.sleep(0.05)  # part of the frame is out; the peer does not read yet
+        assert a.conn._pending and not sending.done()
+        sending.cancel()  # too late to send nothing: the rest still goes
+        a.close()
+        assert not a.closed
+        message = await b.recv_message(1 << 20)
+        assert message is not None and message.data == big
+        assert await b.recv_message() is None
+        await asyncio.wait_for(a.wait_closed(), 5)
+        assert a.closed
+        b.close()
+
+    run(main)
+
+
+def test_close_gives_up_on_a_peer_that_never_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aio, "CLOSE_DRAIN_TIMEOUT", 0.2)
+
+    async def main() -> None:
+        a, b = aio.seqpacket_pair(implementation="emulated")
+        sending = asyncio.ensure_future(a.send(_payload(1, 600000)))
+        await asyncio.sleep(0.05)
+        sending.cancel()
+        a.close()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.wait_for(a.wait_closed(), 5)
+        assert a.closed and 0.15 <= loop.time() - start < 2
+        with pytest.raises(udscompat.FramingError, match="mid-frame"):
+            while await b.recv_message(1 << 20) is not None:
+                pass
+        b.close()
+
+    run(main)
+
+
+def test_a_framing_error_reaches_the_waiting_receiver() -> None:
+    async def main() -> None:
+        raw, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn = aio.AsyncSeqpacketConn(_seqpacket._EmulatedConn(other))
+        with raw:
+            receiving = asyncio.ensure_future(conn.recv_message())
+            await asyncio.sleep(0.01)
+            assert not receiving.done()
+            raw.sendall(b"\x00\x00\x00\x01\x00\x00\x09\x00x")  # frame kind 9 does not exist
+            with pytest.raises(udscompat.FramingError, match="unknown frame kind 9"):
+                await asyncio.wait_for(receiving, 5)
+        assert conn.closed
+
+    run(main)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_server_reports_a_failing_handler_and_goes_on(impl: str, short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "srv")
+    reported: List[BaseException] = []
+
+    async def handler(conn: aio.AsyncSeqpacketConn) -> None:
+        message = await conn.recv_message()
+        if message is not None and message.data == b"fail":
+            raise ValueError("handler failed on purpose")
+        await conn.send(b"served")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: reported.append(context["exception"]))
+        async with await aio.start_seqpacket_server(handler, path, implementation=impl):
+            async with await aio.open_seqpacket_connection(path, implementation=impl) as c:
+                await c.send(b"fail")
+                assert await c.recv_message() is None  # the connection was closed
+            async with await aio.open_seqpacket_connection(path, implementation=impl) as c:
+                await c.send(b"ok")
+                reply = await c.recv_message()
+                assert reply is not None and reply.data == b"served"
+
+    run(main)
+    assert [str(e) for e in reported] == ["handler failed on purpose"]
+
+
+def test_serve_forever_until_cancelled(short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "srv")
+
+    async def main() -> None:
+        server = await aio.start_seqpacket_server(lambda conn: conn.recv_message(), path)
+        serving = asyncio.ensure_future(server.serve_forever())
+        await asyncio.sleep(0.01)
+        assert server.is_serving() and os.path.exists(path)
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        assert not server.is_serving() and not os.path.exists(path)
+        await asyncio.wait_for(server.wait_closed(), 5)
+
+    run(main)
+
+
+def test_server_pauses_accepting_while_out_of_descriptors(short_tmp: str) -> None:
+    import resource
+
+    path = os.path.join(short_tmp, "srv")
+    served = asyncio.Event
+
+    reported: List[Any] = []
+
+    async def main() -> None:
+        done = served()
+        asyncio.get_running_loop().set_exception_handler(lambda _, c: reported.append(c))
+
+        async def handler(conn: aio.AsyncSeqpacketConn) -> None:
+            done.set()
+
+        async with await aio.start_seqpacket_server(handler, path, implementation="native"):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            lowest_free = os.dup(0)
+            os.close(lowest_free)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+            try:
+                client.connect(path)  # queued in the backlog; accept() now fails with EMFILE
+                await asyncio.sleep(0.05)
+                assert not done.is_set()
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            await asyncio.wait_for(done.wait(), 5)  # accepting resumed by itself
+            client.close()
+
+    run(main)
+    assert reported == [], "EMFILE must pause accepting, not surface as an error"
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_connect_waits_while_the_backlog_is_full(impl: str, short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "srv")
+    listener = udscompat.SeqpacketListener(path, backlog=0, implementation=impl)
+
+    async def main() -> None:
+        first = await aio.open_seqpacket_connection(path, implementation=impl)  # fills it
+        second = asyncio.ensure_future(aio.open_seqpacket_connection(path, implementation=impl))
+        await asyncio.sleep(0.1)
+        assert not second.done(), "the connect must wait, not fail, while the backlog is full"
+        accepted = [listener.accept()[0]]
+        conn = await asyncio.wait_for(second, 5)
+        accepted.append(listener.accept()[0])
+        await conn.send(b"through")
+        message = accepted[1].recv_message()
+        assert message is not None and message.data == b"through"
+        for c in accepted:
+            c.close()
+        first.close()
+        conn.close()
+
+    with listener:
+        run(main)
+
+
+def test_stream_helpers_refuse_what_is_not_a_socket() -> None:
+    async def main() -> None:
+        with pytest.raises(TypeError, match="expected a socket, got object"):
+            await aio.send_fds(object(), b"x", [])
+        with pytest.raises(TypeError, match="expected a socket, got str"):
+            await aio.recv_fds("not a socket", 1, 0)
+
+    run(main)
+
+
+def test_recv_fds_on_a_socket_a_transport_owns(pipe: Tuple[int, int]) -> None:
+    """The loop refuses to watch a transport's descriptor; the helper waits on a duplicate."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        transport, _ = await loop.create_unix_connection(asyncio.Protocol, sock=b)
+        transport.pause_reading()
+        with a:
+            receiving = asyncio.ensure_future(aio.recv_fds(b, 100, 1))
+            await asyncio.sleep(0.01)
+            assert not receiving.done()
+            udscompat.send_fds(a, b"x", [pipe[0]])
+            data, fds, _, _ = await asyncio.wait_for(receiving, 5)
+            assert data == b"x" and len(fds) == 1 and same_file(fds[0], pipe[0])
+            close_all(fds)
+        transport.close()
+        await asyncio.sleep(0)
+
+    run(main)
