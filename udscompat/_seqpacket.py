@@ -48,6 +48,7 @@ _MARKER_TYPE = _io.MARKER_TYPE
 _STREAM_CHUNK = 131072  # larger reads cost an mmap per recvmsg in CPython's allocator
 _CHUNK_FDS = _io.FD_ROOM
 _DATA_HEADER = _framing.HEADER.pack
+_HEADER_SIZE = _framing.HEADER.size
 _KIND_DATA = _framing.KIND_DATA
 
 
@@ -395,7 +396,7 @@ class _EmulatedConn(SeqpacketConn):
                 )
             if hold and numbers is not None:
                 _fdpass.REGISTRY.hold(self._sock, numbers)
-            if sent < len(header) + size:
+            if sent < _HEADER_SIZE + size:
                 whole = frame if frame is not None else header + bytes(payload)
                 self._pending = memoryview(whole)[sent:]
                 self._flush(block=self._timeout is None)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import functools
 import os
 import socket
 from typing import (
@@ -242,7 +243,10 @@ class AsyncSeqpacketConn:
         # unsent or frames decoded ahead; for native connections the checks are skipped.
         self._framed = conn.implementation == "emulated"
         self._buffered = conn._buffered
+        # The receive that readiness callbacks run: a partial (no Python frame of its own),
+        # rebuilt only when the arguments change.
         self._recv_args = (65536, 0)
+        self._recv_once = functools.partial(conn.recv_message, 65536, 0)
         self._flushing: Optional[asyncio.Future[None]] = None
         self._closing: Optional[asyncio.Future[None]] = None
         self._closed_event = asyncio.Event()
@@ -326,16 +330,15 @@ class AsyncSeqpacketConn:
                 readable = self._readable
                 if self._framed and self._buffered():
                     readable.ready = True  # decoded frames wait; the socket may be empty
-                self._recv_args = (bufsize, maxfds)
+                if self._recv_args != (bufsize, maxfds):
+                    self._recv_args = (bufsize, maxfds)
+                    self._recv_once = functools.partial(self._conn.recv_message, bufsize, maxfds)
                 message = await readable.run(self._recv_once, self._keep)
         finally:
             self._recv_turn.release()
         if self._framed and self._conn._pending and not self._send_turn.busy:
             self._start_flushing()  # an acknowledgement the receive could not push out at once
         return message
-
-    def _recv_once(self) -> Optional[Message]:
-        return self._conn.recv_message(*self._recv_args)
 
     def peer_credentials(self) -> ConnCredentials:
         """The peer's credentials (``udscompat.peer_credentials``)."""
