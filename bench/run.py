@@ -7,7 +7,8 @@ for the stdlib baseline, and their ratio (udscompat / stdlib; lower is better).
 Targets (from the issues): fd passing <= 1.15x stdlib; native seqpacket
 <= 1.15x a raw stdlib SOCK_SEQPACKET socketpair; emulated <= 1.5x native for
 64 B and <= 1.2x for 64 KiB; udscompat.aio echo round trips <= 1.3x asyncio
-unix-stream echo of the same payloads.
+unix-stream echo of the same payloads (and, where uvloop is installed, the
+same on uvloop against uvloop's streams).
 """
 
 from __future__ import annotations
@@ -95,8 +96,10 @@ def seqpacket_case(size: int, kind: str) -> Callable[[int], None]:
     return run
 
 
-def aio_echo_case(size: int, kind: str) -> Callable[[int], None]:
-    """Echo round trips over one connection, on a fresh asyncio loop per run."""
+def aio_echo_case(
+    size: int, kind: str, new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+) -> Callable[[int], None]:
+    """Echo round trips over one connection, on a fresh loop (from ``new_loop``) per run."""
     from udscompat import aio
 
     payload = b"x" * size
@@ -138,7 +141,7 @@ def aio_echo_case(size: int, kind: str) -> Callable[[int], None]:
         with tempfile.TemporaryDirectory(prefix="udsc-bench-", dir="/tmp") as directory:
             path = os.path.join(directory, "s")
             body = streams(n, path) if kind == "streams" else seqpacket(n, path)
-            loop = asyncio.new_event_loop()
+            loop = new_loop()
             try:
                 loop.run_until_complete(body)
             finally:
@@ -181,12 +184,31 @@ def main(argv: List[str]) -> int:
         )
         rows.append((f"aio echo native, {label}", native, "asyncio streams", streams, 1.3))
         rows.append((f"aio echo emulated, {label}", emulated, "asyncio streams", streams, 1.3))
-    print(f"{'case':34} {'udscompat':>11} {'baseline':>11}  {'ratio':>6}  target")
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    for size in (64, 65536) if uvloop is not None else ():
+        # Where uvloop installs: the same echo on it, against its own (Cython) streams.
+        label = "64 B" if size == 64 else "64 KiB"
+        streams, native, emulated = best_of(
+            [
+                aio_echo_case(size, kind, uvloop.new_event_loop)
+                for kind in ("streams", "native", "emulated")
+            ],
+            aio_count,
+            repeats,
+        )
+        rows.append((f"aio echo native, {label}, uvloop", native, "uvloop streams", streams, 1.3))
+        rows.append(
+            (f"aio echo emulated, {label}, uvloop", emulated, "uvloop streams", streams, 1.3)
+        )
+    print(f"{'case':42} {'udscompat':>11} {'baseline':>11}  {'ratio':>6}  target")
     for name, ours, base_name, base, target in rows:
         ratio = ours / base
         mark = "ok" if ratio <= target else "OVER"
         print(
-            f"{name:34} {ours * 1e6:9.2f}us {base * 1e6:9.2f}us  {ratio:6.3f}  "
+            f"{name:42} {ours * 1e6:9.2f}us {base * 1e6:9.2f}us  {ratio:6.3f}  "
             f"<= {target} vs {base_name} {mark}"
         )
     return 0
