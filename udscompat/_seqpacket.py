@@ -501,12 +501,9 @@ class _EmulatedConn(SeqpacketConn):
             else:
                 if ancdata or flags & _TRUNCATIONS:
                     fds, _ = _io.collect_fds(data, ancdata, flags, _CHUNK_FDS, set_cloexec=False)
-                    return self._decode(data, fds)
-                try:
-                    return self._decoder.receive_and_next(data)
-                except FramingError as exc:
-                    self._break(exc)
-                    raise
+                else:
+                    fds = []
+                return self._decode(data, fds)
         try:
             data, fds, _, _, _ = _io.recv_with_fds(self._sock, _STREAM_CHUNK, _CHUNK_FDS)
         except BlockingIOError:
