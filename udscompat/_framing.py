@@ -123,7 +123,9 @@ class FrameDecoder:
     """Reassembles messages from stream chunks; owns received descriptors until handed out.
 
     Feed it with ``receive_data(chunk, fds)`` (``b""`` means end-of-stream),
-    then call ``next_event()`` until it returns ``NEED_DATA``.  After any
+    then call ``next_event()`` until it returns ``NEED_DATA``;
+    ``receive_and_next`` does both at once, and ``idle`` tells whether
+    anything (bytes, descriptors, end-of-stream, an error) is held.  After any
     ``FramingError`` the decoder is broken: every held descriptor is closed
     and every later call raises again.
     """
