@@ -245,7 +245,6 @@ class AsyncSeqpacketConn:
         self._buffered = conn._buffered
         # The receive that readiness callbacks run: a partial (no Python frame of its own),
         # rebuilt only when the arguments change.
-        self._recv_args = (65536, 0)
         self._recv_once = functools.partial(conn.recv_message, 65536, 0)
         self._flushing: Optional[asyncio.Future[None]] = None
         self._closing: Optional[asyncio.Future[None]] = None
@@ -330,8 +329,7 @@ class AsyncSeqpacketConn:
                 readable = self._readable
                 if self._framed and self._buffered():
                     readable.ready = True  # decoded frames wait; the socket may be empty
-                if self._recv_args != (bufsize, maxfds):
-                    self._recv_args = (bufsize, maxfds)
+                if self._recv_once.args != (bufsize, maxfds):
                     self._recv_once = functools.partial(self._conn.recv_message, bufsize, maxfds)
                 message = await readable.run(self._recv_once, self._keep)
         finally:
