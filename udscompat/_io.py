@@ -113,14 +113,7 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
         cloexec = _probes.cmsg_cloexec_flag()
     except OSError:
         cloexec = None  # the probe itself could not run (EMFILE?): set FD_CLOEXEC by hand
-    try:
-        data, ancdata, msg_flags, address = sock.recvmsg(
-            bufsize, ANCBUF_SIZE, flags | (cloexec or 0)
-        )
-    except OSError as exc:
-        if exc.errno == errno.EMSGSIZE:
-            raise emsgsize_error() from exc
-        raise
+    data, ancdata, msg_flags, address = recvmsg(sock, bufsize, flags | (cloexec or 0))
     if not msg_flags & _MSG_CTRUNC:
         if not ancdata:
             return data, [], msg_flags, address, False
@@ -140,11 +133,22 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
     return data, fds, msg_flags, address, marked
 
 
-def emsgsize_error() -> ControlTruncatedError:
-    """What a recvmsg that failed with EMSGSIZE means (OpenBSD, DragonFly): fds discarded.
+def recvmsg(sock: socket.socket, bufsize: int, flags: int) -> Tuple[bytes, List[Any], int, Any]:
+    """``sock.recvmsg`` with room for the kernel's descriptor cap and the marker.
 
-    Every receive path that calls ``recvmsg`` itself raises this from such an error.
+    Every receive path reads through here, so none can miss the translation:
+    a recvmsg that fails with EMSGSIZE (OpenBSD, DragonFly: the control data
+    did not fit, the descriptors are gone) raises ``ControlTruncatedError``.
     """
+    try:
+        return sock.recvmsg(bufsize, ANCBUF_SIZE, flags)
+    except OSError as exc:
+        if exc.errno == errno.EMSGSIZE:
+            raise _emsgsize_error() from exc
+        raise
+
+
+def _emsgsize_error() -> ControlTruncatedError:
     return ControlTruncatedError(
         "recvmsg failed with EMSGSIZE: the kernel discarded the descriptors "
         "(control data did not fit)"

@@ -287,16 +287,10 @@ class _NativeConn(SeqpacketConn):
         if self._recv_flags is not None:
             # The common case inline: a whole message with no descriptors, at most the marker.
             try:
-                data, ancdata, flags, _ = self._sock.recvmsg(
-                    bufsize, _io.ANCBUF_SIZE, self._recv_flags
-                )
+                data, ancdata, flags, _ = _io.recvmsg(self._sock, bufsize, self._recv_flags)
             except BlockingIOError:
                 if self._timeout == 0.0:
                     raise
-            except OSError as exc:
-                if exc.errno == errno.EMSGSIZE:  # as _io.recv_with_fds translates it
-                    raise _io.emsgsize_error() from exc
-                raise
             else:
                 if (
                     data
@@ -488,16 +482,10 @@ class _EmulatedConn(SeqpacketConn):
         if self._recv_flags is not None:
             # The common case inline: a chunk without descriptors.
             try:
-                data, ancdata, flags, _ = self._sock.recvmsg(
-                    _STREAM_CHUNK, _io.ANCBUF_SIZE, self._recv_flags
-                )
+                data, ancdata, flags, _ = _io.recvmsg(self._sock, _STREAM_CHUNK, self._recv_flags)
             except BlockingIOError:
                 if self._timeout == 0.0:
                     raise
-            except OSError as exc:
-                if exc.errno == errno.EMSGSIZE:  # as _io.recv_with_fds translates it
-                    raise _io.emsgsize_error() from exc
-                raise
             else:
                 if ancdata or flags & _TRUNCATIONS:
                     fds, _ = _io.collect_fds(data, ancdata, flags, _CHUNK_FDS, set_cloexec=False)
