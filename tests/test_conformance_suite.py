@@ -1,6 +1,6 @@
 """The conformance suite itself: its result file, its truthfulness, its outcomes and its stand-in.
 
-Each test runs ``python -m conformance run`` in a child process, as a user would.
+Each test runs ``python -m udscompat_conformance run`` in a child process, as a user would.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from conformance.catalogue import FLAGGED, NOT_OBSERVED, ROWS
+from udscompat_conformance.catalogue import FLAGGED, NOT_OBSERVED, ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((ROOT / "conformance" / "result.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "udscompat_conformance" / "result.schema.json").read_text())
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the expected values are Linux's")
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the expected va
 def run_suite(tmp: Path, *args: str, env: Dict[str, str] | None = None) -> Dict[str, Any]:
     out = tmp / f"result-{len(list(tmp.iterdir()))}.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "conformance", "run", "--out", str(out), *args],
+        [sys.executable, "-m", "udscompat_conformance", "run", "--out", str(out), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -140,7 +140,7 @@ FAKE_CASES = textwrap.dedent(
     """
     import os, time
     import pytest
-    from conformance.plugin import unavailable
+    from udscompat_conformance.plugin import unavailable
 
     @pytest.mark.case("shim.fake.hangs", "sleeps past the timeout")
     def test_hangs(observe):
@@ -209,7 +209,7 @@ def test_a_case_without_an_id_is_refused(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "conformance",
+            "udscompat_conformance",
             "run",
             "--out",
             str(tmp_path / "r.json"),
@@ -226,7 +226,7 @@ def test_a_case_without_an_id_is_refused(tmp_path: Path) -> None:
 
 
 def test_result_file_is_replaced_atomically(tmp_path: Path) -> None:
-    from conformance.plugin import write_atomically
+    from udscompat_conformance.plugin import write_atomically
 
     target = tmp_path / "r.json"
     write_atomically(target, {"a": 1})

@@ -23,9 +23,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from conformance import report
-from conformance.matrix import build_matrix, find_result_files, holds, load_claims
 from tests.conftest import apt_install
+from udscompat_conformance import report
+from udscompat_conformance.matrix import build_matrix, find_result_files, holds, load_claims
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "report"
@@ -62,7 +62,7 @@ def test_matrix_json_follows_its_schema(tmp_path: Path) -> None:
     import jsonschema
 
     render(tmp_path)
-    schema = json.loads((ROOT / "conformance" / "matrix.schema.json").read_text())
+    schema = json.loads((ROOT / "udscompat_conformance" / "matrix.schema.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(
         json.loads((tmp_path / "matrix.json").read_text())
     )
@@ -73,7 +73,7 @@ def test_bad_inputs_are_named_and_the_rest_renders(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "conformance",
+            "udscompat_conformance",
             "report",
             str(RESULTS),
             "--out",
@@ -168,7 +168,7 @@ def test_claim_predicates(expect: Dict[str, Any], observed: Any, result: bool) -
 
 
 def test_shipped_claims_load_and_name_real_cases() -> None:
-    from conformance.cli import CASES
+    from udscompat_conformance.cli import CASES
 
     case_ids = set()
     for path in CASES.glob("test_*.py"):

@@ -22,11 +22,11 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from conformance import vm
 from tests.conftest import apt_install
+from udscompat_conformance import vm
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((ROOT / "conformance" / "result.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "udscompat_conformance" / "result.schema.json").read_text())
 SSH_USER = "udscssh"
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the runner tests use Linux hosts")
@@ -43,7 +43,7 @@ def run_vm(tmp: Path, *args: str, timeout: float = 600) -> subprocess.CompletedP
         [
             sys.executable,
             "-m",
-            "conformance",
+            "udscompat_conformance",
             "vm",
             "--out-dir",
             str(tmp / "results"),
@@ -243,7 +243,7 @@ def test_failures_are_recorded_and_the_others_go_on(sshd: Dict[str, Any], tmp_pa
 
 
 def test_failed_targets_show_as_failed_columns(tmp_path: Path) -> None:
-    from conformance.matrix import build_matrix
+    from udscompat_conformance.matrix import build_matrix
 
     stub = vm._stub(
         vm.VagrantTarget("openbsd", None, False), "up", "exit status 1", "tail", time.time()
@@ -341,7 +341,7 @@ def test_ctrl_c_stops_every_target_and_records_it(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "conformance",
+            "udscompat_conformance",
             "vm",
             "local",
             "--out-dir",
@@ -379,8 +379,8 @@ def test_payload_carries_both_packages_and_the_suites_dependencies() -> None:
     with tarfile.open(fileobj=io.BytesIO(vm.payload()), mode="r:gz") as tar:
         names = tar.getnames()
     assert "project/udscompat/__init__.py" in names
-    assert "project/conformance/cases/pytest.ini" in names
-    assert "project/conformance/standin/kernel_standin.c" in names
+    assert "project/udscompat_conformance/cases/pytest.ini" in names
+    assert "project/udscompat_conformance/standin/kernel_standin.c" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     # pytest finds xdist and timeout through their entry points: the dist-info must travel.
     for dist in ("pytest", "pytest_xdist", "pytest_timeout", "pluggy"):

@@ -161,7 +161,7 @@ def test_vm_linux_end_to_end(libvirt_in_netns: Dict[str, str], tmp_path: Path) -
             libvirt_in_netns["netns"],
             sys.executable,
             "-m",
-            "conformance",
+            "udscompat_conformance",
             "vm",
             "linux",
             "--provider",

@@ -11,8 +11,8 @@ import textwrap
 
 import pytest
 
-from conformance.plugin import Observer
-from conformance.support import SOCKET_KINDS, attempt, require_seqpacket
+from udscompat_conformance.plugin import Observer
+from udscompat_conformance.support import SOCKET_KINDS, attempt, require_seqpacket
 
 case = pytest.mark.case
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from conformance.matrix import (
+from udscompat_conformance.matrix import (
     AREA_LABELS,
     ResultError,
     build_matrix,
@@ -530,7 +530,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         nargs="*",
         type=Path,
         default=None,
-        help="claims files (default: the ones shipped in conformance/claims/)",
+        help="claims files (default: the ones shipped in udscompat_conformance/claims/)",
     )
     parser.add_argument("--readme", type=Path, help="update the summary block in this README")
     args = parser.parse_args(argv)

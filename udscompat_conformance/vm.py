@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
 
 import udscompat
-from conformance import SCHEMA_VERSION
-from conformance.hostinfo import git_commit, utc_time
-from conformance.plugin import write_atomically
+from udscompat_conformance import SCHEMA_VERSION
+from udscompat_conformance.hostinfo import git_commit, utc_time
+from udscompat_conformance.plugin import write_atomically
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -451,7 +451,7 @@ def run_target(
             f"cd {workdir}/project && {sudo}env "
             f"PYTHONPATH={workdir}/project:{workdir}/deps "
             f"UDSCOMPAT_GIT_COMMIT={shlex.quote(git_commit() or '')} "
-            f"{python} -m conformance run --out {remote_out} -n {shlex.quote(workers)}"
+            f"{python} -m udscompat_conformance run --out {remote_out} -n {shlex.quote(workers)}"
         )
         remote.run(command, log, timeout)
         stage = "fetch"

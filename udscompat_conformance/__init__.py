@@ -9,8 +9,8 @@ Two kinds of cases, each with a stable id (``os.<area>.<name>`` or
 * Shim cases hold udscompat to its contract and must pass on every OS, or
   be reported ``unavailable`` with a reason.
 
-``python -m conformance run`` runs them and writes one JSON result file
-(``result.schema.json``); ``python -m conformance report`` merges result
+``python -m udscompat_conformance run`` runs them and writes one JSON result file
+(``result.schema.json``); ``python -m udscompat_conformance report`` merges result
 files into the feature matrix.
 """
 

@@ -12,8 +12,8 @@ from typing import List, Tuple
 import pytest
 
 import udscompat
-from conformance.plugin import Observer
-from conformance.support import (
+from udscompat_conformance.plugin import Observer
+from udscompat_conformance.support import (
     abstract_name,
     close_all,
     endpoint,

@@ -1,4 +1,4 @@
-"""``udscompat-conformance`` (also ``python -m conformance``): run the suite, build the report.
+"""``udscompat-conformance`` (or ``python -m udscompat_conformance``): run the suite, build reports.
 
 udscompat-conformance run [--out FILE] [-n N] [--seqpacket native|emulated|auto]
                           [--timeout S] [--report DIR] [-- pytest args]
@@ -37,7 +37,7 @@ def pytest_args(args: argparse.Namespace, out: Path) -> List[str]:
     argv = [
         str(CASES),
         "-p",
-        "conformance.plugin",
+        "udscompat_conformance.plugin",
         "-p",
         "no:cacheprovider",
         f"--rootdir={CASES}",
@@ -56,7 +56,7 @@ def run_under_standin(args: argparse.Namespace, argv: List[str]) -> int:
     """Run this same command again in a child process with the kernel stand-in preloaded."""
     import subprocess
 
-    from conformance.standin import compile_standin, standin_environment
+    from udscompat_conformance.standin import compile_standin, standin_environment
 
     try:
         library = compile_standin()
@@ -69,7 +69,9 @@ def run_under_standin(args: argparse.Namespace, argv: List[str]) -> int:
         child = argv[:i] + argv[i + 2 :]
     else:
         child = [a for a in argv if not a.startswith("--standin=")]
-    return subprocess.run([sys.executable, "-m", "conformance", *child], env=env).returncode
+    return subprocess.run(
+        [sys.executable, "-m", "udscompat_conformance", *child], env=env
+    ).returncode
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"udscompat-conformance: results in {out}")
     if args.report:
-        from conformance import report
+        from udscompat_conformance import report
 
         # The report covers every published result next to this run's own.
         published = Path(args.report) / "results"
@@ -101,11 +103,11 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["report"]:
-        from conformance import report
+        from udscompat_conformance import report
 
         return report.main(argv[1:])
     if argv[:1] == ["vm"]:
-        from conformance import vm
+        from udscompat_conformance import vm
 
         return vm.main(argv[1:])
     extra: List[str] = []

@@ -36,9 +36,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from conformance import SCHEMA_VERSION
-from conformance.hostinfo import host_facts, utc_time
 from udscompat import _probes
+from udscompat_conformance import SCHEMA_VERSION
+from udscompat_conformance.hostinfo import host_facts, utc_time
 
 _CASE_ID = re.compile(r"^(os|shim)\.[a-z0-9_]+\.[a-z0-9_.]+$")
 _UNAVAILABLE = "unavailable: "

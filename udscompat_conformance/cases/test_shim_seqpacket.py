@@ -15,8 +15,8 @@ from typing import List, Optional
 import pytest
 
 import udscompat
-from conformance.plugin import Observer
-from conformance.support import close_all
+from udscompat_conformance.plugin import Observer
+from udscompat_conformance.support import close_all
 
 case = pytest.mark.case
 

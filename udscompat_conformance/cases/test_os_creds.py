@@ -16,8 +16,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import pytest
 
-from conformance.plugin import Observer
-from conformance.support import attempt, errno_name, kind_pair, unavailable
+from udscompat_conformance.plugin import Observer
+from udscompat_conformance.support import attempt, errno_name, kind_pair, unavailable
 
 case = pytest.mark.case
 

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from conformance.plugin import Observer
-from conformance.support import (
+from udscompat_conformance.plugin import Observer
+from udscompat_conformance.support import (
     abstract_name,
     attempt,
     errno_name,

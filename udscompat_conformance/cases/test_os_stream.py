@@ -11,8 +11,8 @@ from typing import Dict
 
 import pytest
 
-from conformance.plugin import Observer
-from conformance.support import (
+from udscompat_conformance.plugin import Observer
+from udscompat_conformance.support import (
     SOCKET_KINDS,
     attempt,
     errno_name,
@@ -588,7 +588,7 @@ def test_boolean_options(observe: Observer) -> None:
 def test_sock_diag_uid(observe: Observer) -> None:
     import sys
 
-    from conformance.support import unavailable
+    from udscompat_conformance.support import unavailable
 
     if not sys.platform.startswith("linux") or not hasattr(socket, "AF_NETLINK"):
         unavailable("sock_diag is Linux's netlink interface")

@@ -11,8 +11,8 @@ from typing import Any, Dict, List
 
 import pytest
 
-from conformance.plugin import Observer
-from conformance.support import (
+from udscompat_conformance.plugin import Observer
+from udscompat_conformance.support import (
     attempt,
     close_all,
     endpoint,
@@ -395,7 +395,7 @@ def test_passrights_off(observe: Observer, pipe: tuple[int, int]) -> None:
     import sys
 
     if not sys.platform.startswith("linux"):
-        from conformance.support import unavailable
+        from udscompat_conformance.support import unavailable
 
         unavailable("SO_PASSRIGHTS is Linux's")
     so_passrights = 83  # <asm-generic/socket.h>
@@ -504,7 +504,7 @@ def test_threads(observe: Observer, pipe: tuple[int, int]) -> None:
 def test_rights_with_local_creds(observe: Observer, pipe: tuple[int, int]) -> None:
     import sys
 
-    from conformance.support import unavailable
+    from udscompat_conformance.support import unavailable
 
     if not sys.platform.startswith("freebsd"):
         unavailable("LOCAL_CREDS with SCM_RIGHTS on a stream is a FreeBSD case (PR 181741)")

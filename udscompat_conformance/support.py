@@ -7,7 +7,7 @@ import os
 import socket
 from typing import Any, Callable, Optional, Tuple
 
-from conformance.plugin import unavailable
+from udscompat_conformance.plugin import unavailable
 
 
 def errno_name(exc: OSError) -> str:

@@ -8,12 +8,12 @@ from typing import Any, List
 
 import pytest
 
-from conformance.plugin import Observer
-from conformance.support import (
+from udscompat import aio
+from udscompat_conformance.plugin import Observer
+from udscompat_conformance.support import (
     close_all,
     same_file,
 )
-from udscompat import aio
 
 case = pytest.mark.case
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Tuple
 
-from conformance import SCHEMA_VERSION
+from udscompat_conformance import SCHEMA_VERSION
 
 MATRIX_SCHEMA_VERSION = 1
 

@@ -1,0 +1,5 @@
+import sys
+
+from udscompat_conformance.cli import main
+
+sys.exit(main())
