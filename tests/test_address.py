@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from udscompat import UnixSocketAddr, UnsupportedError
+from udscompat._address import as_address
 from udscompat._platform import backend
 
 LIMIT = backend.MAX_PATH_BYTES
@@ -187,3 +188,70 @@ def test_too_long_paths_always_rejected(raw: bytes) -> None:
 def test_paths_with_nul_always_rejected(raw: bytes) -> None:
     with pytest.raises(ValueError, match="NUL byte"):
         UnixSocketAddr.from_path(raw)
+
+
+# -- the one string rule (the uds crate's UnixSocketAddr::new) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "raw"),
+    [
+        ("@svc", "abstract", b"svc"),
+        ("\0svc", "abstract", b"svc"),
+        ("@", "abstract", b""),
+        ("@a\\x00", "abstract", b"a\\x00"),  # no escapes: the bytes as written
+        ("", "unnamed", b""),
+        ("./@svc", "path", b"./@svc"),
+        ("/run/x.sock", "path", b"/run/x.sock"),
+        ("rel/x", "path", b"rel/x"),
+    ],
+)
+def test_new_follows_the_uds_rule(text: str, kind: str, raw: bytes) -> None:
+    if kind == "abstract" and backend.OS_NAME != "Linux":
+        pytest.skip("abstract names are Linux's")
+    addr = UnixSocketAddr.new(text)
+    assert addr.kind == kind
+    assert (addr.name if kind == "abstract" else addr.path_bytes or b"") == raw
+    assert as_address(text) == addr
+
+
+def test_new_takes_only_str() -> None:
+    with pytest.raises(TypeError, match="takes str, not bytes"):
+        UnixSocketAddr.new(b"@x")  # type: ignore[arg-type]
+
+
+def test_bytes_and_pathlike_stay_paths_unless_nul_led() -> None:
+    class BytesPath:
+        def __init__(self, raw: bytes) -> None:
+            self.raw = raw
+
+        def __fspath__(self) -> bytes:
+            return self.raw
+
+    assert as_address(b"@x") == UnixSocketAddr.from_path("@x")
+    assert as_address(bytearray(b"@x")) == UnixSocketAddr.from_path("@x")
+    assert as_address(Path("@x")) == UnixSocketAddr.from_path("@x")
+    assert as_address(BytesPath(b"@x")) == UnixSocketAddr.from_path("@x")
+    assert as_address(b"") == UnixSocketAddr.unnamed()
+    if backend.OS_NAME == "Linux":
+        assert as_address(b"\0x") == UnixSocketAddr.from_abstract(b"x")
+        assert as_address(BytesPath(b"\0x")) == UnixSocketAddr.from_abstract(b"x")
+    addr = UnixSocketAddr.from_path("/x")
+    assert as_address(addr) is addr
+
+
+def test_as_address_names_the_parameter_for_other_types() -> None:
+    with pytest.raises(TypeError, match="address must be a UnixSocketAddr, str, bytes or "):
+        as_address(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^where must be"):
+        as_address(None, "where")  # type: ignore[arg-type]
+
+
+def test_parse_is_new_plus_the_escapes_str_writes() -> None:
+    for text in ("", "./@x", "/a/b", "x"):
+        assert UnixSocketAddr.parse(text) == UnixSocketAddr.new(text)
+    assert UnixSocketAddr.parse("(unnamed)") == UnixSocketAddr.unnamed()
+    # A path that starts with "@" is shown as "./@..." so its text never reads as abstract.
+    at_path = UnixSocketAddr.from_path("@x")
+    assert str(at_path) == "./@x"
+    assert UnixSocketAddr.parse(str(at_path)).kind == "path"

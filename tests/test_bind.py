@@ -12,7 +12,7 @@ import pytest
 
 import udscompat
 from tests.conftest import python_peer
-from udscompat import UnixSocketAddr
+from udscompat import UnixSocketAddr, _probes
 
 
 def test_stale_socket_file_is_replaced(short_tmp: Path) -> None:
@@ -112,3 +112,61 @@ def test_abstract_bind_returns_no_file() -> None:
     with socket.socket(socket.AF_UNIX) as sock:
         assert udscompat.bind(sock, name) is None
         assert UnixSocketAddr.from_sockaddr(sock.getsockname()) == name
+
+
+# -- every API that takes an address applies the one rule ----------------------------------------
+
+
+def test_every_api_reads_at_names_as_abstract(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's "@name" is abstract everywhere, and creates no file called "@name"."""
+    import asyncio
+
+    from udscompat import aio
+
+    if not _probes.abstract_addresses()[0]:
+        pytest.skip("no abstract namespace on this kernel")
+    monkeypatch.chdir(short_tmp)
+    tag = f"udsc-rule-{os.getpid()}"
+    with udscompat.SeqpacketListener(f"@{tag}-l") as listener:
+        assert listener.local_addr == UnixSocketAddr.from_abstract(f"{tag}-l")
+        conn = udscompat.SeqpacketConn.connect(f"@{tag}-l")
+        with conn:
+            assert conn.peer_addr == listener.local_addr
+    with socket.socket(socket.AF_UNIX) as sock:
+        assert udscompat.bind(sock, f"@{tag}-b") is None
+        assert sock.getsockname() == f"\0{tag}-b".encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(f"\0{tag}-d".encode())
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            udscompat.send_fds(sender, b"to @name", [], address=f"@{tag}-d")
+            assert receiver.recv(16) == b"to @name"
+
+    async def handler(conn: aio.AsyncSeqpacketConn) -> None:
+        await conn.send(b"hello")
+
+    async def main() -> bytes:
+        server = await aio.start_seqpacket_server(handler, f"@{tag}-a")
+        async with server:
+            conn = await aio.open_seqpacket_connection(f"@{tag}-a")
+            async with conn:
+                message = await conn.recv_message()
+                assert message is not None
+                return message.data
+
+    assert asyncio.run(main()) == b"hello"
+    assert os.listdir(short_tmp) == []
+
+
+def test_bytes_pathlike_and_dot_slash_at_are_paths(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(short_tmp)
+    for addr in (b"@bytes", Path("@pathlike"), "./@escaped"):
+        with socket.socket(socket.AF_UNIX) as sock:
+            file = udscompat.bind(sock, addr)
+            assert file is not None
+            assert file.remove()
+    with socket.socket(socket.AF_UNIX) as sock, pytest.raises(TypeError, match="address must be"):
+        udscompat.bind(sock, 42)  # type: ignore[arg-type]

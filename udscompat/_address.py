@@ -2,6 +2,13 @@
 
 Validation happens here, before any system call, with errors that name the
 limit and the OS (CPython's own "AF_UNIX path too long" has errno None).
+
+One rule turns what a caller passes into an address, the one the Rust ``uds``
+crate's ``UnixSocketAddr::new`` applies to strings: a leading ``@`` or NUL
+means abstract, ``""`` unnamed, anything else a path (``./@name`` is a path
+that starts with ``@``).  Bytes and ``os.PathLike`` objects are paths, as for
+the ``socket`` module, unless they start with NUL.  ``as_address`` applies it;
+every udscompat call that takes an address goes through it.
 """
 
 from __future__ import annotations
@@ -13,10 +20,14 @@ from udscompat import _probes
 from udscompat._errors import UnsupportedError
 from udscompat._platform import backend
 
-__all__ = ["AddressKind", "SockaddrLike", "UnixSocketAddr"]
+__all__ = ["AddressArg", "AddressKind", "SockaddrLike", "UnixSocketAddr", "as_address"]
 
 AddressKind = Literal["path", "abstract", "unnamed"]
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+#: What every udscompat call that takes an address accepts (see ``as_address``).
+AddressArg = Union[
+    "UnixSocketAddr", str, bytes, bytearray, "os.PathLike[str]", "os.PathLike[bytes]"
+]
 #: What Python's socket module returns for an AF_UNIX address.
 SockaddrLike = Union[str, bytes, bytearray, None]
 
@@ -100,20 +111,41 @@ class UnixSocketAddr:
         return _UNNAMED
 
     @classmethod
-    def parse(cls, text: str) -> UnixSocketAddr:
-        """Parse the ``@name`` convention: ``"@x"`` abstract, ``""`` unnamed, else a path.
+    def new(cls, text: str) -> UnixSocketAddr:
+        """The ``uds`` crate's rule: ``"@x"`` or ``"\\0x"`` abstract, ``""`` unnamed, else a path.
 
-        An abstract name may contain ``\\xNN`` escapes and ``\\\\``, exactly
-        as ``str()`` writes them, so ``parse(str(addr)) == addr``.  A path
-        that starts with ``@`` needs ``from_path`` (or a leading ``./``).
+        A path that starts with ``@`` is written ``./@name``.  Every
+        udscompat call that takes an address applies this rule to a ``str``.
+
+        Raises:
+            TypeError: ``text`` is not a str (bytes are paths: ``from_path``).
+            ValueError: as ``from_path`` and ``from_abstract``.
+            UnsupportedError: an abstract name on a kernel without them.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"UnixSocketAddr.new() takes str, not {type(text).__name__}")
+        if not text:
+            return _UNNAMED
+        if text[0] in "@\0":
+            return cls.from_abstract(text[1:])
+        return cls.from_path(text)
+
+    @classmethod
+    def parse(cls, text: str) -> UnixSocketAddr:
+        """Read back what ``str()`` wrote: ``new``'s rule, plus escapes in abstract names.
+
+        ``str()`` writes an abstract name's unprintable bytes as ``\\xNN``
+        and a backslash as ``\\\\``, so ``parse(str(addr)) == addr``;
+        ``"(unnamed)"`` is the unnamed address.  Anything without those
+        escapes parses exactly as ``new`` does.
         """
         if not isinstance(text, str):
             raise TypeError(f"parse() takes str, not {type(text).__name__}")
-        if text == "" or text == "(unnamed)":
+        if text == "(unnamed)":
             return _UNNAMED
         if text.startswith("@"):
             return cls.from_abstract(_unescape(text[1:]))
-        return cls.from_path(text)
+        return cls.new(text)
 
     @classmethod
     def from_sockaddr(cls, sockaddr: SockaddrLike) -> UnixSocketAddr:
@@ -190,7 +222,9 @@ class UnixSocketAddr:
         if self._kind == "abstract":
             return "@" + _escape(self._raw)
         if self._kind == "path":
-            return os.fsdecode(self._raw)
+            # A relative path that starts with "@" is shown as "./@..." (the same file), so
+            # the text never reads as an abstract name.
+            return ("./" if self._raw[:1] == b"@" else "") + os.fsdecode(self._raw)
         return "(unnamed)"
 
     def __repr__(self) -> str:
@@ -202,6 +236,37 @@ class UnixSocketAddr:
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild, (self._kind, self._raw))
+
+
+def as_address(addr: AddressArg, what: str = "address") -> UnixSocketAddr:
+    """The address ``addr`` names, by the one rule every udscompat call applies.
+
+    A ``UnixSocketAddr`` as it is; a ``str`` by ``UnixSocketAddr.new`` (``@``
+    or NUL first: abstract); bytes, bytearray and ``os.PathLike`` as a path
+    unless the first byte is NUL (abstract, as for the ``socket`` module);
+    empty bytes as unnamed.
+
+    Raises:
+        TypeError: ``addr`` is none of these; the message names ``what``.
+        ValueError, UnsupportedError: as the ``UnixSocketAddr`` constructors.
+    """
+    if isinstance(addr, UnixSocketAddr):
+        return addr
+    if isinstance(addr, str):
+        return UnixSocketAddr.new(addr)
+    if isinstance(addr, os.PathLike):
+        addr = os.fspath(addr)
+        if isinstance(addr, str):
+            return UnixSocketAddr.from_path(addr)
+    if isinstance(addr, (bytes, bytearray)):
+        if not addr:
+            return _UNNAMED
+        if addr[0] == 0:
+            return UnixSocketAddr.from_abstract(bytes(addr[1:]))
+        return UnixSocketAddr.from_path(bytes(addr))
+    raise TypeError(
+        f"{what} must be a UnixSocketAddr, str, bytes or os.PathLike, not {type(addr).__name__}"
+    )
 
 
 def _rebuild(kind: AddressKind, raw: bytes) -> UnixSocketAddr:

@@ -14,13 +14,20 @@ import errno
 import os
 import socket
 import stat
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
-from udscompat._address import UnixSocketAddr
+from udscompat._address import AddressArg, UnixSocketAddr, as_address
 
-__all__ = ["SocketFile", "bind", "is_live_socket_file"]
-
-AddressArg = Union[UnixSocketAddr, str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+__all__ = [
+    "AddressArg",
+    "SocketFile",
+    "as_address",
+    "bind",
+    "connect_error",
+    "connect_unix",
+    "is_live_socket_file",
+    "sendmsg_to",
+]
 
 # connect() answers that mean "something is bound there and in use".
 _LIVE = {
@@ -74,11 +81,21 @@ class SocketFile:
         return f"SocketFile({os.fsdecode(self.path)!r}, dev={self.dev}, ino={self.ino})"
 
 
-def as_address(addr: AddressArg) -> UnixSocketAddr:
-    """A ``UnixSocketAddr`` from one, or from a path (str, bytes or path-like)."""
-    if isinstance(addr, UnixSocketAddr):
-        return addr
-    return UnixSocketAddr.from_path(addr)
+def connect_unix(sock: socket.socket, address: UnixSocketAddr) -> None:
+    """``sock.connect`` to ``address``; errors as ``connect`` raises them (``connect_error``)."""
+    sock.connect(address.to_sockaddr())
+
+
+def connect_error(exc: OSError, address: UnixSocketAddr) -> OSError:
+    """``exc`` from connecting to ``address``, with the address in its message."""
+    return OSError(exc.errno, f"{exc.strerror}: cannot connect to {address}")
+
+
+def sendmsg_to(
+    sock: socket.socket, buffers: Any, ancdata: Any, flags: int, addr: AddressArg
+) -> int:
+    """``sock.sendmsg`` to ``addr``, an address by the one rule (``as_address``)."""
+    return sock.sendmsg(buffers, ancdata, flags, as_address(addr).to_sockaddr())
 
 
 def is_live_socket_file(path: bytes, sock_type: int) -> bool:

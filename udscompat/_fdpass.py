@@ -18,6 +18,7 @@ import weakref
 from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from udscompat import _io, _probes
+from udscompat._bind import sendmsg_to
 from udscompat._platform import backend
 
 __all__ = ["hold_sent_fds", "recv_fds", "release_sent_fds", "send_fds"]
@@ -118,8 +119,9 @@ def send_fds(
         fds: descriptors (ints or objects with ``fileno()``) to pass, in one
             SCM_RIGHTS message.  They may be closed as soon as this returns.
         flags: ``sendmsg`` flags.
-        address: destination for an unconnected datagram socket (a
-            ``UnixSocketAddr`` or what ``sendto`` takes).
+        address: destination for an unconnected datagram socket: a
+            ``UnixSocketAddr``, or a str, bytes or path-like by udscompat's
+            one address rule (``"@name"`` is abstract; see ``as_address``).
 
     Returns:
         The number of payload bytes sent (on a stream socket possibly fewer
@@ -146,7 +148,7 @@ def send_fds(
     if address is None:
         sent = sock.sendmsg(buffers, ancdata, flags)
     else:
-        sent = sock.sendmsg(buffers, ancdata, flags, _sockaddr(address))
+        sent = sendmsg_to(sock, buffers, ancdata, flags, address)
     if numbers and hold_sent_fds():
         REGISTRY.hold(sock, numbers)
     return sent
@@ -229,8 +231,3 @@ def _has_payload(buffers: List[Any]) -> bool:
     if buffers and type(buffers[0]) is bytes and buffers[0]:
         return True  # the common case, without a memoryview
     return any(len(memoryview(b)) for b in buffers)
-
-
-def _sockaddr(address: Any) -> Any:
-    to_sockaddr = getattr(address, "to_sockaddr", None)
-    return to_sockaddr() if to_sockaddr is not None else address

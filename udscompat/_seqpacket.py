@@ -27,7 +27,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from udscompat import _fdpass, _framing, _io, _probes
 from udscompat._address import UnixSocketAddr
-from udscompat._bind import AddressArg, SocketFile, as_address, bind
+from udscompat._bind import AddressArg, SocketFile, as_address, bind, connect_error, connect_unix
 from udscompat._errors import ControlTruncatedError, FramingError, UnsupportedError
 from udscompat._platform import backend
 from udscompat._records import ConnCredentials, Message
@@ -124,12 +124,12 @@ class SeqpacketConn:
         )
         try:
             sock.settimeout(timeout)
-            sock.connect(address.to_sockaddr())
+            connect_unix(sock, address)
         except OSError as exc:
             sock.close()
             if isinstance(exc, TimeoutError):
                 raise
-            raise OSError(exc.errno, f"{exc.strerror}: cannot connect to {address}") from exc
+            raise connect_error(exc, address) from exc
         conn = _wrap(sock, impl)
         conn.settimeout(timeout)
         return conn

@@ -44,7 +44,7 @@ from typing import (
 
 from udscompat import _fdpass, _seqpacket
 from udscompat._address import UnixSocketAddr
-from udscompat._bind import AddressArg, as_address
+from udscompat._bind import AddressArg, as_address, connect_error, connect_unix
 from udscompat._platform import backend
 from udscompat._records import ConnCredentials, Message
 
@@ -438,7 +438,7 @@ async def open_seqpacket_connection(
     except BaseException as exc:
         sock.close()
         if isinstance(exc, OSError) and not isinstance(exc, (BlockingIOError, TimeoutError)):
-            raise OSError(exc.errno, f"{exc.strerror}: cannot connect to {address}") from exc
+            raise connect_error(exc, address) from exc
         raise
     return AsyncSeqpacketConn(_seqpacket._wrap(sock, impl))
 
@@ -447,7 +447,7 @@ async def _connect(sock: socket.socket, address: UnixSocketAddr) -> None:
     delay = 0.0005
     while True:
         try:
-            sock.connect(address.to_sockaddr())
+            connect_unix(sock, address)
             return
         except BlockingIOError as exc:
             if exc.errno == errno.EINPROGRESS:
