@@ -106,3 +106,80 @@ def test_other_user(short_tmp: Path) -> None:
     assert (creds.pid, creds.euid, creds.egid) == (pid, nobody, nobody)
     assert creds.groups == (nobody,) or creds.groups == ()
     assert seen_by_child == f"{os.getpid()} 0 {os.getegid()}"
+
+
+def test_listening_socket_is_enotconn_not_its_own_credentials(short_tmp: Path) -> None:
+    """Linux answers SO_PEERCRED on a listener with the credentials listen() recorded."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET):
+        with socket.socket(socket.AF_UNIX, kind) as listener:
+            listener.bind(str(short_tmp / f"l{kind}"))
+            listener.listen()
+            with pytest.raises(OSError) as info:
+                udscompat.peer_credentials(listener)
+            assert info.value.errno == errno.ENOTCONN
+            assert "listening" in str(info.value)
+    with (
+        udscompat.SeqpacketListener(short_tmp / "seq") as seq,
+        socket.socket(fileno=os.dup(seq.fileno())) as same,
+        pytest.raises(OSError) as info,
+    ):
+        udscompat.peer_credentials(same)
+    assert info.value.errno == errno.ENOTCONN
+
+
+def test_credentials_are_the_connectors_even_after_the_socket_moves(short_tmp: Path) -> None:
+    """The process that connected is reported, not the one that holds the socket now."""
+    path = str(short_tmp / "moved")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen()
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(path)
+        pid = os.fork()
+        if pid == 0:  # the child now holds the only copy and speaks over it
+            status = 1
+            try:
+                client.sendall(b"from the child")
+                status = 0
+            finally:
+                os._exit(status)
+        client.close()
+        conn, _ = listener.accept()
+        with conn:
+            assert conn.recv(32) == b"from the child"
+            creds = udscompat.peer_credentials(conn)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    assert creds.pid == os.getpid() != pid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand a connection to another user")
+def test_connection_made_by_root_still_reports_root_in_another_users_hands(
+    short_tmp: Path,
+) -> None:
+    nobody = 65534
+    path = str(short_tmp / "handed")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen()
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(path)
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                os.setgroups([])
+                os.setgid(nobody)
+                os.setuid(nobody)
+                client.sendall(b"nobody speaking")
+                status = 0
+            finally:
+                os._exit(status)
+        client.close()
+        conn, _ = listener.accept()
+        with conn:
+            assert conn.recv(32) == b"nobody speaking"
+            creds = udscompat.peer_credentials(conn)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    assert (creds.euid, creds.pid) == (0, os.getpid())

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import socket
+from typing import Optional
 
 from udscompat._platform import backend
 from udscompat._records import ConnCredentials
 
 __all__ = ["peer_credentials"]
+
+# From the socket module where the headers define it (Linux, the BSDs, macOS, illumos).
+_SO_ACCEPTCONN: Optional[int] = getattr(socket, "SO_ACCEPTCONN", None)
 
 
 def peer_credentials(sock: socket.socket) -> ConnCredentials:
@@ -16,19 +21,46 @@ def peer_credentials(sock: socket.socket) -> ConnCredentials:
     Linux ``SO_PEERCRED`` (+ ``SO_PEERGROUPS``); OpenBSD ``SO_PEERCRED``
     (``sockpeercred``); FreeBSD and DragonFly ``LOCAL_PEERCRED``; macOS
     ``LOCAL_PEERCRED`` + ``LOCAL_PEERPID``; NetBSD ``LOCAL_PEEREID``;
-    illumos ``getpeerucred(3C)``.  For a listener-side socket these are the
-    credentials of the process that connected; for the connecting side,
+    illumos ``getpeerucred(3C)``.
+
+    The kernel records credentials once, when the connection is made, and
+    never updates them: they are those of whoever *connected* (the process
+    that called ``connect()`` or ``socketpair()``), not of whoever holds the
+    socket now.  A connection made by root and passed to another process
+    (``send_fds``, ``fork``) still reports root, and a peer that changed its
+    uid after connecting reports the old one.  On an accepted socket these
+    are the connecting process's credentials; on the connecting side,
     those of the process that created the listener (at ``listen()`` on
     Linux and FreeBSD, at ``bind()`` on OpenBSD and NetBSD).
 
     Raises:
-        OSError: ``ENOTCONN`` when the socket has no connected peer (Linux
-            would report pid 0 and uid -1; that is not passed off as credentials).
+        OSError: ``ENOTCONN`` when the socket has no connected peer: an
+            unconnected socket (Linux would report pid 0 and uid -1), or a
+            listening one (Linux would report this process's own
+            credentials, recorded by ``listen()``).
         UnsupportedError: the OS has no mechanism udscompat knows.
+        TypeError: ``sock`` is not a ``socket.socket``.
         ValueError: the socket is not AF_UNIX.
     """
     if not isinstance(sock, socket.socket):
         raise TypeError(f"expected a socket.socket, got {type(sock).__name__}")
     if sock.family != socket.AF_UNIX:
         raise ValueError(f"expected an AF_UNIX socket, got {sock.family!r}")
+    if _is_listening(sock):
+        raise OSError(
+            errno.ENOTCONN,
+            "a listening socket has no peer; peer_credentials() takes a connection "
+            "(one that accept() returned)",
+        )
     return backend.peer_credentials(sock)
+
+
+def _is_listening(sock: socket.socket) -> bool:
+    if _SO_ACCEPTCONN is None:
+        return False
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, _SO_ACCEPTCONN))
+    except OSError as exc:
+        if exc.errno in (errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP):
+            return False  # a kernel that does not report it for this socket type
+        raise
