@@ -8,33 +8,52 @@ behaviour on every OS, with the kernels' differences normalised.
 from __future__ import annotations
 
 from udscompat._address import UnixSocketAddr
+from udscompat._ancillary import (
+    AncillaryMessage,
+    pass_credentials,
+    peer_security_label,
+    recv_ancillary,
+    send_ancillary,
+    send_credentials,
+)
 from udscompat._bind import SocketFile, bind
 from udscompat._capabilities import Capabilities, Feature, capabilities
 from udscompat._creds import peer_credentials
+from udscompat._dgram import UnixDatagram
 from udscompat._errors import ControlTruncatedError, FramingError, UnsupportedError
 from udscompat._fdpass import recv_fds, release_sent_fds, send_fds
+from udscompat._msgcreds import ReceivedCredentials, SendCredentials
 from udscompat._records import ConnCredentials, Message
 from udscompat._seqpacket import SeqpacketConn, SeqpacketListener, seqpacket_pair
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AncillaryMessage",
     "Capabilities",
     "ConnCredentials",
     "ControlTruncatedError",
     "Feature",
     "FramingError",
     "Message",
+    "ReceivedCredentials",
+    "SendCredentials",
     "SeqpacketConn",
     "SeqpacketListener",
     "SocketFile",
+    "UnixDatagram",
     "UnixSocketAddr",
     "UnsupportedError",
     "bind",
     "capabilities",
+    "pass_credentials",
     "peer_credentials",
+    "peer_security_label",
+    "recv_ancillary",
     "recv_fds",
     "release_sent_fds",
+    "send_ancillary",
+    "send_credentials",
     "send_fds",
     "seqpacket_pair",
 ]

@@ -8,6 +8,8 @@ import struct
 
 import pytest
 
+from tests.os.cstruct import c_struct
+from udscompat._msgcreds import ReceivedCredentials, SendCredentials
 from udscompat._os import cmsg_len, cmsg_space, linux
 
 
@@ -50,3 +52,63 @@ def test_pid_zero_is_unknown_not_pid_zero() -> None:
 def test_short_ucred_is_an_error() -> None:
     with pytest.raises(OSError, match="12"):
         linux.decode_peercred(b"\0" * 8)
+
+
+# -- ancillary credentials and SO_PEERSEC -------------------------------------------------------
+# asm-generic/socket.h, bits/socket.h: struct ucred { pid_t pid; uid_t uid; gid_t gid; }.
+
+
+def _ucred(pid: int, uid: int, gid: int) -> bytes:
+    return c_struct([("pid_t", pid), ("uid_t", uid), ("gid_t", gid)])
+
+
+def test_ancillary_constants_match_the_running_kernel() -> None:
+    for name in ("SO_PASSCRED", "SCM_CREDENTIALS", "SO_PEERSEC"):
+        assert getattr(linux, name) == getattr(socket, name), name
+    # One ucred and one pidfd: CMSG_SPACE(12) + CMSG_SPACE(4).
+    assert socket.CMSG_SPACE(12) + socket.CMSG_SPACE(4) == linux.CREDENTIALS_ROOM
+    assert linux.SENDER_NAMES_CREDENTIALS is True
+    assert linux.CREDENTIALS_WITH_FDS is True
+
+
+def test_scm_credentials_cmsg_is_a_ucred() -> None:
+    creds = SendCredentials(4242, 1000, 100)
+    assert linux.credentials_cmsg(creds) == (1, 2, _ucred(4242, 1000, 100))
+
+
+def test_scm_credentials_decode() -> None:
+    assert linux.decode_scm_credentials(_ucred(77, 1000, 100)) == ReceivedCredentials(
+        77, 1000, 100, None, None, None
+    )
+    # pid 0: a sender in a pid namespace this process cannot see.
+    assert linux.decode_scm_credentials(_ucred(0, 5, 6)).pid is None
+
+
+def test_scm_credentials_malformed_is_eproto() -> None:
+    with pytest.raises(OSError) as info:
+        linux.decode_scm_credentials(b"\0" * 8)
+    assert info.value.errno == errno.EPROTO
+    with pytest.raises(OSError) as info:
+        linux.decode_scm_credentials(_ucred(1, 0xFFFFFFFF, 0))
+    assert info.value.errno == errno.EPROTO
+
+
+def test_credentials_from_cmsgs_ignores_other_messages_and_disagreement() -> None:
+    ucred = (1, 2, _ucred(10, 20, 30))
+    rights = (1, 1, b"\x05\0\0\0")
+    assert linux.credentials_from_cmsgs([rights]) is None
+    assert linux.credentials_from_cmsgs([rights, ucred]) == ReceivedCredentials(
+        10, 20, 30, None, None, None
+    )
+    assert linux.credentials_from_cmsgs([ucred, ucred]) is not None
+    assert linux.credentials_from_cmsgs([ucred, (1, 2, _ucred(11, 20, 30))]) is None
+    assert linux.credentials_from_cmsgs([(6, 2, _ucred(10, 20, 30))]) is None  # other level
+
+
+def test_security_label_decode() -> None:
+    assert linux.decode_security_label(b"system_u:system_r:sshd_t:s0\0") == (
+        b"system_u:system_r:sshd_t:s0"
+    )
+    assert linux.decode_security_label(b"unconfined") == b"unconfined"
+    assert linux.decode_security_label(b"") is None
+    assert linux.decode_security_label(b"\0") is None

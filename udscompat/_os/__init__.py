@@ -9,8 +9,9 @@ each module to a ``Backend`` variable so mypy proves it complete.
 from __future__ import annotations
 
 import socket
-from typing import Optional, Protocol, Tuple
+from typing import Optional, Protocol, Sequence, Tuple
 
+from udscompat._msgcreds import ReceivedCredentials, SendCredentials
 from udscompat._records import ConnCredentials
 
 __all__ = ["Backend", "cmsg_len", "cmsg_space"]
@@ -53,7 +54,31 @@ class Backend(Protocol):
     #: Keep a duplicate of every sent fd until the peer has it (macOS).
     HOLD_SENT_FDS: bool
 
+    # -- ancillary credentials and the peer's security label ----------------------------
+
+    #: Whether a sender may name ids of its choosing (Linux SCM_CREDENTIALS); elsewhere
+    #: the kernel fills in the sender's own, whatever it was given.
+    SENDER_NAMES_CREDENTIALS: bool
+    #: Whether credentials and SCM_RIGHTS can travel in one sendmsg.
+    CREDENTIALS_WITH_FDS: bool
+    #: Control-buffer bytes the kernel's credential messages may take in one receive.
+    CREDENTIALS_ROOM: int
+
     def peer_credentials(self, sock: socket.socket) -> ConnCredentials: ...
+
+    def pass_credentials(self, sock: socket.socket, enable: bool) -> None:
+        """Ask the kernel to attach the sender's credentials to what ``sock`` receives."""
+
+    def credentials_cmsg(self, creds: SendCredentials) -> Optional[Tuple[int, int, bytes]]:
+        """The control message a sender attaches, ``None`` where only the receiver asks."""
+
+    def credentials_from_cmsgs(
+        self, ancdata: Sequence[Tuple[int, int, bytes]]
+    ) -> Optional[ReceivedCredentials]:
+        """The sender's credentials among one receive's control messages, if any."""
+
+    def peer_security_label(self, sock: socket.socket) -> Optional[bytes]:
+        """The connected peer's security label, ``None`` where no LSM labelled it."""
 
 
 def cmsg_len(length: int, header_size: int, alignment: int) -> int:

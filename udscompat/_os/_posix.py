@@ -10,9 +10,10 @@ import errno
 import os
 import socket
 import struct
-from typing import Optional, Tuple
+from typing import List, NoReturn, Optional, Sequence, Tuple
 
 from udscompat._errors import UnsupportedError
+from udscompat._msgcreds import ReceivedCredentials, SendCredentials
 from udscompat._records import ConnCredentials
 
 OS_NAME = os.uname().sysname if hasattr(os, "uname") else "unknown POSIX"
@@ -36,9 +37,91 @@ MESSAGE_MARKER: Optional[Tuple[int, int, int]] = None
 HOLD_SENT_FDS = False
 
 
+#: One ``(level, type, data)`` control message, as ``socket.recvmsg`` returns it.
+Cmsg = Tuple[int, int, bytes]
+
+SENDER_NAMES_CREDENTIALS = False
+CREDENTIALS_WITH_FDS = False
+CREDENTIALS_ROOM = 0
+_NO_MECHANISM = "no known mechanism on this kernel"
+#: Why ``peer_security_label`` is unavailable everywhere but Linux.
+NO_SECURITY_LABEL = "SO_PEERSEC, the peer's LSM label (SELinux, AppArmor, Smack), is Linux's"
+
+
 def peer_credentials(sock: socket.socket) -> ConnCredentials:
     """No known mechanism on an unrecognised kernel."""
-    raise UnsupportedError("peer credentials", OS_NAME, "no known mechanism on this kernel")
+    raise UnsupportedError("peer credentials", OS_NAME, _NO_MECHANISM)
+
+
+def pass_credentials(sock: socket.socket, enable: bool) -> None:
+    """No known mechanism on an unrecognised kernel."""
+    refuse("ancillary credentials", OS_NAME, _NO_MECHANISM)
+
+
+def credentials_cmsg(creds: SendCredentials) -> Optional[Cmsg]:
+    """No known mechanism on an unrecognised kernel."""
+    refuse("ancillary credentials", OS_NAME, _NO_MECHANISM)
+
+
+def credentials_from_cmsgs(ancdata: Sequence[Cmsg]) -> Optional[ReceivedCredentials]:
+    """No credential control message is known here."""
+    return None
+
+
+def peer_security_label(sock: socket.socket) -> Optional[bytes]:
+    """No SO_PEERSEC outside Linux."""
+    refuse("peer security labels", OS_NAME, NO_SECURITY_LABEL)
+
+
+def refuse(feature: str, os_name: str, reason: str) -> NoReturn:
+    """Raise ``UnsupportedError`` for ``feature`` on ``os_name``."""
+    raise UnsupportedError(feature, os_name, reason)
+
+
+def payloads(ancdata: Sequence[Cmsg], level: int, kind: int) -> List[bytes]:
+    """The data of every control message of ``level`` and ``kind``, in order."""
+    return [data for lvl, typ, data in ancdata if typ == kind and lvl == level]
+
+
+def one_sender(found: Sequence[ReceivedCredentials]) -> Optional[ReceivedCredentials]:
+    """The credentials if every credential message of one receive names the same sender.
+
+    One read of a stream may span several sends; if those were made under
+    different identities no single answer is true, so there is none.
+    """
+    if not found or any(c != found[0] for c in found[1:]):
+        return None
+    return found[0]
+
+
+def received(
+    what: str,
+    pid: Optional[int],
+    uid: int,
+    gid: int,
+    euid: Optional[int],
+    egid: Optional[int],
+    groups: Optional[Tuple[int, ...]],
+) -> ReceivedCredentials:
+    """``ReceivedCredentials`` from a kernel structure, EPROTO if its values are impossible.
+
+    A pid of 0 (Linux: a sender in a pid namespace we cannot see) or -1
+    (illumos: not available) becomes ``None``.
+    """
+    try:
+        return ReceivedCredentials(pid if pid and pid > 0 else None, uid, gid, euid, egid, groups)
+    except ValueError as exc:
+        raise OSError(errno.EPROTO, f"kernel sent an impossible {what}: {exc}") from None
+
+
+def group_array(raw: bytes, offset: int, ngroups: int, limit: int, what: str) -> Tuple[int, ...]:
+    """``ngroups`` gid_t values at ``offset`` in ``raw``; EPROTO if they cannot be there."""
+    if not 0 <= ngroups <= limit or len(raw) < offset + 4 * ngroups:
+        raise OSError(
+            errno.EPROTO,
+            f"{what} of {len(raw)} bytes claims {ngroups} groups (at most {limit} fit)",
+        )
+    return struct.unpack_from(f"={ngroups}I", raw, offset)
 
 
 def getsockopt_bytes(sock: socket.socket, level: int, optname: int, size: int) -> bytes:

@@ -3,7 +3,12 @@
 Sources: illumos-gate ``usr/src/uts/common/sys/un.h`` 1e109f45,
 ``sys/socket.h``, ``sock2path.d/system%2Fkernel`` 5f570424, sockfs
 ``socksubr.c`` (os-facts §2).  No credentials getsockopt exists: the
-opaque ``ucred_t`` is read through libc with ctypes.
+opaque ``ucred_t`` of ``getpeerucred`` is read through libc with ctypes.
+The ``ucred_t`` that ``SO_RECVUCRED`` attaches to messages is decoded here
+from its layout instead (``sys/ucred.h`` ``struct ucred_s``, "bitness
+neutral ... add new fixed fields at the end"; ``sys/procfs.h`` ``prcred_t``),
+with every offset checked against the bytes that arrived: libc's
+``ucred_get*()`` would follow the offsets inside the buffer unchecked.
 """
 
 from __future__ import annotations
@@ -13,8 +18,19 @@ import ctypes.util
 import errno
 import os
 import socket
-from typing import Any, Optional, Tuple
+import struct
+from typing import Any, Optional, Sequence, Tuple
 
+from udscompat._msgcreds import ReceivedCredentials, SendCredentials
+from udscompat._os._posix import (
+    NO_SECURITY_LABEL,
+    Cmsg,
+    group_array,
+    one_sender,
+    payloads,
+    received,
+    refuse,
+)
 from udscompat._records import ConnCredentials
 
 OS_NAME = "illumos"
@@ -81,3 +97,61 @@ def peer_credentials(sock: socket.socket) -> ConnCredentials:
         return decode_ucred(libc, ucred)
     finally:
         libc.ucred_free(ucred)
+
+
+# -- ancillary credentials (SO_RECVUCRED -> SCM_UCRED) ------------------------------------------
+# sys/socket.h (illumos-gate, 2014 Garrett D'Amore revision): SO_RECVUCRED 0x0400,
+# SCM_UCRED 0x1012, both at SOL_SOCKET.
+SO_RECVUCRED = 0x0400
+SCM_UCRED = 0x1012
+# struct ucred_s { uint32_t uc_size; uint32_t uc_credoff; uint32_t uc_privoff; pid_t uc_pid;
+#                  uint32_t uc_audoff; zoneid_t uc_zoneid; projid_t uc_projid;
+#                  uint32_t uc_labeloff; }  -- 32 bytes
+UCRED_S = struct.Struct("=IIIiIiiI")
+# typedef struct prcred { uid_t pr_euid, pr_ruid, pr_suid; gid_t pr_egid, pr_rgid, pr_sgid;
+#                         int pr_ngroups; gid_t pr_groups[1]; } prcred_t;
+PRCRED = struct.Struct("=IIIIIIi")
+NGROUPS_UMAX = 1024  # sys/param.h: the ceiling of the ngroups_max tunable
+SENDER_NAMES_CREDENTIALS = False
+CREDENTIALS_WITH_FDS = True
+# ucred_size(): the header, prcred_t with ngroups_max groups, privilege sets, audit and label
+# data; 8 KiB holds it with NGROUPS_UMAX groups.
+CREDENTIALS_ROOM = 8192
+
+
+def pass_credentials(sock: socket.socket, enable: bool) -> None:
+    """``SO_RECVUCRED``: every message received carries an ``SCM_UCRED`` ucred_t."""
+    sock.setsockopt(SOL_SOCKET, SO_RECVUCRED, 1 if enable else 0)
+
+
+def credentials_cmsg(creds: SendCredentials) -> Optional[Cmsg]:
+    """Nothing to attach: the receiver's SO_RECVUCRED makes the kernel add them."""
+    return None
+
+
+def decode_scm_ucred(raw: bytes) -> ReceivedCredentials:
+    """Decode the ``ucred_t`` of an ``SCM_UCRED`` message, checking every offset."""
+    if len(raw) < UCRED_S.size:
+        raise OSError(errno.EPROTO, f"SCM_UCRED of {len(raw)} bytes; a ucred_t has {UCRED_S.size}")
+    size, credoff, _privoff, pid = UCRED_S.unpack_from(raw)[:4]
+    if credoff == 0:
+        raise OSError(errno.EPROTO, "SCM_UCRED without process credentials (uc_credoff 0)")
+    if size > len(raw) or credoff < UCRED_S.size or credoff + PRCRED.size > size:
+        raise OSError(
+            errno.EPROTO,
+            f"SCM_UCRED of {len(raw)} bytes claims uc_size {size}, uc_credoff {credoff}",
+        )
+    euid, ruid, _suid, egid, rgid, _sgid, ngroups = PRCRED.unpack_from(raw, credoff)
+    groups = group_array(raw[:size], credoff + PRCRED.size, ngroups, NGROUPS_UMAX, "ucred_t")
+    return received("ucred_t", pid, ruid, rgid, euid, egid, groups)
+
+
+def credentials_from_cmsgs(ancdata: Sequence[Cmsg]) -> Optional[ReceivedCredentials]:
+    """The ``SCM_UCRED`` among ``ancdata``."""
+    found = payloads(ancdata, SOL_SOCKET, SCM_UCRED)
+    return one_sender([decode_scm_ucred(raw) for raw in found]) if found else None
+
+
+def peer_security_label(sock: socket.socket) -> Optional[bytes]:
+    """No SO_PEERSEC (Trusted Extensions labels, ucred_getlabel(3C), are not read)."""
+    refuse("peer security labels", OS_NAME, NO_SECURITY_LABEL)

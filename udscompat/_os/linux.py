@@ -9,9 +9,18 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
-from udscompat._os._posix import getsockopt_bytes, unpack_exact
+from udscompat._msgcreds import ReceivedCredentials, SendCredentials
+from udscompat._os import cmsg_space
+from udscompat._os._posix import (
+    Cmsg,
+    getsockopt_bytes,
+    one_sender,
+    payloads,
+    received,
+    unpack_exact,
+)
 from udscompat._records import ConnCredentials
 
 OS_NAME = "Linux"
@@ -77,3 +86,67 @@ def _peer_groups(sock: socket.socket) -> Optional[bytes]:
                 return None  # kernel before 4.13, or no groups recorded
             raise
     return None
+
+
+# -- ancillary credentials (SCM_CREDENTIALS) and the security label (SO_PEERSEC) --------------
+# asm-generic/socket.h: SO_PASSCRED 16, SO_PEERSEC 31; bits/socket.h: SCM_CREDENTIALS 0x02.
+SO_PASSCRED = 16
+SCM_CREDENTIALS = 2
+SO_PEERSEC = 31
+# net/core/scm.c __scm_send/scm_check_creds: the sender's own pid and any of its real,
+# effective or saved ids; others with CAP_SYS_ADMIN (pid), CAP_SETUID, CAP_SETGID.
+SENDER_NAMES_CREDENTIALS = True
+CREDENTIALS_WITH_FDS = True
+# One ucred, plus a pidfd should SO_PASSPIDFD be on (closed by the fd path).
+CREDENTIALS_ROOM = cmsg_space(UCRED.size, CMSGHDR_SIZE, CMSG_ALIGNMENT) + cmsg_space(
+    4, CMSGHDR_SIZE, CMSG_ALIGNMENT
+)
+#: SO_PEERSEC buffer sizes to try: a label rarely passes 256 bytes; ERANGE asks for more.
+_LABEL_SIZES = (256, 4096, 65536)
+
+
+def pass_credentials(sock: socket.socket, enable: bool) -> None:
+    """``SO_PASSCRED``: every message received carries the sender's ``ucred``.
+
+    Side effect (af_unix.c): a socket with SO_PASSCRED that connects or sends
+    while unbound is autobound to an abstract name.
+    """
+    sock.setsockopt(SOL_SOCKET, SO_PASSCRED, 1 if enable else 0)
+
+
+def credentials_cmsg(creds: SendCredentials) -> Optional[Cmsg]:
+    """``SCM_CREDENTIALS`` with ``struct ucred {pid, uid, gid}``; the kernel checks the claim."""
+    return (SOL_SOCKET, SCM_CREDENTIALS, UCRED.pack(creds.pid, creds.uid, creds.gid))
+
+
+def decode_scm_credentials(raw: bytes) -> ReceivedCredentials:
+    """Decode the ``struct ucred`` of an ``SCM_CREDENTIALS`` message (one uid, one gid)."""
+    pid, uid, gid = unpack_exact(UCRED, raw, "SCM_CREDENTIALS ucred")
+    return received("SCM_CREDENTIALS ucred", pid, uid, gid, None, None, None)
+
+
+def credentials_from_cmsgs(ancdata: Sequence[Cmsg]) -> Optional[ReceivedCredentials]:
+    """The ``SCM_CREDENTIALS`` among ``ancdata`` (the kernel never merges two senders' data)."""
+    found = payloads(ancdata, SOL_SOCKET, SCM_CREDENTIALS)
+    return one_sender([decode_scm_credentials(raw) for raw in found]) if found else None
+
+
+def decode_security_label(raw: bytes) -> Optional[bytes]:
+    """An ``SO_PEERSEC`` label without the C string's NUL; ``None`` for an empty one."""
+    label = raw.rstrip(b"\0")
+    return label or None
+
+
+def peer_security_label(sock: socket.socket) -> Optional[bytes]:
+    """``SO_PEERSEC``; ``None`` when no LSM gave the peer a label (ENOPROTOOPT)."""
+    for size in _LABEL_SIZES:
+        try:
+            raw = sock.getsockopt(SOL_SOCKET, SO_PEERSEC, size)
+        except OSError as exc:
+            if exc.errno == errno.ERANGE:
+                continue
+            if exc.errno == errno.ENOPROTOOPT:
+                return None
+            raise
+        return decode_security_label(raw)
+    raise OSError(errno.ERANGE, f"SO_PEERSEC label longer than {_LABEL_SIZES[-1]} bytes")

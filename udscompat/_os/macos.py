@@ -10,9 +10,17 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
-from udscompat._os._posix import getsockopt_bytes, unpack_exact, xucred_groups
+from udscompat._msgcreds import ReceivedCredentials, SendCredentials
+from udscompat._os._posix import (
+    NO_SECURITY_LABEL,
+    Cmsg,
+    getsockopt_bytes,
+    refuse,
+    unpack_exact,
+    xucred_groups,
+)
 from udscompat._records import ConnCredentials
 
 OS_NAME = "macOS"
@@ -65,3 +73,35 @@ def peer_credentials(sock: socket.socket) -> ConnCredentials:
     except OSError:
         pid_raw = None
     return decode_peercred(raw, pid_raw)
+
+
+# -- ancillary credentials and the security label: none -------------------------------------
+# bsd/sys/socket.h defines SCM_CREDS (0x03) but keeps struct cmsgcred under #ifndef __APPLE__,
+# and uipc_usrreq.c unp_internalize answers anything but one SCM_RIGHTS with EINVAL; there
+# is no receiver option (os-facts §2.7).
+_NO_ANCILLARY_CREDENTIALS = (
+    "XNU accepts only SCM_RIGHTS as control data (SCM_CREDS is defined but refused with EINVAL)"
+)
+SENDER_NAMES_CREDENTIALS = False
+CREDENTIALS_WITH_FDS = False
+CREDENTIALS_ROOM = 0
+
+
+def pass_credentials(sock: socket.socket, enable: bool) -> None:
+    """No mechanism."""
+    refuse("ancillary credentials", OS_NAME, _NO_ANCILLARY_CREDENTIALS)
+
+
+def credentials_cmsg(creds: SendCredentials) -> Optional[Cmsg]:
+    """No mechanism."""
+    refuse("ancillary credentials", OS_NAME, _NO_ANCILLARY_CREDENTIALS)
+
+
+def credentials_from_cmsgs(ancdata: Sequence[Cmsg]) -> Optional[ReceivedCredentials]:
+    """No credential control message exists here."""
+    return None
+
+
+def peer_security_label(sock: socket.socket) -> Optional[bytes]:
+    """No SO_PEERSEC."""
+    refuse("peer security labels", OS_NAME, NO_SECURITY_LABEL)

@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
-from udscompat._os._posix import getsockopt_bytes, unpack_exact
+from udscompat._msgcreds import ReceivedCredentials, SendCredentials
+from udscompat._os import cmsg_space
+from udscompat._os._posix import (
+    NO_SECURITY_LABEL,
+    Cmsg,
+    getsockopt_bytes,
+    group_array,
+    one_sender,
+    payloads,
+    received,
+    refuse,
+    unpack_exact,
+)
 from udscompat._records import ConnCredentials
 
 OS_NAME = "NetBSD"
@@ -47,3 +59,52 @@ def decode_peercred(raw: bytes) -> ConnCredentials:
 def peer_credentials(sock: socket.socket) -> ConnCredentials:
     """``getsockopt(0, LOCAL_PEEREID)``."""
     return decode_peercred(getsockopt_bytes(sock, 0, LOCAL_PEEREID, UNPCBID.size))
+
+
+# -- ancillary credentials (LOCAL_CREDS -> SCM_CREDS sockcred) ----------------------------------
+# Sources: NetBSD/src sys/sys/un.h rev 1.60 (2021; LOCAL_OCREDS 0x0001 is the pre-7.0
+# LOCAL_CREDS, LOCAL_CREDS 0x0004); sys/sys/socket.h rev 1.131.4.1 (2024, netbsd-10):
+# SCM_CREDS 0x10, struct sockcred, SOCKCREDSIZE; sys/kern/uipc_usrreq.c rev 1.180 (2016,
+# the rump kernel's): unp_addsockcred, and "unp_internalize() rejects any control message
+# other than SCM_RIGHTS ... preventing a caller from forging SCM_CREDS".
+LOCAL_CREDS = 0x0004  # level 0 (SOL_LOCAL)
+SCM_CREDS = 0x10
+NGROUPS_MAX = 16  # sys/syslimits.h; kauth_cred_ngroups() never exceeds it
+# struct sockcred { pid_t sc_pid; uid_t sc_uid; uid_t sc_euid; gid_t sc_gid; gid_t sc_egid;
+#                   int sc_ngroups; gid_t sc_groups[1]; }  -- SOCKCREDSIZE(n) = 24 + 4n
+SOCKCRED = struct.Struct("=iIIIIi")
+SENDER_NAMES_CREDENTIALS = False
+CREDENTIALS_WITH_FDS = True  # the kernel adds its sockcred next to the sender's SCM_RIGHTS
+CREDENTIALS_ROOM = cmsg_space(SOCKCRED.size + 4 * NGROUPS_MAX, CMSGHDR_SIZE, CMSG_ALIGNMENT)
+
+
+def pass_credentials(sock: socket.socket, enable: bool) -> None:
+    """``LOCAL_CREDS``: the kernel adds an ``SCM_CREDS`` sockcred to what arrives.
+
+    To every datagram; on a stream or seqpacket socket only to the first
+    message sent after the option is set (uipc_send clears UNP_WANTCRED).
+    """
+    sock.setsockopt(0, LOCAL_CREDS, 1 if enable else 0)
+
+
+def credentials_cmsg(creds: SendCredentials) -> Optional[Cmsg]:
+    """Nothing to attach: the receiver's LOCAL_CREDS makes the kernel add them."""
+    return None
+
+
+def decode_sockcred(raw: bytes) -> ReceivedCredentials:
+    """Decode NetBSD's ``struct sockcred`` (pid first, unlike FreeBSD's)."""
+    pid, uid, euid, gid, egid, ngroups = unpack_exact(SOCKCRED, raw, "struct sockcred")
+    groups = group_array(raw, SOCKCRED.size, ngroups, NGROUPS_MAX, "struct sockcred")
+    return received("struct sockcred", pid, uid, gid, euid, egid, groups)
+
+
+def credentials_from_cmsgs(ancdata: Sequence[Cmsg]) -> Optional[ReceivedCredentials]:
+    """The ``SCM_CREDS`` sockcred among ``ancdata`` (only the kernel can put one there)."""
+    found = payloads(ancdata, SOL_SOCKET, SCM_CREDS)
+    return one_sender([decode_sockcred(raw) for raw in found]) if found else None
+
+
+def peer_security_label(sock: socket.socket) -> Optional[bytes]:
+    """No SO_PEERSEC."""
+    refuse("peer security labels", OS_NAME, NO_SECURITY_LABEL)

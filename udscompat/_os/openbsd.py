@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
-from udscompat._os._posix import getsockopt_bytes, unpack_exact
+from udscompat._msgcreds import ReceivedCredentials, SendCredentials
+from udscompat._os._posix import NO_SECURITY_LABEL, Cmsg, getsockopt_bytes, refuse, unpack_exact
 from udscompat._records import ConnCredentials
 
 OS_NAME = "OpenBSD"
@@ -48,3 +49,32 @@ def decode_peercred(raw: bytes) -> ConnCredentials:
 def peer_credentials(sock: socket.socket) -> ConnCredentials:
     """``getsockopt(SOL_SOCKET, SO_PEERCRED)``."""
     return decode_peercred(getsockopt_bytes(sock, SOL_SOCKET, SO_PEERCRED, SOCKPEERCRED.size))
+
+
+# -- ancillary credentials and the security label: none -------------------------------------
+# uipc_usrreq.c rev 1.221 unp_externalize: "SCM_RIGHTS is the only supported control message
+# type on unix sockets"; no receiver option either (os-facts §2.7).
+_NO_ANCILLARY_CREDENTIALS = "SCM_RIGHTS is the only control message OpenBSD's unix sockets carry"
+SENDER_NAMES_CREDENTIALS = False
+CREDENTIALS_WITH_FDS = False
+CREDENTIALS_ROOM = 0
+
+
+def pass_credentials(sock: socket.socket, enable: bool) -> None:
+    """No mechanism."""
+    refuse("ancillary credentials", OS_NAME, _NO_ANCILLARY_CREDENTIALS)
+
+
+def credentials_cmsg(creds: SendCredentials) -> Optional[Cmsg]:
+    """No mechanism."""
+    refuse("ancillary credentials", OS_NAME, _NO_ANCILLARY_CREDENTIALS)
+
+
+def credentials_from_cmsgs(ancdata: Sequence[Cmsg]) -> Optional[ReceivedCredentials]:
+    """No credential control message exists here."""
+    return None
+
+
+def peer_security_label(sock: socket.socket) -> Optional[bytes]:
+    """No SO_PEERSEC."""
+    refuse("peer security labels", OS_NAME, NO_SECURITY_LABEL)

@@ -1,0 +1,300 @@
+"""Ancillary data beyond descriptors: the sender's credentials, the peer's security label.
+
+``send_ancillary``/``recv_ancillary`` are ``send_fds``/``recv_fds`` that also
+carry the sender's credentials, one value type on every OS that has them:
+
+* Linux: the receiver sets ``SO_PASSCRED``; every message then brings an
+  ``SCM_CREDENTIALS`` ucred, which the sender may choose (its own ids, or
+  others with privilege) and the kernel checks.
+* FreeBSD: the receiver sets ``LOCAL_CREDS_PERSISTENT`` (every message brings
+  a sockcred2); a sender may also attach ``SCM_CREDS`` (a cmsgcred the kernel
+  fills in).
+* DragonFly: a sender attaches ``SCM_CREDS``; the receiver's ``SO_PASSCRED``
+  adds one to datagrams.
+* NetBSD: the receiver sets ``LOCAL_CREDS`` (every datagram; the first
+  message of a stream).
+* illumos: the receiver sets ``SO_RECVUCRED`` (every message, a ucred_t).
+* macOS, OpenBSD: none (``UnsupportedError``).
+
+The uds crate's names map as: ``send_ancillary``/``recv_ancillary`` ->
+the same; ``SendCredentials::{Real, Effective, Custom}`` ->
+``send_credentials(effective=...)``/``SendCredentials(pid, uid, gid)``;
+``ReceivedCredentials`` -> the same name, with fields instead of
+``effective_or_sent_uid()``-style accessors; ``initial_peer_selinux_context``
+-> ``peer_security_label``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+from udscompat import _fdpass, _io, _probes
+from udscompat._address import UnixSocketAddr
+from udscompat._errors import UnsupportedError
+from udscompat._msgcreds import ReceivedCredentials, SendCredentials
+from udscompat._platform import backend
+
+__all__ = [
+    "AncillaryMessage",
+    "pass_credentials",
+    "peer_security_label",
+    "recv_ancillary",
+    "send_ancillary",
+    "send_credentials",
+]
+
+#: What ``send_ancillary`` takes as ``data``: one bytes-like object or several.
+Buffers = Union[bytes, bytearray, memoryview, Sequence[Any]]
+
+_SOL_SOCKET = backend.SOL_SOCKET
+_SCM_RIGHTS = backend.SCM_RIGHTS
+#: Room for the kernel's descriptor cap, the marker and this kernel's credential messages.
+ANCILLARY_ROOM = _io.ANCBUF_SIZE + backend.CREDENTIALS_ROOM
+
+
+@dataclass(frozen=True)
+class AncillaryMessage:
+    """One ``recv_ancillary``: payload, descriptors, credentials, flags, source.
+
+    Attributes:
+        data: the payload, at most the ``bufsize`` asked for (``b""`` with
+            nothing else: end-of-stream on a stream socket).
+        fds: descriptors that came with it: new, close-on-exec, the caller's
+            to close.
+        credentials: the sender's credentials where the kernel attached them
+            (``pass_credentials``, or a sender that attached its own), else
+            ``None``; also ``None`` when one read of a stream spans sends
+            made under different identities (no single answer is true).
+        flags: the ``msg_flags`` recvmsg returned.
+        address: the sender's address (datagrams); unnamed otherwise.
+        truncated: the kernel cut the payload to ``bufsize`` (MSG_TRUNC).
+    """
+
+    __slots__ = ("address", "credentials", "data", "fds", "flags", "truncated")
+
+    data: bytes
+    fds: Tuple[int, ...]
+    credentials: Optional[ReceivedCredentials]
+    flags: int
+    address: UnixSocketAddr
+    truncated: bool
+
+    def __repr__(self) -> str:
+        shown = self.data if len(self.data) <= 32 else self.data[:32] + b"..."
+        return (
+            f"AncillaryMessage(data={shown!r}, fds={self.fds!r}, credentials={self.credentials!r},"
+            f" flags={self.flags:#x}, address={self.address!r}, truncated={self.truncated!r})"
+        )
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (
+            AncillaryMessage,
+            (self.data, self.fds, self.credentials, self.flags, self.address, self.truncated),
+        )
+
+
+def pass_credentials(sock: socket.socket, enable: bool = True) -> None:
+    """Ask the kernel to attach the sender's credentials to what ``sock`` receives.
+
+    Linux ``SO_PASSCRED``; FreeBSD ``LOCAL_CREDS_PERSISTENT`` (13+);
+    DragonFly ``SO_PASSCRED`` (datagrams: a stream sender attaches its own
+    with ``send_credentials()``); NetBSD ``LOCAL_CREDS`` (every datagram,
+    only the first message on a stream or seqpacket socket); illumos
+    ``SO_RECVUCRED``.  Set it before the peer sends: what is already queued
+    came without.  On Linux a socket with it set that connects or sends
+    while unbound is autobound to an abstract name.
+
+    Raises:
+        UnsupportedError: macOS and OpenBSD have no such mechanism.
+        ValueError / TypeError: ``sock`` is not an AF_UNIX socket.
+
+    Availability: Linux, FreeBSD 13+, DragonFly, NetBSD 7+, illumos.
+    """
+    _fdpass._check_unix(sock)
+    backend.pass_credentials(sock, bool(enable))
+
+
+def send_credentials(*, effective: bool = False) -> SendCredentials:
+    """This process's own credentials, to attach with ``send_ancillary(credentials=...)``.
+
+    Args:
+        effective: claim the effective uid and gid rather than the real
+            ones (which is what Linux attaches when the sender names none).
+            Only Linux carries the choice: the BSDs and illumos send both.
+
+    Raises:
+        UnsupportedError: the OS has no ancillary credentials.
+
+    Availability: Linux, FreeBSD, DragonFly, NetBSD, illumos.
+    """
+    if effective:
+        creds = SendCredentials(os.getpid(), os.geteuid(), os.getegid())
+    else:
+        creds = SendCredentials(os.getpid(), os.getuid(), os.getgid())
+    backend.credentials_cmsg(creds)  # raises where there is no mechanism at all
+    return creds
+
+
+def send_ancillary(
+    sock: socket.socket,
+    data: Buffers,
+    fds: Sequence[Any] = (),
+    credentials: Optional[SendCredentials] = None,
+    flags: int = 0,
+    address: Any = None,
+) -> int:
+    """Like ``send_fds``, but may attach the sender's credentials too.
+
+    Args:
+        sock: an AF_UNIX socket of any type.
+        data: a bytes-like object, or a sequence of them sent as one message.
+        fds: descriptors (ints or objects with ``fileno()``); they may be
+            closed as soon as this returns.
+        credentials: what to claim (``send_credentials()``, or on Linux with
+            privilege a ``SendCredentials`` naming others).  The receiver
+            sees them only if it called ``pass_credentials`` (on FreeBSD and
+            DragonFly: also without).  Where the receiver alone decides
+            (NetBSD, illumos) nothing is attached, but the claim is checked.
+        flags: ``sendmsg`` flags.
+        address: destination of an unconnected datagram socket.
+
+    Returns:
+        The number of payload bytes sent (a stream may take fewer; the
+        ancillary data travel with the first byte).
+
+    Raises:
+        UnsupportedError: no ancillary credentials on this OS; credentials
+            other than this process's own where the kernel fills in the
+            truth; credentials together with descriptors on DragonFly.
+        ValueError: too many or invalid descriptors, or ancillary data with
+            no payload on a stream socket (Linux would drop it silently).
+        TypeError: ``credentials`` is not a ``SendCredentials``.
+        OSError: from ``sendmsg`` (on Linux ``EPERM``/``ESRCH`` for ids the
+            sender may not claim).
+    """
+    _fdpass._check_unix(sock)
+    buffers = _buffers(data)
+    numbers = _io.check_fds(fds)
+    ancdata: List[Tuple[int, int, Any]] = []
+    if credentials is not None:
+        cmsg = _credentials_cmsg(credentials)
+        if cmsg is not None:
+            if numbers and not backend.CREDENTIALS_WITH_FDS:
+                raise UnsupportedError(
+                    "credentials and descriptors in one message",
+                    backend.OS_NAME,
+                    "the kernel reads only the first control message of a send",
+                )
+            ancdata.append(cmsg)
+    if numbers:
+        ancdata.append((_SOL_SOCKET, _SCM_RIGHTS, numbers))
+    if (
+        ancdata
+        and _fdpass._raw_type(sock) & 0xF == socket.SOCK_STREAM
+        and not _fdpass._has_payload(buffers)
+    ):
+        raise ValueError("ancillary data need at least one payload byte on a stream socket")
+    if address is None:
+        sent = sock.sendmsg(buffers, ancdata, flags)
+    else:
+        sent = sock.sendmsg(buffers, ancdata, flags, _fdpass._sockaddr(address))
+    if numbers and _fdpass.hold_sent_fds():
+        _fdpass.REGISTRY.hold(sock, numbers)
+    return sent
+
+
+def recv_ancillary(
+    sock: socket.socket, bufsize: int, maxfds: int = 0, flags: int = 0
+) -> AncillaryMessage:
+    """Like ``recv_fds``, but also returns the sender's credentials, flags and address.
+
+    Args:
+        sock: an AF_UNIX socket.
+        bufsize: most payload bytes to receive.
+        maxfds: most descriptors the caller accepts.
+        flags: ``recvmsg`` flags (``MSG_PEEK``: on Linux a peek clones the
+            descriptors, which the caller then owns and must close).
+
+    Raises:
+        ControlTruncatedError: control data truncated, or more than
+            ``maxfds`` descriptors; every received descriptor was closed.
+        OSError: ``EPROTO`` when a credential message cannot be what the
+            kernel's headers say it is (descriptors closed first).
+        ValueError: negative ``bufsize`` or ``maxfds``, or not AF_UNIX.
+    """
+    _fdpass._check_unix(sock)
+    _io.check_sizes(bufsize, maxfds)
+    try:
+        cloexec = _probes.cmsg_cloexec_flag()
+    except OSError:
+        cloexec = None  # the probe could not run (EMFILE?): set FD_CLOEXEC by hand
+    added = (cloexec or 0) & ~flags  # reported back in msg_flags; not the caller's
+    try:
+        data, ancdata, msg_flags, source = sock.recvmsg(bufsize, ANCILLARY_ROOM, flags | added)
+    except OSError as exc:
+        if exc.errno == errno.EMSGSIZE:
+            raise _io._emsgsize_error() from exc
+        raise
+    fds, _ = _io.collect_fds(data, ancdata, msg_flags, maxfds, cloexec is None)
+    try:
+        creds = backend.credentials_from_cmsgs(ancdata)
+    except BaseException:
+        _io.close_fds(fds)
+        raise
+    if fds and _fdpass.REGISTRY.originals:
+        fds = _fdpass.guard_reused(fds)
+    return AncillaryMessage(
+        data,
+        tuple(fds),
+        creds,
+        msg_flags & ~added,
+        UnixSocketAddr.from_sockaddr(source),
+        bool(msg_flags & backend.MSG_TRUNC),
+    )
+
+
+def peer_security_label(sock: socket.socket) -> Optional[bytes]:
+    """The connected peer's security label (SELinux context, AppArmor profile, Smack label).
+
+    ``SO_PEERSEC``: the label of the peer as the LSM recorded it at
+    connect or socketpair time, without the C string's NUL.  Never guessed.
+
+    Returns:
+        The label, or ``None`` where no LSM gave the peer one (the kernel
+        answers ENOPROTOOPT, as it does on a machine without SELinux,
+        AppArmor or Smack).
+
+    Raises:
+        UnsupportedError: not Linux.
+        OSError: from ``getsockopt`` (e.g. ``ENOTCONN``).
+
+    Availability: Linux.
+    """
+    _fdpass._check_unix(sock)
+    return backend.peer_security_label(sock)
+
+
+def _credentials_cmsg(creds: SendCredentials) -> Optional[Tuple[int, int, bytes]]:
+    if not isinstance(creds, SendCredentials):
+        raise TypeError(f"credentials must be a SendCredentials, got {type(creds).__name__}")
+    cmsg = backend.credentials_cmsg(creds)
+    if not backend.SENDER_NAMES_CREDENTIALS and not creds.is_own():
+        raise UnsupportedError(
+            "credentials other than the sender's own",
+            backend.OS_NAME,
+            "the kernel attaches the sending process's own pid and ids",
+        )
+    return cmsg
+
+
+def _buffers(data: Buffers) -> List[Any]:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return [data]
+    return list(data)
+
+
+AncillaryMessage.__module__ = "udscompat"
