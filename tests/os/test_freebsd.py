@@ -158,10 +158,12 @@ def test_impossible_structures_are_eproto(raw: bytes) -> None:
 
 
 def test_sockcred2_wins_over_a_senders_cmsgcred_and_disagreement_is_none() -> None:
-    mine = (0xFFFF, 0x08, _sockcred2(9, 1, 1, 2, 2, [2]))
+    # The receiver's sockcred2 is read even when a sender's cmsgcred (16 groups at most, the
+    # first taken as the egid) comes with it: here they differ only in what each can carry.
+    mine = (0xFFFF, 0x08, _sockcred2(9, 1, 1, 2, 2, [2, 7]))
     theirs = (0xFFFF, 0x03, _cmsgcred(9, 1, 1, 2, [2]))
     assert freebsd.credentials_from_cmsgs([theirs, mine]) == ReceivedCredentials(
-        9, 1, 2, 1, 2, (2,)
+        9, 1, 2, 1, 2, (2, 7)
     )
     assert freebsd.credentials_from_cmsgs([theirs]) == ReceivedCredentials(9, 1, 2, 1, 2, (2,))
     other = (0xFFFF, 0x08, _sockcred2(10, 1, 1, 2, 2, [2]))
