@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import pwd
 import shutil
 import socket
 import subprocess
@@ -34,7 +35,8 @@ KINDS = {
     "dgram": socket.SOCK_DGRAM,
     "seqpacket": socket.SOCK_SEQPACKET,
 }
-NOBODY = 65534
+NOBODY = pwd.getpwnam("nobody").pw_uid
+NOGROUP = pwd.getpwnam("nobody").pw_gid
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (another user, other pids)")
 
 
@@ -213,7 +215,7 @@ def _claims_as(user: int, path: str, report: int) -> int:
     status = 1
     try:
         os.setgroups([])
-        os.setgid(user)
+        os.setgid(pwd.getpwuid(user).pw_gid)
         os.setuid(user)
         results = []
         own = udscompat.send_credentials()
@@ -248,13 +250,13 @@ def test_another_user_cannot_claim_root_but_root_may_claim_others(
         assert os.waitstatus_to_exitcode(status) == 0
         assert os.read(pipe[0], 64).decode().split() == ["ok", "EPERM", "EPERM"]
         got = udscompat.recv_ancillary(receiver, 8).credentials
-        assert got == udscompat.ReceivedCredentials(pid, NOBODY, NOBODY, None, None, None)
+        assert got == udscompat.ReceivedCredentials(pid, NOBODY, NOGROUP, None, None, None)
         # Root may name another live process and other ids (CAP_SYS_ADMIN, CAP_SETUID/GID).
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-            claim = udscompat.SendCredentials(1, NOBODY, NOBODY)
+            claim = udscompat.SendCredentials(1, NOBODY, NOGROUP)
             udscompat.send_ancillary(sender, b"as init", credentials=claim, address=path)
             assert udscompat.recv_ancillary(receiver, 8).credentials == (
-                udscompat.ReceivedCredentials(1, NOBODY, NOBODY, None, None, None)
+                udscompat.ReceivedCredentials(1, NOBODY, NOGROUP, None, None, None)
             )
             with pytest.raises(OSError) as info:
                 gone = udscompat.SendCredentials(2**22 + 5, 0, 0)  # past PID_MAX_LIMIT: never a pid

@@ -154,7 +154,7 @@ def test_abstract_and_autobind() -> None:
         UnixDatagram.bind(UnixSocketAddr.from_abstract(name)) as named,
         UnixDatagram.bind(UnixSocketAddr.unnamed()) as auto,
     ):
-        assert named.local_addr.name == name
+        assert named.local_addr == UnixSocketAddr.from_abstract(name)
         assert auto.local_addr.kind == "abstract" and len(auto.local_addr.name or b"") == 5
         auto.send_to(named.local_addr, b"reply to me")
         message, sender = named.recv_from()

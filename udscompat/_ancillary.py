@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from udscompat import _fdpass, _io, _probes
-from udscompat._address import UnixSocketAddr
+from udscompat._address import AddressArg, UnixSocketAddr
+from udscompat._bind import sendmsg_to
 from udscompat._errors import UnsupportedError
 from udscompat._msgcreds import ReceivedCredentials, SendCredentials
 from udscompat._platform import backend
@@ -145,7 +146,7 @@ def send_ancillary(
     fds: Sequence[Any] = (),
     credentials: Optional[SendCredentials] = None,
     flags: int = 0,
-    address: Any = None,
+    address: Optional[AddressArg] = None,
 ) -> int:
     """Like ``send_fds``, but may attach the sender's credentials too.
 
@@ -160,7 +161,8 @@ def send_ancillary(
             DragonFly: also without).  Where the receiver alone decides
             (NetBSD, illumos) nothing is attached, but the claim is checked.
         flags: ``sendmsg`` flags.
-        address: destination of an unconnected datagram socket.
+        address: destination of an unconnected datagram socket, by udscompat's
+            one address rule (a ``UnixSocketAddr``; ``"@name"`` is abstract).
 
     Returns:
         The number of payload bytes sent (a stream may take fewer; the
@@ -201,7 +203,7 @@ def send_ancillary(
     if address is None:
         sent = sock.sendmsg(buffers, ancdata, flags)
     else:
-        sent = sock.sendmsg(buffers, ancdata, flags, _fdpass._sockaddr(address))
+        sent = sendmsg_to(sock, buffers, ancdata, flags, address)
     if numbers and _fdpass.hold_sent_fds():
         _fdpass.REGISTRY.hold(sock, numbers)
     return sent

@@ -23,7 +23,14 @@ from udscompat._ancillary import (
     recv_ancillary,
     send_ancillary,
 )
-from udscompat._bind import AddressArg, SocketFile, as_address, bind
+from udscompat._bind import (
+    AddressArg,
+    SocketFile,
+    as_address,
+    bind,
+    connect_error,
+    connect_unix,
+)
 from udscompat._errors import UnsupportedError
 from udscompat._msgcreds import SendCredentials
 from udscompat._platform import backend
@@ -71,8 +78,10 @@ class UnixDatagram:
         """A socket bound to ``addr``: a path, an abstract name, or unnamed for autobind.
 
         Args:
-            addr: a ``UnixSocketAddr`` or a path.  ``UnixSocketAddr.unnamed()``
-                asks the kernel for a unique abstract name (Linux autobind).
+            addr: a ``UnixSocketAddr``, or a str, bytes or path-like by the one
+                address rule (``"@name"`` abstract).  The unnamed address
+                (``""``) asks the kernel for a unique abstract name (Linux
+                autobind).
             mode: permission bits for a path's socket file.
             remove_on_close: unlink the socket file on ``close`` if it is
                 still the one this bind created.
@@ -109,9 +118,9 @@ class UnixDatagram:
         """
         address = as_address(addr)
         try:
-            self._sock.connect(address.to_sockaddr())
+            connect_unix(self._sock, address)
         except OSError as exc:
-            raise OSError(exc.errno, f"{exc.strerror}: cannot connect to {address}") from exc
+            raise connect_error(exc, address) from exc
 
     # -- datagrams ---------------------------------------------------------------------
 
@@ -146,7 +155,7 @@ class UnixDatagram:
             BlockingIOError / TimeoutError: as for a socket.
             ValueError, TypeError, UnsupportedError: as ``send_ancillary``.
         """
-        destination = as_address(addr).to_sockaddr()
+        destination = as_address(addr)
         return self._call(
             lambda: send_ancillary(self._sock, data, fds, credentials, 0, destination),
             write=True,
