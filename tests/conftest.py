@@ -1,26 +1,157 @@
-"""Shared fixtures: an fd-leak check around every test, peers in other processes."""
+"""Shared fixtures: an fd-leak check around every test, peers in other processes; the tiers.
+
+Tiers: a plain ``pytest`` (``tox -e tests``) runs the portable tier, which must
+pass on every OS udscompat supports, as root or not, touching nothing outside
+temporary directories.  Tests that install packages, create users or start
+daemons carry ``pytest.mark.tier(NAME)`` and run only under ``--tier NAME``
+(each tier is a tox environment of the same name; see README, "Tests").
+Expected values come from the running kernel (``backend``, ``socket``,
+``_probes``) or are gated with ``only_on``.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Set, Tuple
+from typing import Any, Iterator, List, Set, Tuple
 
 import pytest
 
 from udscompat import _probes
+from udscompat._platform import backend
 
+
+def _enough_descriptors(wanted: int = 1024) -> None:
+    """Raise the soft RLIMIT_NOFILE of the test process to ``wanted`` where it is lower.
+
+    macOS starts processes at 256, less than one message's worth of descriptors (254) plus
+    what pytest holds; Linux's default is 1024.  Tests that need a low limit set it in a child.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+_enough_descriptors()
 # Probes are cached per process; run them before any test counts descriptors.
 _probes.cmsg_cloexec_flag()
 _probes.same_process_fd_reuse()
 _probes.seqpacket()
 _probes.abstract_addresses()
+
+
+#: The tier of a test without a ``tier`` marker.
+PORTABLE = "portable"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--tier",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run this tier's tests instead of the portable tier (repeatable; 'portable' is the "
+        "default tier: tests without a tier marker)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "tier(name): a heavy tier, run only with --tier NAME (its own tox environment)"
+    )
+    config.addinivalue_line("markers", "root(reason): needs root; skipped, saying why, otherwise")
+
+
+def tier_of(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("tier")
+    return str(marker.args[0]) if marker else PORTABLE
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """Keep the tests of the selected tiers (the portable tier by default)."""
+    wanted = set(config.getoption("--tier")) or {PORTABLE}
+    keep = [item for item in items if tier_of(item) in wanted]
+    if len(keep) != len(items):
+        dropped = [item for item in items if tier_of(item) not in wanted]
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("root")
+    if marker is not None and os.geteuid() != 0:
+        reason = marker.args[0] if marker.args else "this test"
+        pytest.skip(f"needs root: {reason}")
+
+
+def only_on(os_name: str, reason: str) -> Any:
+    """Mark a test whose expected values are one OS's (``backend.OS_NAME``: Linux, macOS...)."""
+    return pytest.mark.skipif(
+        os_name != backend.OS_NAME, reason=f"{os_name} only ({reason}); this is {backend.OS_NAME}"
+    )
+
+
+needs_abstract = pytest.mark.skipif(
+    not _probes.abstract_addresses()[0],
+    reason=f"no abstract socket addresses on this kernel: {_probes.abstract_addresses()[1]}",
+)
+needs_kernel_seqpacket = pytest.mark.skipif(
+    not _probes.seqpacket().available, reason=_probes.seqpacket().reason
+)
+#: Parameters for tests of both seqpacket implementations: the native one where this kernel's
+#: SOCK_SEQPACKET keeps the whole contract (as ``auto`` would choose it), the emulation always.
+SEQPACKET_IMPLEMENTATIONS = [
+    pytest.param(
+        "native",
+        marks=pytest.mark.skipif(
+            not _probes.seqpacket().conformant,
+            reason=f"native seqpacket is not used here: {_probes.seqpacket().reason}",
+        ),
+    ),
+    "emulated",
+]
+
+
+def c_compiler() -> str | None:
+    """The C compiler on PATH (cc, gcc or clang), or None."""
+    for name in ("cc", "gcc", "clang"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+needs_c_compiler = pytest.mark.skipif(c_compiler() is None, reason="no C compiler (cc) on PATH")
+
+
+def peer_pid(pid: int) -> int | None:
+    """What ``peer_credentials`` reports as a peer's pid here: ``pid``, or None on kernels
+    whose credential call carries no pid (as ``capabilities()`` measured)."""
+    from udscompat import capabilities
+
+    detail = capabilities().features["peer_credentials"].detail
+    return pid if "pid" in detail.replace(",", " ").split() else None
+
+
+def other_user() -> pwd.struct_passwd:
+    """An unprivileged account that is not ours: ``nobody`` (its uid differs per OS)."""
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' account on this machine")
+    if entry.pw_uid == os.geteuid():
+        pytest.skip("this test already runs as nobody")
+    return entry
 
 
 def open_fds() -> Set[int]:

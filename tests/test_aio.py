@@ -19,11 +19,11 @@ from typing import Any, Awaitable, Callable, List, Optional, Tuple
 import pytest
 
 import udscompat
-from tests.conftest import same_file
+from tests.conftest import SEQPACKET_IMPLEMENTATIONS, needs_kernel_seqpacket, same_file
 from udscompat import _seqpacket, aio
 
 ROOT = Path(__file__).resolve().parent.parent
-IMPLEMENTATIONS = ["native", "emulated"]
+IMPLEMENTATIONS = SEQPACKET_IMPLEMENTATIONS
 
 try:
     import uvloop
@@ -580,6 +580,7 @@ def test_serve_forever_until_cancelled(short_tmp: str) -> None:
     run(main)
 
 
+@needs_kernel_seqpacket
 def test_server_pauses_accepting_while_out_of_descriptors(short_tmp: str) -> None:
     import resource
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import udscompat
-from tests.conftest import python_peer
+from tests.conftest import needs_abstract, python_peer
 from udscompat import UnixSocketAddr, _probes
 
 
@@ -107,6 +107,7 @@ def test_stale_removal_can_be_disabled(short_tmp: Path) -> None:
     assert info.value.errno == errno.EADDRINUSE
 
 
+@needs_abstract
 def test_abstract_bind_returns_no_file() -> None:
     name = UnixSocketAddr.from_abstract(f"udsc-test-{os.getpid()}")
     with socket.socket(socket.AF_UNIX) as sock:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 import udscompat
-from tests.conftest import python_peer
-from udscompat import ConnCredentials
+from tests.conftest import other_user, peer_pid, python_peer
+from udscompat import ConnCredentials, _probes
+from udscompat._platform import backend
 
 
 def test_socketpair_reports_this_process() -> None:
@@ -19,13 +20,17 @@ def test_socketpair_reports_this_process() -> None:
     with a, b:
         creds = udscompat.peer_credentials(a)
         assert isinstance(creds, ConnCredentials)
-        assert (creds.pid, creds.euid, creds.egid) == (os.getpid(), os.geteuid(), os.getegid())
+        expected = (peer_pid(os.getpid()), os.geteuid(), os.getegid())
+        assert (creds.pid, creds.euid, creds.egid) == expected
         assert creds.groups is not None
         assert set(creds.groups) == set(os.getgroups())
 
 
 def test_unconnected_socket_is_enotconn_not_fake_credentials() -> None:
-    for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET, socket.SOCK_DGRAM):
+    kinds = [socket.SOCK_STREAM, socket.SOCK_DGRAM]
+    if _probes.seqpacket().available:
+        kinds.append(backend.SOCK_SEQPACKET)
+    for kind in kinds:
         with socket.socket(socket.AF_UNIX, kind) as sock, pytest.raises(OSError) as info:
             udscompat.peer_credentials(sock)
         assert info.value.errno == errno.ENOTCONN
@@ -62,11 +67,11 @@ def _serve_one(path: str, user: int | None) -> tuple[ConnCredentials, str, int]:
 
 def test_other_process(short_tmp: Path) -> None:
     creds, seen_by_child, pid = _serve_one(str(short_tmp / "p"), None)
-    assert (creds.pid, creds.euid, creds.egid) == (pid, os.geteuid(), os.getegid())
-    assert seen_by_child == f"{os.getpid()} {os.geteuid()} {os.getegid()}"
+    assert (creds.pid, creds.euid, creds.egid) == (peer_pid(pid), os.geteuid(), os.getegid())
+    assert seen_by_child == f"{peer_pid(os.getpid())} {os.geteuid()} {os.getegid()}"
 
 
-def _fork_as(user: int, path: str) -> int:
+def _fork_as(user: int, group: int, path: str) -> int:
     """Fork a child that drops to ``user`` and runs CONNECTOR's steps (the interpreter's
     own files may be unreadable to that user, so no exec)."""
     pid = os.fork()
@@ -75,7 +80,7 @@ def _fork_as(user: int, path: str) -> int:
     status = 1
     try:
         os.setgroups([])
-        os.setgid(user)
+        os.setgid(group)
         os.setuid(user)
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(path)
@@ -87,15 +92,16 @@ def _fork_as(user: int, path: str) -> int:
         os._exit(status)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a peer as another user")
+@pytest.mark.root("runs a peer as another user")
 def test_other_user(short_tmp: Path) -> None:
-    nobody = 65534
+    nobody_entry = other_user()
+    nobody, nobody_gid = nobody_entry.pw_uid, nobody_entry.pw_gid
     path = str(short_tmp / "u")
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(path)
         os.chmod(path, 0o777)
         listener.listen()
-        pid = _fork_as(nobody, path)
+        pid = _fork_as(nobody, nobody_gid, path)
         conn, _ = listener.accept()
         with conn:
             creds = udscompat.peer_credentials(conn)
@@ -103,14 +109,17 @@ def test_other_user(short_tmp: Path) -> None:
             conn.send(b"k")
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-    assert (creds.pid, creds.euid, creds.egid) == (pid, nobody, nobody)
-    assert creds.groups == (nobody,) or creds.groups == ()
-    assert seen_by_child == f"{os.getpid()} 0 {os.getegid()}"
+    assert (creds.pid, creds.euid, creds.egid) == (peer_pid(pid), nobody, nobody_gid)
+    assert creds.groups == (nobody_gid,) or creds.groups == ()
+    assert seen_by_child == f"{peer_pid(os.getpid())} 0 {os.getegid()}"
 
 
 def test_listening_socket_is_enotconn_not_its_own_credentials(short_tmp: Path) -> None:
     """Linux answers SO_PEERCRED on a listener with the credentials listen() recorded."""
-    for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET):
+    kinds = [socket.SOCK_STREAM]
+    if _probes.seqpacket().available:
+        kinds.append(backend.SOCK_SEQPACKET)
+    for kind in kinds:
         with socket.socket(socket.AF_UNIX, kind) as listener:
             listener.bind(str(short_tmp / f"l{kind}"))
             listener.listen()
@@ -150,14 +159,15 @@ def test_credentials_are_the_connectors_even_after_the_socket_moves(short_tmp: P
             creds = udscompat.peer_credentials(conn)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-    assert creds.pid == os.getpid() != pid
+    assert creds.pid == peer_pid(os.getpid())
+    assert creds.pid != pid
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand a connection to another user")
+@pytest.mark.root("hands a connection to another user")
 def test_connection_made_by_root_still_reports_root_in_another_users_hands(
     short_tmp: Path,
 ) -> None:
-    nobody = 65534
+    nobody_entry = other_user()
     path = str(short_tmp / "handed")
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(path)
@@ -169,8 +179,8 @@ def test_connection_made_by_root_still_reports_root_in_another_users_hands(
             status = 1
             try:
                 os.setgroups([])
-                os.setgid(nobody)
-                os.setuid(nobody)
+                os.setgid(nobody_entry.pw_gid)
+                os.setuid(nobody_entry.pw_uid)
                 client.sendall(b"nobody speaking")
                 status = 0
             finally:
@@ -182,4 +192,4 @@ def test_connection_made_by_root_still_reports_root_in_another_users_hands(
             creds = udscompat.peer_credentials(conn)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-    assert (creds.euid, creds.pid) == (0, os.getpid())
+    assert (creds.euid, creds.pid) == (0, peer_pid(os.getpid()))

@@ -47,6 +47,7 @@ COMMANDS = [
 ]
 
 pytestmark = [
+    pytest.mark.tier("vm-linux"),
     pytest.mark.skipif(sys.platform != "linux", reason="libvirt and the Debian box need Linux"),
     pytest.mark.timeout(3600),
 ]

@@ -3,7 +3,7 @@
 udscompat-conformance run [--out FILE] [-n N] [--seqpacket native|emulated|auto]
                           [--timeout S] [--report DIR] [-- pytest args]
 udscompat-conformance report RESULTS... [--out DIR] [--claims FILE...] [--readme FILE]
-    udscompat-conformance vm [TARGET...] [--parallel N] [--provider P] [--keep] [--timeout S]
+udscompat-conformance vm [TARGET...] [--parallel N] [--provider P] [--keep] [--timeout S]
 """
 
 from __future__ import annotations

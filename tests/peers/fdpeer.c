@@ -1,18 +1,45 @@
 /* A C peer for the fd-passing tests: the kernel's own API, no Python in between.
  *
  * usage: fdpeer SOCKET_PATH EXPECTED_SERVER_PID
- * Connects, checks the server's credentials with SO_PEERCRED, receives one
- * message with two descriptors (writes "from C" into the first), then sends
- * back the write end of a new pipe after writing "C pipe" into it.
- * Exit status 0 on success; a message on stderr otherwise.
+ * Connects, checks the server's credentials with the OS's own call (SO_PEERCRED
+ * on Linux: pid and uid; getpeerucred on illumos: pid and uid; getpeereid on
+ * macOS and the BSDs: uid), receives one message with two descriptors (writes
+ * "from C" into the first), then sends back the write end of a new pipe after
+ * writing "C pipe" into it.  Exit status 0 on success; a message on stderr otherwise.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/types.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#if defined(__sun)
+#include <ucred.h>
+#endif
+#ifndef MSG_CMSG_CLOEXEC
+#define MSG_CMSG_CLOEXEC 0 /* macOS and some BSDs lack it; close-on-exec is not checked here */
+#endif
+
+/* The server's pid (-1 where the OS does not report it) and effective uid. */
+static int peer_ids(int s, long *pid, uid_t *uid) {
+#if defined(__linux__)
+    struct ucred cred; socklen_t len = sizeof cred;
+    if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return -1;
+    *pid = cred.pid; *uid = cred.uid;
+#elif defined(__sun)
+    ucred_t *cred = NULL;
+    if (getpeerucred(s, &cred) < 0) return -1;
+    *pid = ucred_getpid(cred); *uid = ucred_geteuid(cred);
+    ucred_free(cred);
+#else
+    gid_t gid;
+    if (getpeereid(s, uid, &gid) < 0) return -1;
+    *pid = -1;
+#endif
+    return 0;
+}
 
 static int fail(const char *what) { perror(what); return 1; }
 
@@ -20,16 +47,16 @@ int main(int argc, char **argv) {
     if (argc != 3) { fprintf(stderr, "usage: fdpeer PATH PID\n"); return 2; }
     int s = socket(AF_UNIX, SOCK_STREAM, 0);
     if (s < 0) return fail("socket");
-    struct sockaddr_un sun;
-    memset(&sun, 0, sizeof sun);
-    sun.sun_family = AF_UNIX;
-    strncpy(sun.sun_path, argv[1], sizeof sun.sun_path - 1);
-    if (connect(s, (struct sockaddr *)&sun, sizeof sun) < 0) return fail("connect");
+    struct sockaddr_un addr; /* not "sun": illumos predefines that name */
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    strncpy(addr.sun_path, argv[1], sizeof addr.sun_path - 1);
+    if (connect(s, (struct sockaddr *)&addr, sizeof addr) < 0) return fail("connect");
 
-    struct ucred cred; socklen_t len = sizeof cred;
-    if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return fail("SO_PEERCRED");
-    if (cred.pid != atoi(argv[2]) || cred.uid != geteuid()) {
-        fprintf(stderr, "peer creds pid=%d uid=%d\n", (int)cred.pid, (int)cred.uid);
+    long pid; uid_t uid;
+    if (peer_ids(s, &pid, &uid) < 0) return fail("peer credentials");
+    if ((pid != -1 && pid != atol(argv[2])) || uid != geteuid()) {
+        fprintf(stderr, "peer creds pid=%ld uid=%ld\n", pid, (long)uid);
         return 1;
     }
 
