@@ -461,3 +461,27 @@ def test_unreadable_credentials_close_the_fds_first(
             udscompat.recv_ancillary(b, 8, maxfds=2)
         assert info.value.errno == errno.EPROTO
     # no_fd_leak (autouse) fails the test if either received descriptor were still open.
+
+
+def test_the_probe_reports_what_linux_does() -> None:
+    probe = _ancillary.credentials_probe()
+    assert probe == _ancillary.CredentialsProbe(
+        True,
+        "Linux: every message on datagrams, every message on streams",
+        "every message",
+        "every message",
+        pid=True,
+        effective_ids=False,
+    )
+
+
+def test_the_probe_says_none_when_nothing_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stand-in for a kernel whose receiver option does nothing (cannot be had here).
+    monkeypatch.setattr(_ancillary.backend, "pass_credentials", lambda sock, enable: None)
+    _ancillary.credentials_probe.cache_clear()
+    try:
+        probe = _ancillary.credentials_probe()
+    finally:
+        _ancillary.credentials_probe.cache_clear()
+    assert probe.available is False
+    assert probe.reason == "no message carried the sender's credentials"

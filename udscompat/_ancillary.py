@@ -27,10 +27,11 @@ the same; ``SendCredentials::{Real, Effective, Custom}`` ->
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from udscompat import _fdpass, _io, _probes
 from udscompat._address import AddressArg, UnixSocketAddr
@@ -41,6 +42,8 @@ from udscompat._platform import backend
 
 __all__ = [
     "AncillaryMessage",
+    "CredentialsProbe",
+    "credentials_probe",
     "pass_credentials",
     "peer_security_label",
     "recv_ancillary",
@@ -278,6 +281,78 @@ def peer_security_label(sock: socket.socket) -> Optional[bytes]:
     """
     _fdpass._check_unix(sock)
     return backend.peer_security_label(sock)
+
+
+class CredentialsProbe(NamedTuple):
+    """What this kernel does with ancillary credentials, as a socketpair shows."""
+
+    #: Some message carried the sender's credentials.
+    available: bool
+    #: The mechanism, or why there is none.
+    reason: str
+    #: Which datagrams carry them once ``pass_credentials`` is on: ``"every message"``,
+    #: ``"none"``.
+    datagram: str = "none"
+    #: Which stream messages do: ``"every message"``, ``"first message"`` (NetBSD's
+    #: LOCAL_CREDS), ``"sender attaches"`` (DragonFly: only with ``send_credentials()``),
+    #: ``"none"``.
+    stream: str = "none"
+    #: The credentials name the sending pid.
+    pid: bool = False
+    #: Real and effective ids come separately (not Linux's one uid, one gid).
+    effective_ids: bool = False
+
+
+@functools.cache
+def credentials_probe() -> CredentialsProbe:
+    """Probe ancillary credentials once: pass them on, send, and see what arrives.
+
+    Private socketpairs, non-blocking, two plain messages per type (and one
+    with ``send_credentials()`` attached on a stream where plain ones bring
+    none); everything is closed whatever happens.
+    """
+    try:
+        own = send_credentials()
+    except UnsupportedError as exc:
+        return CredentialsProbe(False, exc.reason)
+    seen: List[ReceivedCredentials] = []
+    try:
+        datagram = _probe_kind(socket.SOCK_DGRAM, seen, None)
+        stream = _probe_kind(socket.SOCK_STREAM, seen, None)
+        if stream == "none" and _probe_kind(socket.SOCK_STREAM, seen, own) != "none":
+            stream = "sender attaches"
+    except OSError as exc:
+        return CredentialsProbe(False, f"probing failed: {exc}")
+    if not seen:
+        return CredentialsProbe(False, "no message carried the sender's credentials")
+    return CredentialsProbe(
+        True,
+        f"{backend.OS_NAME}: {datagram} on datagrams, {stream} on streams",
+        datagram,
+        stream,
+        all(c.pid == own.pid for c in seen),
+        all(c.euid is not None for c in seen),
+    )
+
+
+def _probe_kind(
+    kind: int, seen: List[ReceivedCredentials], attach: Optional[SendCredentials]
+) -> str:
+    a, b = socket.socketpair(socket.AF_UNIX, kind)
+    with a, b:
+        a.setblocking(False)
+        b.setblocking(False)
+        pass_credentials(b)
+        carried = []
+        for data in (b"1", b"2"):
+            send_ancillary(a, data, credentials=attach)
+            creds = recv_ancillary(b, 8).credentials
+            if creds is not None:
+                seen.append(creds)
+            carried.append(creds is not None)
+    if all(carried):
+        return "every message"
+    return "first message" if carried[0] else "none"
 
 
 def _credentials_cmsg(creds: SendCredentials) -> Optional[Tuple[int, int, bytes]]:
