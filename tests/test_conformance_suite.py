@@ -295,6 +295,7 @@ def test_shim_cases_hold_under_the_standin(standin_result: Dict[str, Any]) -> No
     # sockets used directly; the seqpacket contract itself runs on the emulation.
     assert unavailable == {
         "shim.address.abstract",
+        "shim.ancillary.stream_as_probed[seqpacket]",
         "shim.fdpass.roundtrip_cloexec[seqpacket]",
         "shim.fdpass.truncation_no_leak[seqpacket]",
     }
