@@ -12,10 +12,8 @@ import errno
 import os
 import pickle
 import pwd
-import shutil
 import socket
 import subprocess
-import sys
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 from typing import Iterator, Tuple
@@ -23,21 +21,16 @@ from typing import Iterator, Tuple
 import pytest
 
 import udscompat
-from tests.conftest import python_peer
+from tests.conftest import c_compiler, needs_c_compiler, only_on, other_user, python_peer
 from udscompat import _ancillary
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="the expected values are Linux's"
-)
+pytestmark = only_on("Linux", "SCM_CREDENTIALS carries one uid and one gid")
 
 KINDS = {
     "stream": socket.SOCK_STREAM,
     "dgram": socket.SOCK_DGRAM,
     "seqpacket": socket.SOCK_SEQPACKET,
 }
-NOBODY = pwd.getpwnam("nobody").pw_uid
-NOGROUP = pwd.getpwnam("nobody").pw_gid
-as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (another user, other pids)")
 
 
 def mine(pid: int | None = None) -> udscompat.ReceivedCredentials:
@@ -236,27 +229,29 @@ def _claims_as(user: int, path: str, report: int) -> int:
         os._exit(status)
 
 
-@as_root
+@pytest.mark.root("a peer as another user; naming other pids and ids")
 def test_another_user_cannot_claim_root_but_root_may_claim_others(
     short_tmp: Path, pipe: Tuple[int, int]
 ) -> None:
+    nobody = other_user()
     path = str(short_tmp / "d")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
         receiver.bind(path)
         os.chmod(path, 0o666)
         udscompat.pass_credentials(receiver)
-        pid = _claims_as(NOBODY, path, pipe[1])
+        pid = _claims_as(nobody.pw_uid, path, pipe[1])
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert os.read(pipe[0], 64).decode().split() == ["ok", "EPERM", "EPERM"]
         got = udscompat.recv_ancillary(receiver, 8).credentials
-        assert got == udscompat.ReceivedCredentials(pid, NOBODY, NOGROUP, None, None, None)
+        ids = (nobody.pw_uid, nobody.pw_gid)
+        assert got == udscompat.ReceivedCredentials(pid, *ids, None, None, None)
         # Root may name another live process and other ids (CAP_SYS_ADMIN, CAP_SETUID/GID).
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-            claim = udscompat.SendCredentials(1, NOBODY, NOGROUP)
+            claim = udscompat.SendCredentials(1, *ids)
             udscompat.send_ancillary(sender, b"as init", credentials=claim, address=path)
             assert udscompat.recv_ancillary(receiver, 8).credentials == (
-                udscompat.ReceivedCredentials(1, NOBODY, NOGROUP, None, None, None)
+                udscompat.ReceivedCredentials(1, *ids, None, None, None)
             )
             with pytest.raises(OSError) as info:
                 gone = udscompat.SendCredentials(2**22 + 5, 0, 0)  # past PID_MAX_LIMIT: never a pid
@@ -264,12 +259,16 @@ def test_another_user_cannot_claim_root_but_root_may_claim_others(
             assert info.value.errno == errno.ESRCH
 
 
-@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on this machine")
+@needs_c_compiler
 def test_c_peer_reads_and_sends_scm_credentials_with_fds(short_tmp: Path) -> None:
     binary = short_tmp / "credpeer"
     source = Path(__file__).parent / "peers" / "credpeer.c"
+    compiler = c_compiler()
+    assert compiler is not None
     subprocess.run(
-        ["cc", "-Wall", "-Werror", "-o", str(binary), str(source)], check=True, capture_output=True
+        [compiler, "-Wall", "-Werror", "-o", str(binary), str(source)],
+        check=True,
+        capture_output=True,
     )
     path = str(short_tmp / "c.sock")
     r, w = os.pipe()

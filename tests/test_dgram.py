@@ -6,7 +6,6 @@ import errno
 import os
 import socket
 import stat
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,11 +14,13 @@ from typing import Iterator, Tuple
 import pytest
 
 import udscompat
-from tests.conftest import python_peer
+from tests.conftest import needs_abstract, only_on, python_peer
 from udscompat import UnixDatagram, UnixSocketAddr
+from udscompat._ancillary import credentials_probe
 
-linux_only = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="abstract names and autobind are Linux's"
+needs_credentials = pytest.mark.skipif(
+    not credentials_probe().available,
+    reason=f"no ancillary credentials: {credentials_probe().reason}",
 )
 
 
@@ -30,6 +31,7 @@ def pair() -> Iterator[Tuple[UnixDatagram, UnixDatagram]]:
         yield a, b
 
 
+@needs_credentials
 def test_send_to_and_recv_from_carry_fds_credentials_and_the_sender(
     short_tmp: Path, pipe: Tuple[int, int]
 ) -> None:
@@ -99,6 +101,7 @@ def test_blocking_nonblocking_and_timeout(pair: Tuple[UnixDatagram, UnixDatagram
         b.settimeout(-1)
 
 
+@only_on("Linux", "a full datagram queue blocks there; the BSDs and macOS answer ENOBUFS")
 def test_a_full_queue_blocks_or_refuses_by_mode(pair: Tuple[UnixDatagram, UnixDatagram]) -> None:
     a, _ = pair
     a.setblocking(False)
@@ -147,7 +150,7 @@ def test_regular_file_at_the_path_is_never_replaced(short_tmp: Path) -> None:
     assert path.read_bytes() == b"precious"
 
 
-@linux_only
+@needs_abstract
 def test_abstract_and_autobind() -> None:
     name = f"udsc-dgram-{os.getpid()}".encode()
     with (
@@ -180,6 +183,7 @@ def test_send_to_nobody_is_an_error_naming_no_guess(short_tmp: Path) -> None:
     assert info.value.errno in (errno.ENOENT, errno.ECONNREFUSED)
 
 
+@needs_credentials
 def test_another_process_sends_a_datagram_with_a_descriptor(short_tmp: Path) -> None:
     path = str(short_tmp / "srv")
     code = f"""
@@ -205,10 +209,9 @@ print(os.getpid())
             os.close(fd)
 
 
+@only_on("Linux", "datagram socketpairs have peer credentials there")
 def test_peer_credentials_of_a_pair(pair: Tuple[UnixDatagram, UnixDatagram]) -> None:
     a, _ = pair
-    if not sys.platform.startswith("linux"):
-        pytest.skip("datagram socketpair credentials are Linux's")
     creds = a.peer_credentials()
     assert (creds.pid, creds.euid) == (os.getpid(), os.geteuid())
 
