@@ -249,3 +249,66 @@ def test_html_is_self_contained_and_structured(tmp_path: Path) -> None:
     assert any(t == "meta" and a.get("name") == "viewport" for t, a in page.tags)
     cells = [a for t, a in page.tags if t == "td" and "o-" in (a.get("class") or "")]
     assert cells and all(a.get("title") for a in cells if a.get("class") != "o-missing")
+
+
+# --- all or nothing -----------------------------------------------------------------------------
+
+
+def _outputs(out: Path) -> Dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())} if out.exists() else {}
+
+
+def test_a_readme_without_its_block_changes_no_output(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    render(out)
+    (out / "matrix.json").write_text('{"earlier": true}')
+    before = _outputs(out)
+    readme = tmp_path / "README.md"
+    readme.write_text("# no marker block here\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "udscompat_conformance", "report", str(RESULTS / "linux.json"),
+         "--out", str(out), "--readme", str(readme)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no <!-- udscompat-matrix:start -->" in proc.stderr
+    assert "no output was changed" in proc.stderr
+    assert _outputs(out) == before
+    assert readme.read_text() == "# no marker block here\n"
+
+
+def test_a_write_that_fails_midway_leaves_every_output_as_it_was(tmp_path: Path) -> None:
+    # RLIMIT_FSIZE makes the last file (the README, the largest here) fail after the others
+    # were written aside: none of them may replace its target.
+    scratch = tmp_path / "scratch"
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    report.write_report([str(RESULTS / "linux.json")], scratch, [CLAIMS], readme)
+    sizes = {name: len(data) for name, data in _outputs(scratch).items()}
+    limit = readme.stat().st_size - 1
+    assert max(sizes.values()) < limit, sizes  # the README is the one that cannot be written
+    readme.write_text((ROOT / "README.md").read_text().replace("| ✔ |", "| stale |", 1))
+    out = tmp_path / "report"
+    out.mkdir()
+    for name in sizes:
+        (out / name).write_text(f"earlier {name}\n")
+    before, readme_before = _outputs(out), readme.read_bytes()
+    code = (
+        "import resource, signal, sys\n"
+        "from udscompat_conformance import report\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, hard))\n"
+        "sys.exit(report.main(sys.argv[1:]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(RESULTS / "linux.json"), "--out", str(out),
+         "--claims", str(CLAIMS), "--readme", str(readme)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "README.md: cannot write it" in proc.stderr
+    assert _outputs(out) == before, "a target was replaced"
+    assert readme.read_bytes() == readme_before
+    leftovers = [p.name for p in [*out.iterdir(), *tmp_path.iterdir()] if p.name.startswith(".")]
+    assert not leftovers, f"temporary files left: {leftovers}"

@@ -11,9 +11,12 @@ stderr and in the outputs, and the rest still render.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -482,21 +485,76 @@ def default_claims() -> List[Path]:
     return sorted(CLAIMS_DIR.glob("*.json"))
 
 
-def update_readme(readme: Path, summary: str) -> bool:
-    """Replace the block between the matrix markers in ``readme``; False if there are none."""
-    text = readme.read_text(encoding="utf-8")
+class ReportError(Exception):
+    """The outputs could not be written; none of them was changed."""
+
+
+def readme_with_summary(readme: Path, summary: str) -> str:
+    """``readme``'s text with the block between the matrix markers replaced.
+
+    Raises:
+        ReportError: the README cannot be read or has no marker block.
+    """
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"{readme}: cannot read it: {exc.strerror}") from exc
     if README_START not in text or README_END not in text:
-        return False
+        raise ReportError(f"{readme}: no {README_START} ... {README_END} block to update")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n{summary}{README_END}{tail}", encoding="utf-8")
-    return True
+    return f"{head}{README_START}\n{summary}{README_END}{tail}"
+
+
+def write_all_or_nothing(files: Dict[Path, str]) -> None:
+    """Write every file, or none: each is written beside its target first, then all are renamed.
+
+    A failure before the renames (a missing or read-only directory, a full disk) removes
+    what was written and changes no target.  The renames themselves do not fail on one
+    filesystem.
+
+    Raises:
+        ReportError: naming the file that could not be written.
+    """
+    written: List[Tuple[Path, Path]] = []
+    try:
+        for target, text in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            written.append((Path(tmp), target))
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            if target.exists():
+                os.chmod(tmp, target.stat().st_mode & 0o7777)
+            else:
+                os.chmod(tmp, 0o666 & ~_umask())
+    except OSError as exc:
+        for tmp, _ in written:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        failed = written[-1][1] if written else next(iter(files))
+        raise ReportError(f"{failed}: cannot write it: {exc.strerror or exc}") from exc
+    for tmp, target in written:
+        os.replace(tmp, target)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_report(
     inputs: Sequence[str], out: Path, claims_files: Sequence[Path], readme: Optional[Path] = None
 ) -> Dict[str, Any]:
-    """Build the matrix from ``inputs``; write MATRIX.md, index.html and matrix.json to ``out``."""
+    """Build the matrix from ``inputs``; write MATRIX.md, index.html and matrix.json to ``out``
+    (and the summary block of ``readme``), all of them or none.
+
+    Raises:
+        ReportError: an output could not be written (or the README has no marker block);
+            no output was changed.
+    """
     claims: List[Dict[str, Any]] = []
     claim_errors = []
     for path in claims_files:
@@ -506,16 +564,19 @@ def write_report(
             claim_errors.append({"file": path.name, "error": str(exc)})
     matrix = build_matrix(find_result_files(inputs), claims)
     matrix["errors"].extend(claim_errors)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "matrix.json").write_text(
-        json.dumps(matrix, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    (out / "MATRIX.md").write_text(render_markdown(matrix), encoding="utf-8")
-    (out / "index.html").write_text(render_html(matrix), encoding="utf-8")
-    if readme is not None and not update_readme(readme, summary_markdown(matrix)):
-        matrix["errors"].append(
-            {"file": readme.name, "error": f"no {README_START} ... {README_END} block to update"}
-        )
+    files = {
+        out / "matrix.json": json.dumps(matrix, indent=1, sort_keys=True, ensure_ascii=False)
+        + "\n",
+        out / "MATRIX.md": render_markdown(matrix),
+        out / "index.html": render_html(matrix),
+    }
+    if readme is not None:
+        files[readme] = readme_with_summary(readme, summary_markdown(matrix))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"{out}: cannot create it: {exc.strerror}") from exc
+    write_all_or_nothing(files)
     return matrix
 
 
@@ -535,7 +596,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--readme", type=Path, help="update the summary block in this README")
     args = parser.parse_args(argv)
     claims = default_claims() if args.claims is None else args.claims
-    matrix = write_report(args.results, Path(args.out), claims, args.readme)
+    try:
+        matrix = write_report(args.results, Path(args.out), claims, args.readme)
+    except ReportError as exc:
+        print(f"udscompat-conformance report: {exc}; no output was changed", file=sys.stderr)
+        return 2
     for error in matrix["errors"]:
         print(f"udscompat-conformance report: {error['file']}: {error['error']}", file=sys.stderr)
     counts = f"{len(matrix['columns'])} columns, {len(matrix['rows'])} rows"
