@@ -28,11 +28,12 @@ from udscompat import _probes
 from udscompat._platform import backend
 
 
-def _enough_descriptors(wanted: int = 1024) -> None:
-    """Raise the soft RLIMIT_NOFILE of the test process to ``wanted`` where it is lower.
+def _enough_descriptors(wanted: int = 4096) -> None:
+    """Raise the soft RLIMIT_NOFILE of the test process to ``wanted`` (or the hard limit).
 
-    macOS starts processes at 256, less than one message's worth of descriptors (254) plus
-    what pytest holds; Linux's default is 1024.  Tests that need a low limit set it in a child.
+    Users' shells start lower than the tests need: macOS at 256 (less than one message's
+    worth of descriptors, 254), Linux at 1024 (less than a thousand connected pairs).  Tests
+    that need a low limit set it in a child.
     """
     import resource
 
