@@ -484,3 +484,34 @@ def test_the_probe_says_none_when_nothing_arrives(monkeypatch: pytest.MonkeyPatc
         _ancillary.credentials_probe.cache_clear()
     assert probe.available is False
     assert probe.reason == "no message carried the sender's credentials"
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "stream"),
+    [
+        ([True, True, True, False], "first message"),  # NetBSD's LOCAL_CREDS
+        ([True, True, False, False, True, True], "sender attaches"),  # DragonFly's SO_PASSCRED
+    ],
+    ids=["netbsd-like", "dragonfly-like"],
+)
+def test_the_probe_tells_the_bsd_stream_behaviours(
+    monkeypatch: pytest.MonkeyPatch, arrivals: list[bool], stream: str
+) -> None:
+    # Stand-in for NetBSD and DragonFly (cannot run here): the credentials the kernel would
+    # attach to the probe's messages, in order (two datagrams, two stream messages, and two
+    # with the sender's own attached where the plain ones brought none).
+    real = _ancillary.backend.credentials_from_cmsgs
+    left = list(arrivals)
+
+    def as_that_kernel(ancdata: object) -> object:
+        found = real(ancdata)  # type: ignore[arg-type]
+        return found if left.pop(0) else None
+
+    monkeypatch.setattr(_ancillary.backend, "credentials_from_cmsgs", as_that_kernel)
+    _ancillary.credentials_probe.cache_clear()
+    try:
+        probe = _ancillary.credentials_probe()
+    finally:
+        _ancillary.credentials_probe.cache_clear()
+    assert (probe.available, probe.datagram, probe.stream) == (True, "every message", stream)
+    assert not left

@@ -10,7 +10,7 @@ import errno
 import os
 import socket
 import struct
-from typing import List, NoReturn, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, NoReturn, Optional, Sequence, Tuple
 
 from udscompat._errors import UnsupportedError
 from udscompat._msgcreds import ReceivedCredentials, SendCredentials
@@ -53,24 +53,38 @@ def peer_credentials(sock: socket.socket) -> ConnCredentials:
     raise UnsupportedError("peer credentials", OS_NAME, _NO_MECHANISM)
 
 
-def pass_credentials(sock: socket.socket, enable: bool) -> None:
-    """No known mechanism on an unrecognised kernel."""
-    refuse("ancillary credentials", OS_NAME, _NO_MECHANISM)
+class AncillaryEntries(NamedTuple):
+    """A backend's four ancillary entries, for kernels that have no ancillary credentials."""
+
+    pass_credentials: Callable[[socket.socket, bool], None]
+    credentials_cmsg: Callable[[SendCredentials], Optional[Cmsg]]
+    credentials_from_cmsgs: Callable[[Sequence[Cmsg]], Optional[ReceivedCredentials]]
+    peer_security_label: Callable[[socket.socket], Optional[bytes]]
 
 
-def credentials_cmsg(creds: SendCredentials) -> Optional[Cmsg]:
-    """No known mechanism on an unrecognised kernel."""
-    refuse("ancillary credentials", OS_NAME, _NO_MECHANISM)
+def without_ancillary_credentials(os_name: str, reason: str) -> AncillaryEntries:
+    """Entries that refuse by name (``UnsupportedError`` saying ``reason``) and read nothing."""
+
+    def pass_credentials(sock: socket.socket, enable: bool) -> None:
+        refuse("ancillary credentials", os_name, reason)
+
+    def credentials_cmsg(creds: SendCredentials) -> Optional[Cmsg]:
+        refuse("ancillary credentials", os_name, reason)
+
+    def credentials_from_cmsgs(ancdata: Sequence[Cmsg]) -> Optional[ReceivedCredentials]:
+        return None  # whatever arrives, no credential message is known here
+
+    def peer_security_label(sock: socket.socket) -> Optional[bytes]:
+        refuse("peer security labels", os_name, NO_SECURITY_LABEL)
+
+    return AncillaryEntries(
+        pass_credentials, credentials_cmsg, credentials_from_cmsgs, peer_security_label
+    )
 
 
-def credentials_from_cmsgs(ancdata: Sequence[Cmsg]) -> Optional[ReceivedCredentials]:
-    """No credential control message is known here."""
-    return None
-
-
-def peer_security_label(sock: socket.socket) -> Optional[bytes]:
-    """No SO_PEERSEC outside Linux."""
-    refuse("peer security labels", OS_NAME, NO_SECURITY_LABEL)
+pass_credentials, credentials_cmsg, credentials_from_cmsgs, peer_security_label = (
+    without_ancillary_credentials(OS_NAME, _NO_MECHANISM)
+)
 
 
 def refuse(feature: str, os_name: str, reason: str) -> NoReturn:
@@ -81,6 +95,14 @@ def refuse(feature: str, os_name: str, reason: str) -> NoReturn:
 def payloads(ancdata: Sequence[Cmsg], level: int, kind: int) -> List[bytes]:
     """The data of every control message of ``level`` and ``kind``, in order."""
     return [data for lvl, typ, data in ancdata if typ == kind and lvl == level]
+
+
+def credentials_of(
+    ancdata: Sequence[Cmsg], level: int, kind: int, decode: Callable[[bytes], ReceivedCredentials]
+) -> Optional[ReceivedCredentials]:
+    """The sender every ``level``/``kind`` message in ``ancdata`` names (``one_sender``)."""
+    found = payloads(ancdata, level, kind)
+    return one_sender([decode(raw) for raw in found]) if found else None
 
 
 def one_sender(found: Sequence[ReceivedCredentials]) -> Optional[ReceivedCredentials]:

@@ -21,9 +21,9 @@ from udscompat._os._bsd import CMGROUP_MAX, CMSGCRED, SCM_CREDS, decode_cmsgcred
 from udscompat._os._posix import (
     NO_SECURITY_LABEL,
     Cmsg,
+    credentials_of,
     getsockopt_bytes,
     group_array,
-    one_sender,
     payloads,
     received,
     refuse,
@@ -162,11 +162,10 @@ def credentials_from_cmsgs(ancdata: Sequence[Cmsg]) -> Optional[ReceivedCredenti
     A sender cannot forge either: unp_internalize rebuilds every control
     message, and rejects SCM_CREDS2 with EINVAL.
     """
-    persistent = payloads(ancdata, SOL_SOCKET, SCM_CREDS2)
-    if persistent:
-        return one_sender([decode_sockcred2(raw) for raw in persistent])
-    found = payloads(ancdata, SOL_SOCKET, SCM_CREDS)
-    return one_sender([decode_scm_creds(raw) for raw in found]) if found else None
+    persistent = credentials_of(ancdata, SOL_SOCKET, SCM_CREDS2, decode_sockcred2)
+    if persistent is not None or payloads(ancdata, SOL_SOCKET, SCM_CREDS2):
+        return persistent
+    return credentials_of(ancdata, SOL_SOCKET, SCM_CREDS, decode_scm_creds)
 
 
 def peer_security_label(sock: socket.socket) -> Optional[bytes]:

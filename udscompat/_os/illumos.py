@@ -25,9 +25,8 @@ from udscompat._msgcreds import ReceivedCredentials, SendCredentials
 from udscompat._os._posix import (
     NO_SECURITY_LABEL,
     Cmsg,
+    credentials_of,
     group_array,
-    one_sender,
-    payloads,
     received,
     refuse,
 )
@@ -148,8 +147,7 @@ def decode_scm_ucred(raw: bytes) -> ReceivedCredentials:
 
 def credentials_from_cmsgs(ancdata: Sequence[Cmsg]) -> Optional[ReceivedCredentials]:
     """The ``SCM_UCRED`` among ``ancdata``."""
-    found = payloads(ancdata, SOL_SOCKET, SCM_UCRED)
-    return one_sender([decode_scm_ucred(raw) for raw in found]) if found else None
+    return credentials_of(ancdata, SOL_SOCKET, SCM_UCRED, decode_scm_ucred)
 
 
 def peer_security_label(sock: socket.socket) -> Optional[bytes]:

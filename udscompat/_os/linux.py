@@ -15,9 +15,8 @@ from udscompat._msgcreds import ReceivedCredentials, SendCredentials
 from udscompat._os import cmsg_space
 from udscompat._os._posix import (
     Cmsg,
+    credentials_of,
     getsockopt_bytes,
-    one_sender,
-    payloads,
     received,
     unpack_exact,
 )
@@ -127,8 +126,7 @@ def decode_scm_credentials(raw: bytes) -> ReceivedCredentials:
 
 def credentials_from_cmsgs(ancdata: Sequence[Cmsg]) -> Optional[ReceivedCredentials]:
     """The ``SCM_CREDENTIALS`` among ``ancdata`` (the kernel never merges two senders' data)."""
-    found = payloads(ancdata, SOL_SOCKET, SCM_CREDENTIALS)
-    return one_sender([decode_scm_credentials(raw) for raw in found]) if found else None
+    return credentials_of(ancdata, SOL_SOCKET, SCM_CREDENTIALS, decode_scm_credentials)
 
 
 def decode_security_label(raw: bytes) -> Optional[bytes]:

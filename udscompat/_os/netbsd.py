@@ -16,10 +16,9 @@ from udscompat._os import cmsg_space
 from udscompat._os._posix import (
     NO_SECURITY_LABEL,
     Cmsg,
+    credentials_of,
     getsockopt_bytes,
     group_array,
-    one_sender,
-    payloads,
     received,
     refuse,
     unpack_exact,
@@ -101,8 +100,7 @@ def decode_sockcred(raw: bytes) -> ReceivedCredentials:
 
 def credentials_from_cmsgs(ancdata: Sequence[Cmsg]) -> Optional[ReceivedCredentials]:
     """The ``SCM_CREDS`` sockcred among ``ancdata`` (only the kernel can put one there)."""
-    found = payloads(ancdata, SOL_SOCKET, SCM_CREDS)
-    return one_sender([decode_sockcred(raw) for raw in found]) if found else None
+    return credentials_of(ancdata, SOL_SOCKET, SCM_CREDS, decode_sockcred)
 
 
 def peer_security_label(sock: socket.socket) -> Optional[bytes]:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
-from udscompat._msgcreds import ReceivedCredentials, SendCredentials
-from udscompat._os._posix import NO_SECURITY_LABEL, Cmsg, getsockopt_bytes, refuse, unpack_exact
+from udscompat._os._posix import getsockopt_bytes, unpack_exact, without_ancillary_credentials
 from udscompat._records import ConnCredentials
 
 OS_NAME = "OpenBSD"
@@ -60,21 +59,6 @@ CREDENTIALS_WITH_FDS = False
 CREDENTIALS_ROOM = 0
 
 
-def pass_credentials(sock: socket.socket, enable: bool) -> None:
-    """No mechanism."""
-    refuse("ancillary credentials", OS_NAME, _NO_ANCILLARY_CREDENTIALS)
-
-
-def credentials_cmsg(creds: SendCredentials) -> Optional[Cmsg]:
-    """No mechanism."""
-    refuse("ancillary credentials", OS_NAME, _NO_ANCILLARY_CREDENTIALS)
-
-
-def credentials_from_cmsgs(ancdata: Sequence[Cmsg]) -> Optional[ReceivedCredentials]:
-    """No credential control message exists here."""
-    return None
-
-
-def peer_security_label(sock: socket.socket) -> Optional[bytes]:
-    """No SO_PEERSEC."""
-    refuse("peer security labels", OS_NAME, NO_SECURITY_LABEL)
+pass_credentials, credentials_cmsg, credentials_from_cmsgs, peer_security_label = (
+    without_ancillary_credentials(OS_NAME, _NO_ANCILLARY_CREDENTIALS)
+)
