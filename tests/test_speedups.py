@@ -1,0 +1,563 @@
+"""The compiled accelerator against the pure-Python path: same inputs, same results, no leaks.
+
+Property tests drive both innermost wrappers -- ``udscompat._speedups``'s
+``sendmsg``/``recvmsg`` and ``_io.send_with_fds``/``_io.recv_with_fds`` --
+with the same random messages over real socketpairs (stream, datagram,
+seqpacket; payload sizes, descriptor counts up to and past the kernel's cap,
+``maxfds``, short buffers, peeks, the seqpacket marker on and off,
+MSG_CMSG_CLOEXEC honoured or not, control data truncated by a full
+descriptor table) and compare what comes back and what is left open.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from udscompat import _accel, _io, _probes
+from udscompat._errors import ControlTruncatedError
+from udscompat._platform import backend
+
+from .conftest import open_fds, same_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+try:
+    from udscompat import _speedups as _compiled
+except ImportError:
+    if os.environ.get(_accel.ENV) == "1":
+        raise  # asked for the accelerator: its absence is a failure, not a skip
+    _compiled = None
+
+needs_compiled = pytest.mark.skipif(
+    _compiled is None, reason="the compiled accelerator udscompat._speedups is not built here"
+)
+SPEEDUPS: Any = _accel.configure(_compiled) if _compiled is not None else None
+CLOEXEC = _probes.cmsg_cloexec_flag()
+KINDS = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM}
+if _probes.seqpacket().available:
+    KINDS["seqpacket"] = backend.SOCK_SEQPACKET
+
+
+# -- the selector -------------------------------------------------------------------------------
+
+
+def test_choose_zero_is_pure_python() -> None:
+    assert _accel.choose("0") == (None, "pure Python (UDSCOMPAT_SPEEDUPS=0)")
+
+
+def test_choose_rejects_other_values() -> None:
+    with pytest.raises(ValueError, match="UDSCOMPAT_SPEEDUPS='yes'"):
+        _accel.choose("yes")
+
+
+@needs_compiled
+def test_choose_one_and_unset_take_the_compiled_module() -> None:
+    assert _accel.choose("1")[0] is _compiled
+    assert _accel.choose("")[0] is _compiled
+
+
+def _import_with(value: str, *, hide_extension: bool) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import sys\n"
+        + ("sys.modules['udscompat._speedups'] = None\n" if hide_extension else "")
+        + "from udscompat import _accel\n"
+        "print(_accel.IMPLEMENTATION)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env[_accel.ENV] = value
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_speedups_1_fails_loudly_when_the_extension_is_missing() -> None:
+    proc = _import_with("1", hide_extension=True)
+    assert proc.returncode != 0
+    assert "UDSCOMPAT_SPEEDUPS=1 but the compiled accelerator" in proc.stderr
+
+
+def test_unset_falls_back_to_pure_python_when_the_extension_is_missing() -> None:
+    proc = _import_with("", hide_extension=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["pure-python"]
+
+
+@needs_compiled
+def test_the_environment_chooses_the_implementation() -> None:
+    assert _import_with("1", hide_extension=False).stdout.split() == ["compiled"]
+    assert _import_with("0", hide_extension=False).stdout.split() == ["pure-python"]
+    assert _import_with("", hide_extension=False).stdout.split() == ["compiled"]
+
+
+# -- the OS's own headers against the backend's hand-written values ---------------------------
+
+
+@needs_compiled
+def test_header_constants_match_the_backend() -> None:
+    assert SPEEDUPS.SOL_SOCKET == backend.SOL_SOCKET == socket.SOL_SOCKET
+    assert SPEEDUPS.SCM_RIGHTS == backend.SCM_RIGHTS == socket.SCM_RIGHTS
+    assert SPEEDUPS.MSG_CTRUNC == backend.MSG_CTRUNC
+    assert SPEEDUPS.MSG_TRUNC == backend.MSG_TRUNC
+    assert SPEEDUPS.MSG_CMSG_CLOEXEC == backend.MSG_CMSG_CLOEXEC
+    if backend.MESSAGE_MARKER is not None:
+        assert backend.MESSAGE_MARKER[2] == SPEEDUPS.SCM_TIMESTAMP
+    assert socket.CMSG_SPACE(4) == SPEEDUPS.CMSG_SPACE_INT
+    assert socket.CMSG_LEN(0) == SPEEDUPS.CMSG_LEN_0
+
+
+@needs_compiled
+def test_receive_control_room_is_the_pure_paths() -> None:
+    # Room for the kernel's cap plus the marker, by the OS's CMSG_SPACE on both paths.
+    assert SPEEDUPS.control_size() == _io.ANCBUF_SIZE
+
+
+# -- property tests: both paths, same inputs ----------------------------------------------------
+
+
+def _pair(kind: str, marker: bool) -> Tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair(socket.AF_UNIX, KINDS[kind])
+    a.setblocking(False)
+    b.setblocking(False)
+    if marker:
+        _probes.enable_message_marker(b)
+    return a, b
+
+
+@contextlib.contextmanager
+def _free_slots(count: Optional[int]) -> Iterator[None]:
+    """Leave exactly ``count`` free descriptor numbers below RLIMIT_NOFILE (None: no change)."""
+    if count is None:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    taken = open_fds()
+    limit, free = 0, 0
+    while free < count or limit in taken:
+        if limit not in taken:
+            free += 1
+        limit += 1
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _outcome(call: Any) -> Dict[str, Any]:
+    try:
+        result = call()
+    except OSError as exc:
+        out: Dict[str, Any] = {"error": type(exc), "errno": exc.errno, "text": str(exc)}
+        if isinstance(exc, ControlTruncatedError):
+            out.update(data=exc.data, closed=exc.closed_fds)
+        return out
+    return {"result": result}
+
+
+def _compare(c: Dict[str, Any], py: Dict[str, Any], sent_fd: int) -> List[int]:
+    """Assert both outcomes agree; returns the descriptors they received, to close."""
+    assert c.keys() == py.keys(), (c, py)
+    if "error" in c:
+        assert c == py
+        return []
+    c_result, py_result = c["result"], py["result"]
+    if isinstance(c_result, int):
+        assert c_result == py_result
+        return []
+    c_data, c_fds, c_flags, c_addr, c_marked = c_result
+    py_data, py_fds, py_flags, py_addr, py_marked = py_result
+    assert (c_data, len(c_fds), c_flags, c_addr, c_marked) == (
+        py_data,
+        len(py_fds),
+        py_flags,
+        py_addr,
+        py_marked,
+    )
+    for fd in c_fds + py_fds:
+        assert same_file(fd, sent_fd)
+        assert not os.get_inheritable(fd), f"received fd {fd} is not close-on-exec"
+    return c_fds + py_fds
+
+
+message = st.fixed_dictionaries(
+    {
+        "kind": st.sampled_from(sorted(KINDS)),
+        "size": st.one_of(st.integers(0, 300), st.sampled_from([4096, 65536, 70000])),
+        "nfds": st.one_of(st.integers(0, 6), st.sampled_from([16, 252, 253, 254])),
+        "extra_maxfds": st.integers(-3, 2),
+        "short_by": st.one_of(st.just(0), st.integers(-2, 40)),
+        "peek": st.booleans(),
+        "marker": st.booleans(),
+        "kernel_cloexec": st.booleans() if CLOEXEC is not None else st.just(False),
+        "free_slots": st.one_of(st.none(), st.integers(0, 5)),
+        "buffers": st.integers(1, 3),
+    }
+)
+
+
+def _send_args(case: Dict[str, Any], r: int) -> Tuple[List[bytes], array.array[int]]:
+    payload = bytes(range(256)) * (case["size"] // 256 + 1)
+    payload = payload[: case["size"]]
+    step = max(1, len(payload) // case["buffers"] + 1)
+    buffers = [payload[i : i + step] for i in range(0, len(payload), step)] or [b""]
+    return buffers, array.array("I", [r] * case["nfds"])
+
+
+def _receive(
+    impl: str, sock: socket.socket, case: Dict[str, Any], bufsize: int, maxfds: int, flags: int
+) -> Dict[str, Any]:
+    if impl == "c":
+        kernel = CLOEXEC if case["kernel_cloexec"] and CLOEXEC is not None else 0
+        with _free_slots(case["free_slots"]):
+            return _outcome(lambda: SPEEDUPS.recvmsg(sock, bufsize, maxfds, flags | kernel, True))
+    patch = (
+        contextlib.nullcontext()
+        if case["kernel_cloexec"]
+        else mock.patch.object(_probes, "cmsg_cloexec_flag", return_value=None)
+    )
+    with patch, _free_slots(case["free_slots"]):
+        return _outcome(lambda: _io.recv_with_fds(sock, bufsize, maxfds, flags))
+
+
+@needs_compiled
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(case=message)
+def test_both_paths_agree_on_random_messages(case: Dict[str, Any]) -> None:
+    before = open_fds()
+    r, w = os.pipe()
+    pairs = {impl: _pair(case["kind"], case["marker"]) for impl in ("c", "py")}
+    received: List[int] = []
+    try:
+        buffers, numbers = _send_args(case, r)
+        sent = {
+            "c": _outcome(lambda: SPEEDUPS.sendmsg(pairs["c"][0], buffers, numbers, 0)),
+            "py": _outcome(lambda: _io.send_with_fds(pairs["py"][0], buffers, numbers, 0)),
+        }
+        _compare(sent["c"], sent["py"], r)
+        bufsize = max(0, case["size"] - case["short_by"])
+        maxfds = max(0, case["nfds"] + case["extra_maxfds"])
+        for flags in ([socket.MSG_PEEK] if case["peek"] else []) + [0]:
+            got = {
+                impl: _receive(impl, pairs[impl][1], case, bufsize, maxfds, flags)
+                for impl in ("c", "py")
+            }
+            received += _compare(got["c"], got["py"], r)
+    finally:
+        _io.close_fds(received)
+        for a, b in pairs.values():
+            a.close()
+            b.close()
+        _io.close_fds([r, w])
+    assert open_fds() == before
+
+
+@needs_compiled
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_addresses_come_back_as_the_socket_module_gives_them(kind: str) -> None:
+    if kind == "stream":
+        pytest.skip("a connected stream socket reports no sender")
+    results = []
+    for impl in ("c", "py"):
+        a, b = _pair(kind, marker=False)
+        with a, b:
+            a.send(b"x")
+            if impl == "c":
+                results.append(SPEEDUPS.recvmsg(b, 10, 0, 0, True)[3])
+            else:
+                results.append(_io.recv_with_fds(b, 10, 0)[3])
+    assert results[0] == results[1]
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender,
+    ):
+        receiver.bind(b"\0udsc-speedups-%d" % os.getpid())
+        sender.bind(b"\0udsc-speedups-sender-%d" % os.getpid())
+        for _ in range(2):
+            sender.sendto(b"y", receiver.getsockname())
+        c_addr = SPEEDUPS.recvmsg(receiver, 10, 0, 0, True)[3]
+        py_addr = _io.recv_with_fds(receiver, 10, 0)[3]
+        assert c_addr == py_addr == sender.getsockname()
+        sender.sendto(b"z", receiver.getsockname())
+        assert SPEEDUPS.recvmsg(receiver, 10, 0, 0)[3] is None  # not asked for
+
+
+# -- what the compiled path adds: signals, the order of closing and raising --------------------
+
+
+@needs_compiled
+def test_truncation_error_is_built_after_every_descriptor_is_closed(
+    pipe: Tuple[int, int],
+) -> None:
+    a, b = socket.socketpair()
+    seen: List[Any] = []
+
+    def spy(reason: str, data: Optional[bytes], closed: int, maxfds: int) -> Exception:
+        seen.append((reason, open_fds()))
+        return _accel.truncated_error(reason, data, closed, maxfds)
+
+    with a, b:
+        SPEEDUPS.sendmsg(a, b"abc", [pipe[0]] * 3, 0)
+        before = open_fds()
+        SPEEDUPS.configure(_accel.FD_ROOM, None, (), spy)
+        try:
+            with pytest.raises(ControlTruncatedError) as info:
+                SPEEDUPS.recvmsg(b, 10, 2, 0)
+        finally:
+            _accel.configure(SPEEDUPS)
+    assert seen == [("excess", before)]
+    assert (info.value.data, info.value.closed_fds) == (b"abc", 3)
+
+
+def _interrupt_main_thread_soon(signum: int) -> threading.Timer:
+    """Deliver ``signum`` to the main thread in 50 ms, so its blocked system call fails with EINTR.
+
+    (pthread_kill rather than an interval timer: pytest-timeout owns SIGALRM.)
+    """
+    timer = threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, signum))
+    timer.start()
+    return timer
+
+
+@needs_compiled
+def test_a_raising_signal_handler_interrupts_a_blocking_receive_and_loses_nothing(
+    pipe: Tuple[int, int],
+) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers run in the main thread")
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    a, b = socket.socketpair()
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        with a, b:
+            timer = _interrupt_main_thread_soon(signal.SIGUSR1)
+            with pytest.raises(Interrupted):
+                SPEEDUPS.recvmsg(b, 10, 4, 0)  # blocking: recvmsg fails with EINTR
+            timer.join()
+            SPEEDUPS.sendmsg(a, b"m", [pipe[0]], 0)
+            data, fds, _, _, _ = SPEEDUPS.recvmsg(b, 10, 4, 0)
+            assert data == b"m" and len(fds) == 1  # the message was not consumed
+            _io.close_fds(fds)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+@needs_compiled
+@pytest.mark.parametrize("direction", ["recv", "send"])
+def test_eintr_is_retried_after_a_quiet_signal_handler(
+    direction: str, pipe: Tuple[int, int]
+) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers run in the main thread")
+    calls: List[int] = []
+    old = signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append(signum))
+    a, b = socket.socketpair()
+    try:
+        with a, b:
+            if direction == "send":
+                a.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        a.send(b"f" * 65536)
+                a.setblocking(True)
+
+                def drain() -> None:
+                    with contextlib.suppress(BlockingIOError):
+                        while True:
+                            b.recv(65536, socket.MSG_DONTWAIT)
+
+                later = threading.Timer(0.3, drain)
+                later.start()
+                timer = _interrupt_main_thread_soon(signal.SIGUSR1)
+                assert SPEEDUPS.sendmsg(a, b"m", [pipe[0]], 0) == 1  # blocks until drained
+            else:
+                later = threading.Timer(0.3, lambda: SPEEDUPS.sendmsg(a, b"m", [pipe[0]], 0))
+                later.start()
+                timer = _interrupt_main_thread_soon(signal.SIGUSR1)
+                data, fds, _, _, _ = SPEEDUPS.recvmsg(b, 10, 4, 0)
+                assert data == b"m"
+                _io.close_fds(fds)
+            timer.join()
+            later.join()
+            with contextlib.suppress(BlockingIOError):
+                while True:  # whatever the drain left, with its descriptors
+                    _, fds, _, _, _ = SPEEDUPS.recvmsg(b, 65536, 4, socket.MSG_DONTWAIT)
+                    _io.close_fds(fds)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert calls == [signal.SIGUSR1]
+
+
+@needs_compiled
+def test_fds_are_made_close_on_exec_by_hand_without_msg_cmsg_cloexec(
+    pipe: Tuple[int, int],
+) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        SPEEDUPS.sendmsg(a, b"x", [pipe[0]] * 4, 0)
+        _, fds, _, _, _ = SPEEDUPS.recvmsg(b, 1, 4, 0)
+        try:
+            assert [os.get_inheritable(fd) for fd in fds] == [False] * 4
+        finally:
+            _io.close_fds(fds)
+
+
+_EMSGSIZE_STANDIN = r"""
+/* Stand-in for OpenBSD/DragonFly, which fail recvmsg with EMSGSIZE when the control data
+ * does not fit, the descriptors discarded and the message consumed (os-facts).  Linux never
+ * does, so this interposer makes every recvmsg that asks for control data behave so. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <sys/socket.h>
+#include <unistd.h>
+ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
+    static ssize_t (*real)(int, struct msghdr *, int);
+    if (!real) real = (ssize_t (*)(int, struct msghdr *, int))dlsym(RTLD_NEXT, "recvmsg");
+    ssize_t n = real(fd, msg, flags);
+    if (n < 0 || msg->msg_controllen == 0) return n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+            for (int *p = (int *)CMSG_DATA(c); (char *)p < (char *)c + c->cmsg_len; p++) close(*p);
+    errno = EMSGSIZE;
+    return -1;
+}
+"""
+
+
+@needs_compiled
+def test_emsgsize_becomes_control_truncated_error_on_both_paths(tmp_path: Path) -> None:
+    source = tmp_path / "emsgsize.c"
+    source.write_text(_EMSGSIZE_STANDIN)
+    library = tmp_path / "emsgsize.so"
+    subprocess.run(
+        ["cc", "-shared", "-fPIC", "-o", str(library), str(source), "-ldl"],
+        check=True,
+        capture_output=True,
+    )
+    code = (
+        "import os, socket\n"
+        "from udscompat import _accel, _io\n"
+        "from udscompat import _speedups as s\n"
+        "_accel.configure(s)\n"
+        "r, w = os.pipe()\n"
+        "for name, call in [('c', lambda b: s.recvmsg(b, 10, 4, 0)),\n"
+        "                   ('py', lambda b: _io.recv_with_fds(b, 10, 4))]:\n"
+        "    a, b = socket.socketpair()\n"
+        "    s.sendmsg(a, b'x', [r], 0)\n"
+        "    before = set(os.listdir('/proc/self/fd'))\n"
+        "    try:\n"
+        "        call(b)\n"
+        "    except OSError as exc:\n"
+        "        cause = exc.__cause__\n"
+        "        print(name, type(exc).__name__, exc.errno, exc.data, exc.closed_fds,\n"
+        "              cause.errno, set(os.listdir('/proc/self/fd')) == before, '|', exc)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LD_PRELOAD=str(library))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    c_line, py_line = proc.stdout.splitlines()
+    expected = "ControlTruncatedError 90 b'' 0 90 True | [Errno 90] recvmsg failed with EMSGSIZE"
+    assert c_line.startswith("c " + expected)
+    assert py_line == "py" + c_line[1:]
+
+
+@needs_compiled
+def test_bad_arguments_are_refused_before_the_system_call() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        with pytest.raises(ValueError, match="bufsize and maxfds must be >= 0, got -1 and 0"):
+            SPEEDUPS.recvmsg(b, -1, 0, 0)
+        with pytest.raises(ValueError, match="invalid file descriptor -3"):
+            SPEEDUPS.sendmsg(a, b"x", [-3], 0)
+        with pytest.raises(TypeError, match="expected a file descriptor"):
+            SPEEDUPS.sendmsg(a, b"x", ["0"], 0)
+        with pytest.raises(TypeError, match="must hold C ints"):
+            SPEEDUPS.sendmsg(a, b"x", array.array("q", [0]), 0)
+        with pytest.raises(TypeError):
+            SPEEDUPS.sendmsg(a, [b"x", 3], None, 0)
+        with pytest.raises(TypeError, match="takes 4 arguments"):
+            SPEEDUPS.sendmsg(a, b"x", None)
+    with pytest.raises(OSError) as info:
+        SPEEDUPS.recvmsg(a, 1, 0, 0)  # closed: fileno() is -1
+    assert info.value.errno == errno.EBADF
+
+
+@needs_compiled
+def test_many_buffers_and_large_fd_counts_take_the_heap_paths(pipe: Tuple[int, int]) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        buffers = [bytes([i]) for i in range(40)]  # more iovecs than the stack holds
+        assert SPEEDUPS.sendmsg(a, buffers, [pipe[0]] * 253, 0) == 40
+        data, fds, _, _, _ = SPEEDUPS.recvmsg(b, 100, 253, 0)
+        assert data == bytes(range(40)) and len(fds) == 253
+        _io.close_fds(fds)
+
+
+def test_bench_limit_program_compiles_and_runs() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import climit
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    results, note = climit.measure(50, 1)
+    if not results:
+        pytest.skip(note)
+    assert {"fdpass1", "fdpass16", "emu64", "emu65536"} <= results.keys()
+    assert all(0 < seconds < 0.01 for seconds in results.values())
+
+
+def _build(tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "setup.py"),
+            "-q",
+            "build_ext",
+            "--build-lib",
+            str(tmp / "lib"),
+            "--build-temp",
+            str(tmp / "temp"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_without_a_compiler_the_build_goes_on_with_a_note(tmp_path: Path) -> None:
+    proc = _build(tmp_path / "optional", CC="/nonexistent/cc", UDSCOMPAT_BUILD_SPEEDUPS="")
+    assert proc.returncode == 0, proc.stderr
+    assert "the optional C accelerator (udscompat._speedups) was not built" in proc.stderr
+    assert not list(tmp_path.rglob("_speedups*.so"))
+    required = _build(tmp_path / "required", CC="/nonexistent/cc", UDSCOMPAT_BUILD_SPEEDUPS="1")
+    assert required.returncode != 0
