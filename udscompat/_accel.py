@@ -17,6 +17,7 @@ inside the call (see ``udscompat/_speedups.c``).
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 from typing import Optional, Tuple
@@ -51,7 +52,7 @@ def choose(value: str) -> Tuple[Optional[ModuleType], str]:
     if wanted == "0":
         return None, f"pure Python ({ENV}=0)"
     try:
-        from udscompat import _speedups
+        compiled = importlib.import_module("udscompat._speedups")
     except ImportError as exc:
         if wanted == "1":
             raise ImportError(
@@ -59,7 +60,7 @@ def choose(value: str) -> Tuple[Optional[ModuleType], str]:
                 f"({exc}); install udscompat where a C compiler works, or unset {ENV}"
             ) from exc
         return None, f"pure Python (the compiled accelerator is not installed: {exc})"
-    return _speedups, "compiled udscompat._speedups (one system call per send or receive)"
+    return compiled, "compiled udscompat._speedups (one system call per send or receive)"
 
 
 #: Room for the most descriptors the kernel puts in one message, so the kernel itself never
