@@ -15,6 +15,11 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 HASH=$(sha256sum "$0" | cut -c1-16)
 OUT="$HERE/boxes/debian12-$HASH.box"
 BOOT=/var/lib/libvirt/boot
+# Two runs at once: the second waits for the first's build, then finds it cached.  Every file
+# another run may read appears whole (written aside, then renamed).
+mkdir -p "$HERE/boxes"
+exec 9>"$HERE/boxes/.lock"
+flock 9
 
 if [ -f "$OUT" ]; then
     echo "cached: $OUT"
@@ -51,8 +56,8 @@ else
     : >"$R/etc/machine-id"
     mkdir -p "$WORK/box" "$HERE/boxes"
     # Kept beside the box: the box boots them from $BOOT, refreshed on every run below.
-    cp "$R/boot/vmlinuz-$KVER" "$OUT.vmlinuz"
-    cp "$R/boot/initrd.img-$KVER" "$OUT.initrd"
+    cp "$R/boot/vmlinuz-$KVER" "$WORK/vmlinuz" && mv "$WORK/vmlinuz" "$OUT.vmlinuz"
+    cp "$R/boot/initrd.img-$KVER" "$WORK/initrd" && mv "$WORK/initrd" "$OUT.initrd"
     truncate -s 3G "$WORK/root.raw"
     mkfs.ext4 -q -L root -d "$R" "$WORK/root.raw"
     qemu-img convert -c -O qcow2 "$WORK/root.raw" "$WORK/box/box.img"
@@ -67,11 +72,14 @@ Vagrant.configure("2") do |config|
   end
 end
 VF
-    tar -C "$WORK/box" -czf "$OUT.partial" metadata.json Vagrantfile box.img
-    mv "$OUT.partial" "$OUT"
+    tar -C "$WORK/box" -czf "$OUT.partial.$$" metadata.json Vagrantfile box.img
+    mv "$OUT.partial.$$" "$OUT"
     echo "built: $OUT"
 fi
 mkdir -p "$BOOT"
-cp "$OUT.vmlinuz" "$BOOT/udscompat-debian12-$HASH.vmlinuz"
-cp "$OUT.initrd" "$BOOT/udscompat-debian12-$HASH.initrd"
+for part in vmlinuz initrd; do
+    cp "$OUT.$part" "$BOOT/.udscompat-debian12-$HASH.$part.$$"
+    mv "$BOOT/.udscompat-debian12-$HASH.$part.$$" "$BOOT/udscompat-debian12-$HASH.$part"
+done
+flock -u 9
 vagrant box add --force --name "$BOX_NAME" "$OUT"
