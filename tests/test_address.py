@@ -11,9 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import udscompat
 from tests.conftest import needs_abstract
 from udscompat import UnixSocketAddr, UnsupportedError
 from udscompat._address import as_address
+from udscompat._bind import connect_unix
 from udscompat._platform import backend
 
 LIMIT = backend.MAX_PATH_BYTES
@@ -98,10 +100,59 @@ def test_longest_path_accepted_and_binds(short_tmp: Path) -> None:
     addr = UnixSocketAddr.from_path(path)
     assert len(os.fsencode(addr.path or "")) == LIMIT
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.bind(addr.to_sockaddr())
-        assert UnixSocketAddr.from_sockaddr(sock.getsockname()) == addr
+        file = udscompat.bind(sock, addr, backlog=1)
+        assert file is not None and file.address == addr
+        with socket.socket(socket.AF_UNIX) as client:
+            connect_unix(client, addr)
+            conn, _ = sock.accept()
+            conn.close()
     with pytest.raises(ValueError, match=f"{LIMIT + 1} bytes"):
         UnixSocketAddr.from_path(path + "q")
+
+
+@pytest.mark.skipif(backend.FD_PATH is None, reason="no /proc/self/fd path on this kernel")
+def test_full_sun_path_binds_connects_and_sends_through_the_directory(short_tmp: Path) -> None:
+    """Linux takes 108 path bytes with no NUL; CPython refuses them ("AF_UNIX path too long")."""
+    base = str(short_tmp) + "/"
+    server = base + "s" * (backend.SUN_PATH_SIZE - len(base))
+    client = base + "c" * (backend.SUN_PATH_SIZE - len(base))
+    assert len(server) == len(client) == 108
+    with udscompat.SeqpacketListener(server) as listener:
+        assert listener.local_addr == UnixSocketAddr.from_path(server)  # not /proc/self/fd/N
+        with udscompat.SeqpacketConn.connect(server) as conn:
+            peer, _ = listener.accept()
+            with peer:
+                conn.send(b"through the directory")
+                assert peer.recv_message().data == b"through the directory"
+    assert not os.path.exists(server)  # removed on close, through the directory too
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender,
+    ):
+        assert udscompat.bind(receiver, server) is not None
+        assert udscompat.bind(sender, client) is not None
+        udscompat.send_fds(sender, b"dgram", [], address=server)
+        data, source = receiver.recvfrom(16)
+        assert data == b"dgram"
+        # The kernel reports the sender by the name it bound: its descriptor path.
+        assert UnixSocketAddr.from_sockaddr(source).path_bytes is not None
+
+
+@pytest.mark.skipif(backend.FD_PATH is None, reason="no /proc/self/fd path on this kernel")
+def test_full_length_path_that_no_descriptor_path_reaches_names_the_limit() -> None:
+    name = "n" * (backend.SUN_PATH_SIZE - len("/tmp/"))
+    addr = UnixSocketAddr.from_path("/tmp/" + name)
+    with socket.socket(socket.AF_UNIX) as sock, pytest.raises(ValueError) as info:
+        connect_unix(sock, addr)
+    message = str(info.value)
+    assert f"last component ({len(name)} bytes)" in message
+    assert "/proc/self/fd/" in message and "sun_path holds 107 bytes" in message
+    with socket.socket(socket.AF_UNIX) as sock, pytest.raises(ValueError, match="last component"):
+        udscompat.bind(sock, addr)
+    dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with dgram, pytest.raises(ValueError, match="last component"):
+        udscompat.send_fds(dgram, b"x", [], address=addr)
+    assert not os.path.exists("/tmp/" + name)
 
 
 @needs_abstract
@@ -191,7 +242,13 @@ def test_too_long_paths_always_rejected(raw: bytes) -> None:
         UnixSocketAddr.from_path(raw)
 
 
-@given(st.binary(min_size=1, max_size=LIMIT).filter(lambda b: b"\0" in b))
+# Built with a NUL rather than filtered for one: most random bytes have none.
+with_nul = st.tuples(st.binary(max_size=LIMIT // 2), st.binary(max_size=LIMIT // 2 - 1)).map(
+    lambda parts: parts[0] + b"\0" + parts[1]
+)
+
+
+@given(with_nul)
 def test_paths_with_nul_always_rejected(raw: bytes) -> None:
     with pytest.raises(ValueError, match="NUL byte"):
         UnixSocketAddr.from_path(raw)

@@ -42,7 +42,7 @@ def test_linux_capabilities_are_linuxs_values() -> None:
     assert caps.features["seqpacket"].status == "native"
     assert caps.features["peer_credentials"].detail == "reports pid, euid, egid, groups"
     assert caps.quirks["max_fds_per_message"] == 253
-    assert caps.quirks["max_path_bytes"] == 107
+    assert caps.quirks["max_path_bytes"] == 108  # all of sun_path, through /proc/self/fd
     assert caps.quirks["msg_cmsg_cloexec"] is True
     assert caps.quirks["ctrunc"] == "excess-closed"
     assert caps.quirks["seqpacket_zero_length"] == "distinct"

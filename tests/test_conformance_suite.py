@@ -100,7 +100,8 @@ def test_observations_are_what_this_kernel_does(serial_result: Dict[str, Any]) -
 
     # What the library's own probes measured in this process, on this kernel.
     assert seen("os.fdpass.max_per_message")["fds"] == _probes.max_fds_per_message()
-    assert seen("os.address.longest_path") == backend.MAX_PATH_BYTES
+    # The stdlib passes paths with a NUL (udscompat's own limit may be all of sun_path).
+    assert seen("os.address.longest_path") == backend.SUN_PATH_SIZE - 1
     assert (seen("os.seqpacket.exists") == "ok") is _probes.seqpacket().available
     assert (seen("os.fdpass.close_after_send[pipe]") == "works") is _probes.close_after_send()
     assert seen("os.fdpass.same_process_reuse") is _probes.same_process_fd_reuse()

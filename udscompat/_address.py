@@ -61,8 +61,9 @@ class UnixSocketAddr:
 
         Raises:
             ValueError: the path is empty, contains a NUL byte, or is longer
-                than this OS's ``sun_path`` allows (107 bytes on Linux and
-                illumos, 103 on macOS and the BSDs).
+                than this OS's ``sun_path`` allows (108 bytes on Linux, which
+                takes a full sun_path without a NUL; 107 on illumos, 103 on
+                macOS and the BSDs).
             TypeError: ``path`` is not a str, bytes or path-like object.
         """
         raw = os.fsencode(os.fspath(path))
@@ -72,9 +73,10 @@ class UnixSocketAddr:
         if nul >= 0:
             raise ValueError(f"AF_UNIX path contains a NUL byte at offset {nul}")
         if len(raw) > backend.MAX_PATH_BYTES:
+            plus = " plus its NUL" if backend.MAX_PATH_BYTES < backend.SUN_PATH_SIZE else ""
             raise ValueError(
                 f"AF_UNIX path is {len(raw)} bytes; sun_path on {backend.OS_NAME} holds at most "
-                f"{backend.MAX_PATH_BYTES} bytes plus its NUL"
+                f"{backend.MAX_PATH_BYTES} bytes{plus}"
             )
         return cls("path", raw, _validated=True)
 
@@ -197,7 +199,9 @@ class UnixSocketAddr:
 
         A path as ``str`` (``os.fsdecode``, which CPython encodes back
         losslessly), an abstract name as bytes with the leading NUL, and
-        ``""`` for unnamed (binding ``""`` autobinds on Linux).
+        ``""`` for unnamed (binding ``""`` autobinds on Linux).  CPython
+        refuses a 108-byte Linux path that fills sun_path; udscompat's own
+        ``bind``, connects and ``send_fds`` reach it through its directory.
         """
         if self._kind == "abstract":
             return b"\0" + self._raw

@@ -1,22 +1,73 @@
-"""Binding AF_UNIX sockets to paths without ever removing a live socket.
+"""Binding AF_UNIX sockets to paths in a way no other local user can turn against the host.
 
-A socket file outlives its listener.  Before binding, udscompat removes such
-a *stale* file -- a socket nobody accepts on -- but never a live one (a
-probe connect succeeds: CPython #121252 deleted another process's listener)
-and never anything that is not a socket.  On close, it removes the file only
-if the path still names the inode it created, so a successor that replaced
-it keeps working.
+Daemons run this as root in shared directories, so every step assumes that
+someone who owns a directory on the path is racing it.
+
+*The directory is opened once.*  The socket file's directory is opened one
+component at a time with ``O_NOFOLLOW``; a symbolic link is followed only
+if root or this user owns it (nobody else can point it elsewhere).  Every
+later look, rename, link, unlink and chmod is relative to that descriptor,
+so swapping a directory on the path for a symbolic link between a check
+and an act cannot redirect the act.  ``bind`` itself takes a path, which
+the kernel walks again: the path is handed over as given only when no
+other user can change a directory on it (owners and write bits say so; a
+sticky directory protects the entries of root and this user).  Otherwise,
+on Linux, the kernel gets ``/proc/self/fd/N/name``, which resolves to the
+very directory opened; kernels without such a path refuse.
+
+*Stale means no socket is bound to the file.*  A file left by a closed
+socket is removed before binding; a live one never, nor anything that is
+not a socket.  A socket that is bound but not yet listening is alive.  On
+Linux the kernel's socket table (sock_diag) says whether a socket is bound
+to the file's inode; nothing touches the socket.  Where there is no table
+(every other kernel), or the table does not list the file (a socket bound
+from another network namespace, which this namespace's table does not
+show), a *datagram* socket connects to the file: every kernel read finds
+the socket bound to the file and refuses a socket of another type with
+``EPROTOTYPE`` (or ``ECONNREFUSED`` when none is bound) before it would
+queue a connection, so unlike a stream probe this leaves no closed client
+in a live listener's accept queue, and it tells a bound socket that is not
+listening yet from a stale file.  (A bound datagram socket accepts the
+probe's connect, which sends nothing.)
+
+*Removal decides on the entry it unlinks.*  The entry is looked at, at
+once renamed aside to a random name (whatever is at the name then moves),
+examined again there, and unlinked only if it is still the stale file (or,
+for ``SocketFile.remove``, still ours); otherwise it is linked back.  A
+successor that bound between our look and our rename keeps its socket; it
+is missing from its path for the microseconds this takes.  A listener
+removes its file *before* closing, so its file never looks stale to a
+successor starting meanwhile.
+
+*``mode=`` never follows a link and leaves no window.*  Linux creates the
+file with the socket inode's own mode less the umask (``unix_bind_bsd``),
+so ``fchmod`` on the unbound socket gives it at most ``mode`` from the
+start; bits the umask took are added afterwards, through
+``/proc/self/fd/N`` of an ``O_PATH`` descriptor, once sock_diag shows the
+file is this socket's.  Other kernels take the mode from the umask alone,
+which is process-wide and so not thread-safe: there the socket is bound in
+a private 0700 directory, chmodded there, made to listen (``backlog=``)
+and only then linked into place (``link`` never replaces).  Its
+``getsockname()`` then names the private directory, as it names
+``/proc/self/fd/N`` for a socket bound through a descriptor:
+``SocketFile.address`` and the listeners' ``local_addr`` give the path.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import secrets
 import socket
 import stat
-from typing import Any, Optional
+import time
+import weakref
+from typing import Any, Callable, List, Optional, Tuple
 
 from udscompat._address import AddressArg, UnixSocketAddr, as_address
+from udscompat._errors import UnsupportedError
+from udscompat._os import BoundSocket
+from udscompat._platform import backend
 
 __all__ = [
     "AddressArg",
@@ -29,93 +80,100 @@ __all__ = [
     "sendmsg_to",
 ]
 
-# connect() answers that mean "something is bound there and in use".
-_LIVE = {
-    errno.EAGAIN,
-    errno.EINPROGRESS,
-    errno.EPROTOTYPE,
-    errno.EACCES,
-    errno.EPERM,
-    errno.EISCONN,
+# A datagram connect's answers: no socket bound to the file (illumos reports a socket
+# file without a socket as EDESTADDRREQ to a datagram socket, socksubr.c so_ux_lookup) ...
+_STALE = {errno.ECONNREFUSED, errno.ENOENT, errno.EDESTADDRREQ}
+# ... and a socket bound there: of another type, one connected elsewhere, or one we may
+# not reach (what cannot be checked is not removed).
+_LIVE = {errno.EPROTOTYPE, errno.EPERM, errno.EACCES, errno.EAGAIN, errno.EISCONN}
+_SEARCH = getattr(os, "O_PATH", 0) or getattr(os, "O_SEARCH", 0) or os.O_RDONLY
+_DIRECTORY = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | _SEARCH
+_MAX_LINKS = 40  # as the kernels' own path walks (Linux MAXSYMLINKS)
+_PRIVATE_PREFIX = b".udscompat-"
+_SETTLE_TIME = 0.02  # seconds a just-bound file may be held aside by another's check
+_NEEDS_DIR_FD = (os.open, os.stat, os.mkdir, os.rmdir, os.rename, os.link, os.unlink, os.readlink)
+_TYPE_NAMES = {
+    backend.SOCK_STREAM: "SOCK_STREAM",
+    backend.SOCK_DGRAM: "SOCK_DGRAM",
+    backend.SOCK_SEQPACKET: "SOCK_SEQPACKET",
 }
 
 
 class SocketFile:
-    """The filesystem entry a bind created: path, device, inode and change time.
+    """The filesystem entry a bind created: its path, device and inode.
 
-    The change time guards against inode reuse: a successor's file may get
-    the very inode number ours had.  (A chmod by someone else also changes
-    it; then the file is left alone, which is the safe side.)
+    ``remove()`` unlinks it only while the path still names this very
+    socket file -- never a successor's, even one that binds while
+    ``remove()`` runs.
     """
 
-    __slots__ = ("ctime_ns", "dev", "ino", "path")
+    __slots__ = ("_socket", "_socket_inode", "_stamp", "ctime_ns", "dev", "ino", "path")
 
-    def __init__(self, path: bytes, dev: int, ino: int, ctime_ns: int) -> None:
+    def __init__(
+        self,
+        path: bytes,
+        dev: int,
+        ino: int,
+        ctime_ns: int,
+        *,
+        stamp: Optional[float] = None,
+        sock: Optional[socket.socket] = None,
+    ) -> None:
         self.path = path
         self.dev = dev
         self.ino = ino
         self.ctime_ns = ctime_ns
+        self._stamp = ctime_ns if stamp is None else stamp
+        # The socket that made it, to tell ours from a stranger bound to a reused inode.
+        self._socket = None if sock is None else weakref.ref(sock)
+        self._socket_inode = None if sock is None else os.fstat(sock.fileno()).st_ino
 
     @classmethod
     def at(cls, path: bytes) -> SocketFile:
         """The socket file now at ``path``."""
         st = os.lstat(path)
-        return cls(path, st.st_dev, st.st_ino, st.st_ctime_ns)
+        return cls(path, st.st_dev, st.st_ino, st.st_ctime_ns, stamp=_stamp(st))
+
+    @property
+    def address(self) -> UnixSocketAddr:
+        """The path address this file is at (what ``getsockname()`` may not say)."""
+        return UnixSocketAddr.from_sockaddr(self.path)
 
     def remove(self) -> bool:
-        """Unlink the path if it still names this socket file.  True if removed."""
+        """Unlink the path if it still names this socket file.  True if removed.
+
+        False when the path is gone, names another file (a successor's
+        socket, even one bound while this runs), or no longer leads here
+        through directories udscompat will walk.
+        """
+        head, name = _split(self.path)
         try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
+            directory = _open_directory(head)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return False
+            raise
+        with directory:
+            key = (self.dev, self.ino, self._stamp)
+            return _remove_entry(directory, name, key, self._bound_elsewhere)
+
+    def _bound_elsewhere(self, st: os.stat_result, directory: _Directory, name: bytes) -> bool:
+        """Is a socket other than ours bound to ``st`` -- our inode number, reused?"""
+        if self._socket is None:
             return False
-        now = (st.st_dev, st.st_ino, st.st_ctime_ns)
-        if now != (self.dev, self.ino, self.ctime_ns) or not stat.S_ISSOCK(st.st_mode):
-            return False  # replaced by someone else: theirs now
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            return False
-        return True
+        ours = self._socket()
+        if ours is not None and ours.fileno() >= 0:
+            return False  # ours is open, so the inode cannot have been reused
+        table = backend.bound_unix_sockets()
+        if table is not None:
+            return not {s.inode for s in _answering(table, st)} <= {self._socket_inode}
+        return _is_live(directory, name, st)
 
     def __repr__(self) -> str:
         return f"SocketFile({os.fsdecode(self.path)!r}, dev={self.dev}, ino={self.ino})"
 
 
-def connect_unix(sock: socket.socket, address: UnixSocketAddr) -> None:
-    """``sock.connect`` to ``address``; errors as ``connect`` raises them (``connect_error``)."""
-    sock.connect(address.to_sockaddr())
-
-
-def connect_error(exc: OSError, address: UnixSocketAddr) -> OSError:
-    """``exc`` from connecting to ``address``, with the address in its message."""
-    return OSError(exc.errno, f"{exc.strerror}: cannot connect to {address}")
-
-
-def sendmsg_to(
-    sock: socket.socket, buffers: Any, ancdata: Any, flags: int, addr: AddressArg
-) -> int:
-    """``sock.sendmsg`` to ``addr``, an address by the one rule (``as_address``)."""
-    return sock.sendmsg(buffers, ancdata, flags, as_address(addr).to_sockaddr())
-
-
-def is_live_socket_file(path: bytes, sock_type: int) -> bool:
-    """Does a process accept (or receive) on the socket file at ``path``?
-
-    A non-blocking connect of the same type: refused means stale; success,
-    a full backlog, or a socket of another type means live.  Permission
-    errors count as live: what cannot be checked is not removed.
-    """
-    with socket.socket(socket.AF_UNIX, sock_type) as probe:
-        probe.setblocking(False)
-        try:
-            probe.connect(os.fsdecode(path))
-        except OSError as exc:
-            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-                return False
-            if exc.errno in _LIVE:
-                return True
-            raise
-        return True
+SocketFile.__module__ = "udscompat"
 
 
 def bind(
@@ -124,52 +182,668 @@ def bind(
     *,
     mode: Optional[int] = None,
     remove_stale: bool = True,
+    backlog: Optional[int] = None,
 ) -> Optional[SocketFile]:
-    """Like ``sock.bind(addr)``, but recovers from a stale socket file.
+    """Like ``sock.bind(addr)``, but safe in shared directories and after a crash.
 
     Args:
         sock: an unbound AF_UNIX socket of any type.
-        addr: where to bind.
-        mode: permission bits for the socket file (applied with ``chmod``
-            right after ``bind``; until then the umask applies).
-        remove_stale: remove a socket file nobody listens on before binding.
+        addr: where to bind, by udscompat's address rule (``"@name"`` is
+            abstract; see ``as_address``).
+        mode: permission bits for the socket file, in place before any
+            peer can reach it and applied without following a symbolic link
+            (see the module documentation for how, per OS).
+        remove_stale: first remove a socket file no socket is bound to.
+        backlog: if given, ``listen(backlog)`` too -- before the file
+            appears at the path where the kernel has no socket table to
+            tell a bound-but-not-listening socket from a stale file.
 
     Returns:
         The ``SocketFile`` for a path address (keep it to ``remove()`` the
         file later), ``None`` for abstract and unnamed addresses.
 
     Raises:
+        TypeError: ``mode`` or ``backlog`` is not an int, before anything is bound.
+        ValueError: ``mode`` is outside 0..0o7777 or given for an address
+            that is not a path; the path cannot be handed to the kernel
+            (the message names the limit).
+        UnsupportedError: the path runs through a directory another user
+            can change, and this kernel cannot bind through a descriptor.
         OSError: ``EADDRINUSE`` when a live socket, or anything that is not
-            a socket, is at the path (nothing is removed); the address is
-            named in the message.  Other ``bind`` errors likewise.
+            a socket, is at the path (nothing is removed); ``ELOOP`` for a
+            symbolic link on the way that another user owns.  The address
+            is named in every message.
     """
+    mode = _check_mode(mode)
+    if backlog is not None and (not isinstance(backlog, int) or isinstance(backlog, bool)):
+        raise TypeError(f"backlog must be an int or None, not {type(backlog).__name__}")
     address = as_address(addr)
     path = address.path_bytes
-    if path is not None and remove_stale:
-        _remove_if_stale(path, sock.type)
-    try:
-        sock.bind(address.to_sockaddr())
-    except OSError as exc:
-        raise OSError(exc.errno, f"{exc.strerror}: cannot bind {address}") from exc
     if path is None:
+        if mode is not None:
+            raise ValueError(f"mode= sets a socket file's permissions; {address} has no file")
+        _call(address, sock.bind, address.to_sockaddr())
+        if backlog is not None:
+            sock.listen(backlog)
         return None
-    if mode is not None:
-        os.chmod(path, mode)
-    return SocketFile.at(path)
-
-
-def _remove_if_stale(path: bytes, sock_type: int) -> None:
+    head, name = _split(path)
     try:
-        before = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(before.st_mode) or is_live_socket_file(path, sock_type):
-        return  # bind() will fail with EADDRINUSE, which is the truth
-    SocketFile(path, before.st_dev, before.st_ino, before.st_ctime_ns).remove()
+        directory = _open_directory(head)
+    except UnsupportedError:
+        raise
+    except OSError as exc:
+        raise _with_address(exc, "cannot bind", address) from exc
+    with directory:
+        private = mode is not None and not backend.BIND_MODE_FROM_SOCKET
+        if private:  # only checks that some path reaches it, before anything is touched
+            directory.reach(_PRIVATE_PREFIX + b"0" * 12 + b"/" + name)
+            target = None
+        else:
+            target = directory.reach(name, path)
+        if remove_stale:
+            _remove_stale(directory, name)
+        if private:
+            _bind_privately(sock, directory, name, mode, backlog, address)
+        else:
+            assert target is not None
+            if mode is not None:
+                os.fchmod(sock.fileno(), mode)  # the new file gets this less the umask
+            _call(address, sock.bind, target)
+            if mode is not None:
+                _add_masked_bits(directory, name, sock, mode, address)
+            if backlog is not None:
+                sock.listen(backlog)
+        st = _bound_file(directory, name, address)
+    return SocketFile(path, st.st_dev, st.st_ino, st.st_ctime_ns, stamp=_stamp(st), sock=sock)
 
 
 def close_listener(sock: Any, socket_file: Optional[SocketFile]) -> None:
-    """Close ``sock`` and then remove ``socket_file`` if it is still ours."""
-    sock.close()
-    if socket_file is not None:
-        socket_file.remove()
+    """Remove ``socket_file`` if it is still ours, then close ``sock``.
+
+    In this order the file never looks stale to a successor starting
+    meanwhile: it is live until it is gone, so no two instances ever
+    compete for it.
+    """
+    try:
+        if socket_file is not None:
+            socket_file.remove()
+    finally:
+        sock.close()
+
+
+def is_live_socket_file(path: bytes) -> bool:
+    """Is a socket bound to the socket file at ``path`` (listening or not yet)?
+
+    On Linux the kernel's socket table answers; elsewhere, or for a file
+    that table does not list, a datagram connect that no listener sees:
+    refused means stale; success, a socket of another type or a permission
+    error mean live (what cannot be checked is not removed).
+    """
+    head, name = _split(path)
+    with _open_directory(head) as directory:
+        st = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+        return _is_live(directory, name, st)
+
+
+# -- connecting and sending to an address ----------------------------------------------------------
+
+
+def connect_unix(sock: socket.socket, address: UnixSocketAddr) -> None:
+    """``sock.connect`` to ``address``, reaching a path CPython refuses through its directory.
+
+    Errors are ``connect``'s own (wrap them with ``connect_error``).
+    """
+    if address.kind != "path" or len(address.path_bytes or b"") < backend.SUN_PATH_SIZE:
+        sock.connect(address.to_sockaddr())
+        return
+    with _Reach(address) as target:
+        sock.connect(target)
+
+
+def sendmsg_to(
+    sock: socket.socket, buffers: Any, ancdata: Any, flags: int, addr: AddressArg
+) -> int:
+    """``sock.sendmsg`` to ``addr``, an address by the one rule (``as_address``)."""
+    address = as_address(addr)
+    if address.kind != "path" or len(address.path_bytes or b"") < backend.SUN_PATH_SIZE:
+        return sock.sendmsg(buffers, ancdata, flags, address.to_sockaddr())
+    with _Reach(address) as target:
+        return sock.sendmsg(buffers, ancdata, flags, target)
+
+
+def connect_error(
+    exc: OSError, address: UnixSocketAddr, sock: Optional[socket.socket] = None
+) -> OSError:
+    """``exc`` from connecting ``sock`` to ``address``, saying what was found there.
+
+    A listener of another socket type -- udscompat's other seqpacket
+    implementation among them -- answers EPROTOTYPE at a path, but
+    ECONNREFUSED at an abstract name (Linux keys abstract names by socket
+    type); the message says which, from the kernel's socket table where
+    there is one.
+    """
+    message = f"{exc.strerror}: cannot connect to {address}"
+    if sock is not None and exc.errno in (errno.EPROTOTYPE, errno.ECONNREFUSED):
+        found = _explain_refusal(exc.errno, address, sock.type)
+        if found:
+            message += f" ({found})"
+    return OSError(exc.errno, message)
+
+
+def _explain_refusal(code: int, address: UnixSocketAddr, sock_type: int) -> str:
+    ours = _TYPE_NAMES.get(sock_type, str(sock_type))
+    implementations = (
+        "udscompat's native seqpacket uses SOCK_SEQPACKET, the emulated one SOCK_STREAM"
+    )
+    table = backend.bound_unix_sockets()
+    if address.kind == "abstract":
+        if table is None:
+            if code != errno.ECONNREFUSED:
+                return ""
+            return (
+                f"nothing of type {ours} listens there; Linux looks abstract names up per "
+                f"socket type, so a listener of another type is refused too ({implementations})"
+            )
+        key = b"\0" + (address.name or b"")
+        there = [s for s in table if s.name == key]
+        if any(s.type == sock_type and s.listening for s in there):
+            return ""
+        others = sorted({_TYPE_NAMES.get(s.type, str(s.type)) for s in there if s.listening})
+        if others:
+            return (
+                f"a {' and a '.join(others)} socket listens there, not a {ours} one: Linux looks "
+                f"abstract names up per socket type and answers ECONNREFUSED, not EPROTOTYPE "
+                f"({implementations})"
+            )
+        return "nothing listens on that abstract name"
+    if address.kind != "path" or code != errno.EPROTOTYPE:
+        return _explain_path_refusal(address, table) if code == errno.ECONNREFUSED else ""
+    found = _sockets_at(address, table)
+    kinds = sorted({_TYPE_NAMES.get(s.type, str(s.type)) for s in found or []})
+    what = f"a {' and a '.join(kinds)} socket" if kinds else "a socket of another type"
+    return f"{what} is bound there, and this one is {ours} ({implementations})"
+
+
+def _explain_path_refusal(address: UnixSocketAddr, table: Optional[List[BoundSocket]]) -> str:
+    found = _sockets_at(address, table)
+    if found is None:
+        return ""
+    if not found:
+        return "a stale socket file: no socket is bound to it"
+    if not any(s.listening for s in found):
+        return "a socket is bound there but does not listen (yet)"
+    return ""
+
+
+def _sockets_at(
+    address: UnixSocketAddr, table: Optional[List[BoundSocket]]
+) -> Optional[List[BoundSocket]]:
+    if table is None or address.path_bytes is None:
+        return None
+    try:
+        st = os.stat(address.path_bytes)
+    except OSError:
+        return None
+    return _answering(table, st)
+
+
+class _Reach:
+    """The sockaddr for a path CPython will not pass (it fills sun_path): through its directory."""
+
+    def __init__(self, address: UnixSocketAddr) -> None:
+        path = address.path_bytes or b""
+        self._head, self._name = _split(path)
+        self._path = path
+        self._fd = -1
+
+    def __enter__(self) -> bytes:
+        limit = backend.SUN_PATH_SIZE - 1
+        if backend.FD_PATH is None:
+            raise ValueError(
+                f"AF_UNIX path is {len(self._path)} bytes; CPython passes paths with a NUL, so "
+                f"at most {limit} fit in sun_path on {backend.OS_NAME}, which has no "
+                f"/proc/self/fd to reach the file through its directory"
+            )
+        # connect and sendto follow symbolic links anyway: open the directory as they would.
+        self._fd = os.open(self._head, os.O_DIRECTORY | os.O_CLOEXEC | _SEARCH)
+        via = backend.FD_PATH.format(self._fd).encode() + b"/" + self._name
+        if len(via) > limit:
+            os.close(self._fd)
+            raise ValueError(_too_long_via(self._path, self._name, via, limit))
+        return via
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.close(self._fd)
+
+
+def _too_long_via(path: bytes, name: bytes, via: bytes, limit: int) -> str:
+    prefix = len(via) - len(name)
+    return (
+        f"AF_UNIX path {os.fsdecode(path)!r} is {len(path)} bytes, and its last component "
+        f"({len(name)} bytes) is too long to reach through its directory's descriptor "
+        f"({os.fsdecode(via[:prefix])}): sun_path holds {limit} bytes with CPython's NUL, "
+        f"leaving {limit - prefix} for the name"
+    )
+
+
+# -- the directory, opened once --------------------------------------------------------------------
+
+
+class _Directory:
+    """An open directory, the path it was reached by, and whether others can change that path."""
+
+    __slots__ = ("fd", "fixed", "path")
+
+    def __init__(self, fd: int, path: bytes, fixed: bool) -> None:
+        self.fd = fd
+        self.path = path
+        self.fixed = fixed
+
+    def reach(self, name: bytes, given: Optional[bytes] = None) -> bytes:
+        """The path to hand ``bind`` for ``name`` here: the kernel walks it again.
+
+        Raises:
+            ValueError: no path the kernel takes reaches it (the message
+                names the limit).
+            UnsupportedError: another user could redirect the walk, and
+                this kernel cannot bind through a descriptor.
+        """
+        limit = backend.SUN_PATH_SIZE - 1
+        if given is None:
+            given = _join(self.path, name)
+        if self.fixed and len(given) <= limit:
+            return given
+        if backend.FD_PATH is not None:
+            via = backend.FD_PATH.format(self.fd).encode() + b"/" + name
+            if len(via) > limit:
+                raise ValueError(_too_long_via(given, name, via, limit))
+            return via
+        if not self.fixed:
+            raise UnsupportedError(
+                "binds through a directory another user can change",
+                backend.OS_NAME,
+                f"{os.fsdecode(given)!r} runs through one, and the kernel would walk the path "
+                "again, where that user could redirect it; there is no /proc/self/fd to bind "
+                "through the directory udscompat opened",
+            )
+        raise ValueError(
+            f"AF_UNIX path is {len(given)} bytes; CPython passes paths with a NUL, so at most "
+            f"{limit} fit in sun_path on {backend.OS_NAME}"
+        )
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> _Directory:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _open_directory(path: bytes) -> _Directory:
+    """Open directory ``path`` without following a symbolic link another user could change.
+
+    Each component is opened with ``O_NOFOLLOW`` relative to the last; a
+    symbolic link is read and followed only if root or this user owns it.
+
+    Raises:
+        OSError: as ``open`` would (``ENOENT``, ``ENOTDIR``, ``EACCES``);
+            ``ELOOP`` for a link another user owns, or past 40 links.
+        UnsupportedError: Python's ``os`` here cannot work relative to a
+            directory descriptor (so cannot avoid following links).
+    """
+    missing = [f.__name__ for f in _NEEDS_DIR_FD if f not in os.supports_dir_fd]
+    if missing:
+        raise UnsupportedError(
+            "socket files handled without following links",
+            backend.OS_NAME,
+            f"Python's os lacks dir_fd for {', '.join(missing)}",
+        )
+    euid = os.geteuid()
+    fd = os.open(b"/" if path.startswith(b"/") else b".", _DIRECTORY)
+    todo = [part for part in reversed(path.split(b"/")) if part not in (b"", b".")]
+    fixed = True
+    links = 0
+    try:
+        while todo:
+            part = todo.pop()
+            here = os.fstat(fd)
+            try:
+                next_fd = os.open(part, _DIRECTORY, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                target, link = _read_link(fd, part, euid, path, exc)
+                links += 1
+                if links > _MAX_LINKS:
+                    raise OSError(errno.ELOOP, f"more than {_MAX_LINKS} symbolic links") from None
+                fixed = fixed and _cannot_be_replaced(here, link, euid)
+                if target.startswith(b"/"):
+                    os.close(fd)
+                    fd = -1
+                    fd = os.open(b"/", _DIRECTORY)
+                todo.extend(p for p in reversed(target.split(b"/")) if p not in (b"", b"."))
+                continue
+            if part != b"..":  # the parent of a directory no one else can move stays put
+                fixed = fixed and _cannot_be_replaced(here, os.fstat(next_fd), euid)
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return _Directory(fd, path, fixed)
+
+
+def _read_link(
+    dir_fd: int, part: bytes, euid: int, path: bytes, cause: OSError
+) -> Tuple[bytes, os.stat_result]:
+    link = os.stat(part, dir_fd=dir_fd, follow_symlinks=False)
+    if not stat.S_ISLNK(link.st_mode):
+        raise cause
+    if link.st_uid not in (0, euid):
+        raise OSError(
+            errno.ELOOP,
+            f"{os.fsdecode(path)!r}: {os.fsdecode(part)!r} is a symbolic link owned by uid "
+            f"{link.st_uid}; udscompat follows only links of root or uid {euid}, which no "
+            "other user can point elsewhere",
+        )
+    target = os.readlink(part, dir_fd=dir_fd)
+    again = os.stat(part, dir_fd=dir_fd, follow_symlinks=False)
+    if (again.st_ino, again.st_uid, again.st_ctime_ns) != (
+        link.st_ino,
+        link.st_uid,
+        link.st_ctime_ns,
+    ):
+        raise OSError(errno.ELOOP, f"{os.fsdecode(path)!r}: {part!r} changed while it was read")
+    return target, link
+
+
+def _answering(table: List[BoundSocket], st: os.stat_result) -> List[BoundSocket]:
+    """The sockets a connect or send to the file ``st`` would reach (or will, once listening)."""
+    return [s for s in table if s.answers_at_name and s.is_bound_to(st.st_dev, st.st_ino)]
+
+
+def _cannot_be_replaced(directory: os.stat_result, entry: os.stat_result, euid: int) -> bool:
+    """Can only root and this user rename or replace ``entry`` in ``directory``?
+
+    POSIX ACLs show in the group bits (their mask), so group-writable counts
+    as writable by others.
+    """
+    if directory.st_uid not in (0, euid):
+        return False
+    if directory.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        # A sticky directory lets only an entry's owner (and root) rename it.
+        return bool(directory.st_mode & stat.S_ISVTX) and entry.st_uid in (0, euid)
+    return True
+
+
+def _join(directory: bytes, name: bytes) -> bytes:
+    return (b"" if directory == b"/" else directory) + b"/" + name
+
+
+def _split(path: bytes) -> Tuple[bytes, bytes]:
+    head, slash, name = path.rpartition(b"/")
+    if not slash:
+        head = b"."
+    elif not head:
+        head = b"/"
+    if name in (b"", b".", b".."):
+        raise ValueError(f"AF_UNIX path {os.fsdecode(path)!r} does not name a file in a directory")
+    return head, name
+
+
+# -- stale files, and removing an entry only after looking at it where no one else can ------------
+
+
+def _remove_stale(directory: _Directory, name: bytes) -> None:
+    try:
+        seen = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(seen.st_mode) or _is_live(directory, name, seen):
+        return  # bind() will fail with EADDRINUSE, which is the truth
+    # A file once stale stays stale (binding makes a new one); the second look only
+    # guards against its inode number being reused by a new socket meanwhile.
+    _remove_entry(
+        directory,
+        name,
+        _key(seen),
+        lambda taken, private, taken_name: _is_live(private, taken_name, taken),
+    )
+
+
+def _is_live(directory: _Directory, name: bytes, st: os.stat_result) -> bool:
+    """Is a socket bound to ``st``, the socket file at ``name`` in ``directory``?"""
+    table = backend.bound_unix_sockets()
+    if table is not None and _answering(table, st):
+        return True  # bound (listening or not yet) in this network namespace
+    # No table here, or a socket bound from another network namespace (the table lists
+    # this one's only).  A datagram connect: refused before anything is queued.
+    try:
+        target = directory.reach(name)
+    except (ValueError, UnsupportedError):
+        return True  # cannot be checked: not removed
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(target)
+        except OSError as exc:
+            if exc.errno in _STALE:
+                return False
+            if exc.errno in _LIVE:
+                return True
+            raise
+        return True  # a bound datagram socket
+
+
+#: ``keep(entry's lstat, the directory it is now in, its name there)``: leave it?
+_Keep = Callable[[os.stat_result, "_Directory", bytes], bool]
+#: What identifies one socket file over time: device, inode and ``_stamp``.
+_FileKey = Tuple[int, int, float]
+
+
+def _remove_entry(directory: _Directory, name: bytes, key: _FileKey, keep: _Keep) -> bool:
+    """Unlink ``name`` if it is the socket file ``key`` and ``keep`` does not object.
+
+    The entry is looked at just before it is renamed aside to a random name
+    (atomic: whatever is at the name then moves), judged again there, and
+    only then unlinked or linked back.  Something else at the name is left
+    alone, and one that arrived between the look and the rename is put back
+    at once.  (Only someone who may change the directory could swap the
+    random name, and they could unlink anything in it themselves.)
+    """
+    aside = _PRIVATE_PREFIX + secrets.token_hex(8).encode()
+    try:
+        now = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+        if not stat.S_ISSOCK(now.st_mode) or _key(now) != key:
+            return False  # not that file (any more): someone else's, untouched
+        os.rename(name, aside, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
+    except FileNotFoundError:
+        return False
+    taken = os.stat(aside, dir_fd=directory.fd, follow_symlinks=False)
+    # The rename moved its change time; an inode number reused since the look above is
+    # caught by the birth time where there is one, else by ``keep``.
+    same = _key(taken)[:2] == key[:2] and _birth(taken) in (None, key[2])
+    try:
+        judged_keep = not same or keep(taken, directory, aside)
+    except BaseException:
+        _put_back(directory, aside, name)
+        raise
+    if judged_keep:
+        _put_back(directory, aside, name)
+        return False
+    os.unlink(aside, dir_fd=directory.fd)
+    return True
+
+
+def _put_back(directory: _Directory, aside: bytes, name: bytes) -> None:
+    """Link ``aside`` back at ``name`` (never replacing anything), then drop ``aside``."""
+    try:
+        os.link(
+            aside, name, src_dir_fd=directory.fd, dst_dir_fd=directory.fd, follow_symlinks=False
+        )
+    except FileExistsError:
+        # Someone took the name in the moment it was empty: keep the entry beside it.
+        spare = b"." + name + b".displaced-" + secrets.token_hex(4).encode()
+        os.rename(aside, spare, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
+        return
+    os.unlink(aside, dir_fd=directory.fd)
+
+
+def _key(st: os.stat_result) -> _FileKey:
+    return (st.st_dev, st.st_ino, _stamp(st))
+
+
+class _PrivateDirectory(_Directory):
+    """A directory only this user can enter, made beside the target (same filesystem, so a
+    socket bound in it can be linked into place)."""
+
+    __slots__ = ("_name", "_parent")
+
+    def __init__(self, parent: _Directory) -> None:
+        self._parent = parent
+        self._name = _PRIVATE_PREFIX + secrets.token_hex(6).encode()
+        os.mkdir(self._name, 0o700, dir_fd=parent.fd)
+        fd = os.open(self._name, _DIRECTORY, dir_fd=parent.fd)
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            os.close(fd)
+            raise OSError(errno.EPERM, "the private directory udscompat made was replaced")
+        super().__init__(fd, _join(parent.path, self._name), parent.fixed)
+
+    def close(self) -> None:
+        super().close()
+        try:
+            os.rmdir(self._name, dir_fd=self._parent.fd)
+        except OSError:
+            pass  # not empty (an entry could not be put back) or already gone
+
+    def __enter__(self) -> _PrivateDirectory:
+        return self
+
+
+# -- mode -----------------------------------------------------------------------------------------
+
+
+def _bound_file(directory: _Directory, name: bytes, address: UnixSocketAddr) -> os.stat_result:
+    """The socket file just bound at ``name``."""
+    deadline = time.monotonic() + _SETTLE_TIME
+    while True:
+        try:
+            st = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            # Another instance's stale-file check may hold it aside for microseconds.
+            if time.monotonic() < deadline:
+                time.sleep(_SETTLE_TIME / 20)
+                continue
+            st = None
+        if st is None or not stat.S_ISSOCK(st.st_mode):
+            raise OSError(
+                errno.EBUSY,
+                f"the socket file at {address} was moved or replaced as soon as it was bound",
+            )
+        return st
+
+
+def _check_mode(mode: Optional[int]) -> Optional[int]:
+    if mode is None:
+        return None
+    if not isinstance(mode, int) or isinstance(mode, bool):
+        raise TypeError(f"mode must be an int (permission bits) or None, not {type(mode).__name__}")
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"mode must be permission bits between 0 and 0o7777, not {mode:#o}")
+    return mode
+
+
+def _add_masked_bits(
+    directory: _Directory, name: bytes, sock: socket.socket, mode: int, address: UnixSocketAddr
+) -> None:
+    """Give the file the bits of ``mode`` the umask removed, if it is provably this socket's."""
+    fd = os.open(name, os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_PATH", 0), dir_fd=directory.fd)
+    try:
+        st = os.fstat(fd)
+        if stat.S_IMODE(st.st_mode) == mode:
+            return
+        table = backend.bound_unix_sockets()
+        if table is None or backend.FD_PATH is None:
+            raise UnsupportedError(
+                "socket file modes the umask does not allow",
+                backend.OS_NAME,
+                f"the umask took {stat.S_IMODE(st.st_mode) ^ mode:#o} from mode {mode:#o} at "
+                f"{address}, and without sock_diag and /proc udscompat cannot prove the file "
+                "is this socket's before widening it; use a umask that keeps those bits",
+            )
+        inode = os.fstat(sock.fileno()).st_ino
+        if not any(s.inode == inode and s.is_bound_to(st.st_dev, st.st_ino) for s in table):
+            raise OSError(
+                errno.EBUSY,
+                f"the socket file at {address} was replaced as soon as it was bound; its mode "
+                "was left alone",
+            )
+        os.chmod(backend.FD_PATH.format(fd), mode)  # this inode: no path walk, no link
+    finally:
+        os.close(fd)
+
+
+def _bind_privately(
+    sock: socket.socket,
+    directory: _Directory,
+    name: bytes,
+    mode: Optional[int],
+    backlog: Optional[int],
+    address: UnixSocketAddr,
+) -> None:
+    """Bind in a private directory, set the mode and listen there, then link into place."""
+    with _PrivateDirectory(directory) as private:
+        _call(address, sock.bind, private.reach(name))
+        try:
+            if mode is not None:
+                os.chmod(name, mode, dir_fd=private.fd)  # our own 0700 directory: nothing to swap
+            if backlog is not None:
+                sock.listen(backlog)
+            try:
+                os.link(
+                    name,
+                    name,
+                    src_dir_fd=private.fd,
+                    dst_dir_fd=directory.fd,
+                    follow_symlinks=False,
+                )
+            except FileExistsError as exc:
+                raise _with_address(
+                    OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE)), "cannot bind", address
+                ) from exc
+        finally:
+            os.unlink(name, dir_fd=private.fd)
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+
+
+def _call(address: UnixSocketAddr, bind_call: Callable[[Any], None], target: Any) -> None:
+    try:
+        bind_call(target)
+    except OSError as exc:
+        raise _with_address(exc, "cannot bind", address) from exc
+
+
+def _with_address(exc: OSError, what: str, address: UnixSocketAddr) -> OSError:
+    return OSError(exc.errno, f"{exc.strerror}: {what} {address}")
+
+
+def _stamp(st: os.stat_result) -> float:
+    """What tells a file from a later one that got its freed inode number (ext4 reuses them).
+
+    The creation time where it is recorded (the BSDs, macOS); else the change
+    time, which also moves on a chmod or a link made or removed -- after which
+    udscompat leaves the file alone, the safe side.
+    """
+    birth = _birth(st)
+    return float(st.st_ctime_ns) if birth is None else birth
+
+
+def _birth(st: os.stat_result) -> Optional[float]:
+    birth: Optional[float] = getattr(st, "st_birthtime", None)
+    return birth

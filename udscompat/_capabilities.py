@@ -97,19 +97,22 @@ def _credentials_feature() -> Feature:
 
 
 def _longest_bindable_path() -> Optional[int]:
-    """Bind ever longer paths in a private directory; the longest that bound."""
+    """Bind ever longer paths in a private directory with udscompat's bind; the longest."""
+    from udscompat._bind import bind  # reaches a full Linux sun_path, which CPython refuses
+
     with tempfile.TemporaryDirectory(prefix="udsc") as tmp:
         base = os.fsencode(tmp) + b"/"
         best: Optional[int] = None
-        for length in range(backend.MAX_PATH_BYTES - 2, backend.SUN_PATH_SIZE + 3):
+        for length in range(backend.SUN_PATH_SIZE - 3, backend.SUN_PATH_SIZE + 3):
             if length <= len(base):
                 continue
             path = base + b"p" * (length - len(base))
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 try:
-                    sock.bind(path)
-                except OSError:
+                    socket_file = bind(sock, path)
+                except (OSError, ValueError):
                     break
                 best = length
-            os.unlink(path)
+            if socket_file is not None:
+                socket_file.remove()
         return best

@@ -27,7 +27,15 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from udscompat import _fdpass, _framing, _io, _probes
 from udscompat._address import UnixSocketAddr
-from udscompat._bind import AddressArg, SocketFile, as_address, bind, connect_error, connect_unix
+from udscompat._bind import (
+    AddressArg,
+    SocketFile,
+    as_address,
+    bind,
+    close_listener,
+    connect_error,
+    connect_unix,
+)
 from udscompat._errors import ControlTruncatedError, FramingError, UnsupportedError
 from udscompat._platform import backend
 from udscompat._records import ConnCredentials, Message
@@ -114,8 +122,10 @@ class SeqpacketConn:
         """Connect to a ``SeqpacketListener`` (of the same implementation) at ``addr``.
 
         Raises:
-            OSError: from ``connect``, with the address in the message
-                (``EPROTOTYPE`` means the listener uses the other implementation).
+            OSError: from ``connect``, with the address in the message.  A
+                listener of the other implementation answers ``EPROTOTYPE``
+                at a path and ``ECONNREFUSED`` at an abstract name (Linux
+                keys those by socket type); the message says which was found.
         """
         address = as_address(addr)
         impl = resolve_implementation(implementation)
@@ -129,7 +139,7 @@ class SeqpacketConn:
             sock.close()
             if isinstance(exc, TimeoutError):
                 raise
-            raise connect_error(exc, address) from exc
+            raise connect_error(exc, address, sock) from exc
         conn = _wrap(sock, impl)
         conn.settimeout(timeout)
         return conn
@@ -579,13 +589,12 @@ class SeqpacketListener:
         self._sock = socket.socket(socket.AF_UNIX, kind)
         self._file: Optional[SocketFile] = None
         try:
-            self._file = bind(self._sock, addr, mode=mode)
-            self._sock.listen(backlog)
+            self._file = bind(self._sock, addr, mode=mode, backlog=backlog)
         except BaseException:
-            self._sock.close()
-            if self._file is not None:
-                self._file.remove()
+            close_listener(self._sock, self._file)
             raise
+        # getsockname() names /proc/self/fd/N/... for a socket bound through a descriptor.
+        self._path = None if self._file is None else self._file.address
         if not remove_on_close:
             self._file = None
         self._sock.setblocking(False)
@@ -601,7 +610,7 @@ class SeqpacketListener:
     @property
     def local_addr(self) -> UnixSocketAddr:
         """The address this listener is bound to."""
-        return UnixSocketAddr.from_sockaddr(self._sock.getsockname())
+        return self._path or UnixSocketAddr.from_sockaddr(self._sock.getsockname())
 
     def fileno(self) -> int:
         """The listening socket's descriptor."""
@@ -619,10 +628,8 @@ class SeqpacketListener:
 
     def close(self) -> None:
         """Stop listening; remove the socket file if it is still ours and removal was asked."""
-        self._sock.close()
-        if self._file is not None:
-            self._file.remove()
-            self._file = None
+        file, self._file = self._file, None
+        close_listener(self._sock, file)  # removed first: never stale while it is still there
 
     def __enter__(self) -> SeqpacketListener:
         return self

@@ -438,7 +438,7 @@ async def open_seqpacket_connection(
     except BaseException as exc:
         sock.close()
         if isinstance(exc, OSError) and not isinstance(exc, (BlockingIOError, TimeoutError)):
-            raise connect_error(exc, address) from exc
+            raise connect_error(exc, address, sock) from exc
         raise
     return AsyncSeqpacketConn(_seqpacket._wrap(sock, impl))
 

@@ -9,12 +9,44 @@ each module to a ``Backend`` variable so mypy proves it complete.
 from __future__ import annotations
 
 import socket
-from typing import Optional, Protocol, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from udscompat._msgcreds import ReceivedCredentials, SendCredentials
 from udscompat._records import ConnCredentials
 
-__all__ = ["Backend", "cmsg_len", "cmsg_space"]
+__all__ = ["Backend", "BoundSocket", "cmsg_len", "cmsg_space"]
+
+
+class BoundSocket(NamedTuple):
+    """One AF_UNIX socket in the kernel's table, as a socket-table query reports it."""
+
+    #: The socket's own inode number (``os.fstat(sock.fileno()).st_ino``).
+    inode: int
+    #: ``SOCK_STREAM``, ``SOCK_DGRAM`` or ``SOCK_SEQPACKET``.
+    type: int
+    listening: bool
+    #: Connected: a connection ``accept()`` returned (it shares its listener's name and
+    #: file), a client, or a connected datagram socket.
+    connected: bool
+    #: The address it was bound with (an abstract name keeps its leading NUL); ``None`` if unbound.
+    name: Optional[bytes]
+    #: ``(st_dev, st_ino)`` of the socket file it is bound to, ``None`` for no file.  The
+    #: inode number may be only the low bits the kernel reports (``file_ino_mask``).
+    file: Optional[Tuple[int, int]]
+    file_ino_mask: int = -1
+
+    @property
+    def answers_at_name(self) -> bool:
+        """Does a connect or send to its name reach this socket (or will, once it listens)?
+
+        A listener, a bound socket that neither listens nor is connected yet,
+        or a datagram socket -- not a connection, which only inherited the name.
+        """
+        return self.listening or not self.connected or self.type == socket.SOCK_DGRAM
+
+    def is_bound_to(self, dev: int, ino: int) -> bool:
+        """Is this socket bound to the file with ``st_dev`` ``dev`` and ``st_ino`` ``ino``?"""
+        return self.file == (dev, ino & self.file_ino_mask)
 
 
 class Backend(Protocol):
@@ -24,7 +56,9 @@ class Backend(Protocol):
     OS_NAME: str
     #: ``sizeof(((struct sockaddr_un *)0)->sun_path)``.
     SUN_PATH_SIZE: int
-    #: Longest filesystem path bind/connect take: sun_path less its NUL.
+    #: Longest filesystem path udscompat binds, connects and sends to: sun_path less the
+    #: NUL CPython adds, or all of sun_path where the kernel takes it without one and a
+    #: descriptor path (``FD_PATH``) lets udscompat hand it over.
     MAX_PATH_BYTES: int
     #: Longest abstract name, without its leading NUL (0: no abstract names).
     SOL_SOCKET: int
@@ -53,6 +87,17 @@ class Backend(Protocol):
     MESSAGE_MARKER: Optional[Tuple[int, int, int]]
     #: Keep a duplicate of every sent fd until the peer has it (macOS).
     HOLD_SENT_FDS: bool
+
+    #: bind() gives the new socket file the mode of the socket's own inode less the
+    #: umask, so ``fchmod`` on the unbound socket sets the file's mode from the start.
+    BIND_MODE_FROM_SOCKET: bool
+    #: A path naming an open descriptor's own file (``str.format`` it with the fd): a
+    #: directory opened once is reached again without walking its path; ``None`` if none.
+    FD_PATH: Optional[str]
+
+    def bound_unix_sockets(self) -> Optional[List[BoundSocket]]:
+        """Every AF_UNIX socket the kernel will list, or ``None`` where it lists none."""
+        ...
 
     # -- ancillary credentials and the peer's security label ----------------------------
 

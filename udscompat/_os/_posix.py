@@ -14,6 +14,7 @@ from typing import Callable, List, NamedTuple, NoReturn, Optional, Sequence, Tup
 
 from udscompat._errors import UnsupportedError
 from udscompat._msgcreds import ReceivedCredentials, SendCredentials
+from udscompat._os import BoundSocket
 from udscompat._records import ConnCredentials
 
 OS_NAME = os.uname().sysname if hasattr(os, "uname") else "unknown POSIX"
@@ -35,6 +36,15 @@ FD_CARRYING_CMSG_TYPES: Tuple[int, ...] = ()
 SEQPACKET_SEND_FLAGS = 0
 MESSAGE_MARKER: Optional[Tuple[int, int, int]] = None
 HOLD_SENT_FDS = False
+# 4.4BSD's unp_bind creates the file with ACCESSPERMS less the umask: the socket's
+# own mode is not used (the conformance case os.bind.mode_from_socket measures it).
+BIND_MODE_FROM_SOCKET = False
+FD_PATH: Optional[str] = None
+
+
+def bound_unix_sockets() -> Optional[List[BoundSocket]]:
+    """No socket-table query udscompat knows on this kernel (Linux has sock_diag)."""
+    return None
 
 
 #: One ``(level, type, data)`` control message, as ``socket.recvmsg`` returns it.

@@ -27,6 +27,7 @@ from udscompat._os._posix import (
     unpack_exact,
     xucred_groups,
 )
+from udscompat._os._posix import bound_unix_sockets as bound_unix_sockets
 from udscompat._records import ConnCredentials
 
 OS_NAME = "DragonFly BSD"
@@ -49,6 +50,9 @@ FD_CARRYING_CMSG_TYPES: Tuple[int, ...] = ()
 SEQPACKET_SEND_FLAGS = 0
 MESSAGE_MARKER: Optional[Tuple[int, int, int]] = None
 HOLD_SENT_FDS = False
+# unp_bind: ACCESSPERMS less the umask (inferred; the case os.bind.mode_from_socket measures it).
+BIND_MODE_FROM_SOCKET = False
+FD_PATH: Optional[str] = None
 
 LOCAL_PEERCRED = 1  # at level 0; the header has no SOL_LOCAL
 XUCRED = struct.Struct("=IIh2x16I")  # the FreeBSD 4 layout: no pid union

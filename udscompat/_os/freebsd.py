@@ -30,6 +30,7 @@ from udscompat._os._posix import (
     unpack_exact,
     xucred_groups,
 )
+from udscompat._os._posix import bound_unix_sockets as bound_unix_sockets
 from udscompat._records import ConnCredentials
 
 OS_NAME = "FreeBSD"
@@ -54,6 +55,9 @@ FD_CARRYING_CMSG_TYPES: Tuple[int, ...] = ()
 SEQPACKET_SEND_FLAGS = MSG_EOR
 MESSAGE_MARKER: Optional[Tuple[int, int, int]] = None
 HOLD_SENT_FDS = False
+# unp_bind: ACCESSPERMS less the umask (inferred; the case os.bind.mode_from_socket measures it).
+BIND_MODE_FROM_SOCKET = False
+FD_PATH: Optional[str] = None
 
 SOL_LOCAL = 0  # uipc_ctloutput rejects any other level with EINVAL
 LOCAL_PEERCRED = 1

@@ -30,6 +30,7 @@ from udscompat._os._posix import (
     received,
     refuse,
 )
+from udscompat._os._posix import bound_unix_sockets as bound_unix_sockets
 from udscompat._records import ConnCredentials
 
 OS_NAME = "illumos"
@@ -51,6 +52,9 @@ FD_CARRYING_CMSG_TYPES: Tuple[int, ...] = ()
 SEQPACKET_SEND_FLAGS = 0
 MESSAGE_MARKER: Optional[Tuple[int, int, int]] = None
 HOLD_SENT_FDS = False
+# unp_bind: ACCESSPERMS less the umask (inferred; the case os.bind.mode_from_socket measures it).
+BIND_MODE_FROM_SOCKET = False
+FD_PATH: Optional[str] = None
 
 
 def decode_ucred(libc: Any, ucred: ctypes.c_void_p) -> ConnCredentials:

@@ -1,18 +1,21 @@
 """Linux: abstract addresses, SO_PEERCRED, MSG_CMSG_CLOEXEC, 253 fds per message.
 
 Sources: glibc ``bits/socket.h``, ``sys/un.h``, ``asm-generic/socket.h`` on
-Debian 12; ``net/unix/af_unix.c``; ``include/net/scm.h`` (os-facts §2).
+Debian 12; ``net/unix/af_unix.c``; ``include/net/scm.h`` (os-facts §2);
+``linux/netlink.h``, ``linux/sock_diag.h``, ``linux/unix_diag.h`` of
+linux-libc-dev 6.1 (Debian 12) for the socket table.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from udscompat._msgcreds import ReceivedCredentials, SendCredentials
-from udscompat._os import cmsg_space
+from udscompat._os import BoundSocket, cmsg_space
 from udscompat._os._posix import (
     Cmsg,
     credentials_of,
@@ -24,7 +27,9 @@ from udscompat._records import ConnCredentials
 
 OS_NAME = "Linux"
 SUN_PATH_SIZE = 108  # sys/un.h: char sun_path[108]
-MAX_PATH_BYTES = SUN_PATH_SIZE - 1  # CPython needs room for the NUL
+# A path that fills sun_path without a NUL is accepted (unix_mkname_bsd terminates it);
+# CPython refuses one, so udscompat reaches it through /proc/self/fd of its directory.
+MAX_PATH_BYTES = SUN_PATH_SIZE
 SOL_SOCKET = 1
 SCM_RIGHTS = 1
 SOCK_STREAM = 1
@@ -46,6 +51,10 @@ SO_TIMESTAMP = 29  # asm-generic/socket.h: SO_TIMESTAMP_OLD == SCM_TIMESTAMP
 # (SO_PASSCRED would too, but makes every send autobind an abstract name.)
 MESSAGE_MARKER: Optional[Tuple[int, int, int]] = (SOL_SOCKET, SO_TIMESTAMP, SO_TIMESTAMP)
 HOLD_SENT_FDS = False
+# af_unix.c unix_bind_bsd: mode = S_IFSOCK | (SOCK_INODE(sock)->i_mode & ~current_umask()).
+BIND_MODE_FROM_SOCKET = True
+# procfs: the magic link of an open descriptor resolves to that very file or directory.
+FD_PATH: Optional[str] = "/proc/self/fd/{}"
 
 SO_PEERCRED = 17
 SO_PEERGROUPS = 59
@@ -148,3 +157,136 @@ def peer_security_label(sock: socket.socket) -> Optional[bytes]:
             raise
         return decode_security_label(raw)
     raise OSError(errno.ERANGE, f"SO_PEERSEC label longer than {_LABEL_SIZES[-1]} bytes")
+
+
+# -- the socket table: sock_diag (linux/sock_diag.h, linux/unix_diag.h) ------------------------
+
+NETLINK_SOCK_DIAG = 4  # linux/netlink.h; not in Python's socket module
+SOCK_DIAG_BY_FAMILY = 20  # linux/sock_diag.h
+NLM_F_REQUEST = 0x01  # linux/netlink.h
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+NLMSG_ERROR = 0x2
+NLMSG_DONE = 0x3
+NLMSGHDR = struct.Struct("=IHHII")  # nlmsg_len, nlmsg_type, nlmsg_flags, nlmsg_seq, nlmsg_pid
+NLATTR = struct.Struct("=HH")  # struct nlattr { __u16 nla_len; __u16 nla_type; }
+# struct unix_diag_req { __u8 sdiag_family, sdiag_protocol; __u16 pad; __u32 udiag_states,
+# udiag_ino, udiag_show, udiag_cookie[2]; }
+UNIX_DIAG_REQ = struct.Struct("=BBHIIIII")
+# struct unix_diag_msg { __u8 udiag_family, udiag_type, udiag_state, pad; __u32 udiag_ino,
+# udiag_cookie[2]; }
+UNIX_DIAG_MSG = struct.Struct("=BBBBIII")
+UNIX_DIAG_VFS_ = struct.Struct(
+    "=II"
+)  # struct unix_diag_vfs { __u32 udiag_vfs_ino, udiag_vfs_dev; }
+UDIAG_SHOW_NAME = 0x01
+UDIAG_SHOW_VFS = 0x02
+UNIX_DIAG_NAME = 0  # attribute types: the enum starts at UNIX_DIAG_NAME = 0
+UNIX_DIAG_VFS = 1
+TCP_ESTABLISHED = 1  # netinet/tcp.h: a unix socket's sk_state reuses the TCP state numbers
+TCP_LISTEN = 10
+ALL_STATES = 0xFFFFFFFF
+# udiag_vfs_dev is the kernel's dev_t (MAJOR << 20 | MINOR, include/linux/kdev_t.h), not
+# the st_dev encoding; udiag_vfs_ino carries only the low 32 bits of i_ino.
+_KDEV_MINOR_BITS = 20
+_VFS_INO_MASK = 0xFFFFFFFF
+_DUMP_TIMEOUT = 5.0  # seconds; the kernel answers a dump at once
+
+
+def unix_diag_request(seq: int = 1) -> bytes:
+    """A SOCK_DIAG_BY_FAMILY dump request for every AF_UNIX socket, with names and files."""
+    body = UNIX_DIAG_REQ.pack(
+        socket.AF_UNIX, 0, 0, ALL_STATES, 0, UDIAG_SHOW_NAME | UDIAG_SHOW_VFS, 0, 0
+    )
+    header = NLMSGHDR.pack(
+        NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
+    )
+    return header + body
+
+
+def decode_unix_diag(data: bytes) -> Tuple[List[BoundSocket], bool]:
+    """Decode one datagram of a unix_diag dump: the sockets in it, and whether the dump ended.
+
+    Raises:
+        OSError: the kernel answered with an error (its errno), or sent a
+            truncated message (``EPROTO``).
+    """
+    sockets: List[BoundSocket] = []
+    for kind, payload in _netlink_messages(data):
+        if kind == NLMSG_DONE:
+            return sockets, True
+        if kind == NLMSG_ERROR:
+            (error,) = struct.unpack_from("=i", payload)
+            raise OSError(-error, f"sock_diag refused the dump: {os.strerror(-error)}")
+        if kind != SOCK_DIAG_BY_FAMILY:
+            continue
+        if len(payload) < UNIX_DIAG_MSG.size:
+            raise OSError(errno.EPROTO, f"unix_diag_msg of {len(payload)} bytes")
+        _, sock_type, state, _, inode, _, _ = UNIX_DIAG_MSG.unpack_from(payload)
+        name: Optional[bytes] = None
+        file: Optional[Tuple[int, int]] = None
+        for attr_type, value in _attributes(payload[UNIX_DIAG_MSG.size :]):
+            if attr_type == UNIX_DIAG_NAME:
+                # A path is stored with the NUL its addrlen counted; an abstract name exactly.
+                name = value if value[:1] == b"\0" else value.split(b"\0", 1)[0]
+            elif attr_type == UNIX_DIAG_VFS and len(value) >= UNIX_DIAG_VFS_.size:
+                vfs_ino, vfs_dev = UNIX_DIAG_VFS_.unpack_from(value)
+                dev = os.makedev(
+                    vfs_dev >> _KDEV_MINOR_BITS, vfs_dev & ((1 << _KDEV_MINOR_BITS) - 1)
+                )
+                file = (dev, vfs_ino)
+        sockets.append(
+            BoundSocket(
+                inode,
+                sock_type,
+                state == TCP_LISTEN,
+                state == TCP_ESTABLISHED,
+                name,
+                file,
+                _VFS_INO_MASK,
+            )
+        )
+    return sockets, False
+
+
+def _netlink_messages(data: bytes) -> Iterator[Tuple[int, bytes]]:
+    offset = 0
+    while offset + NLMSGHDR.size <= len(data):
+        length, kind, _, _, _ = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size or offset + length > len(data):
+            raise OSError(errno.EPROTO, f"netlink message of {length} bytes at offset {offset}")
+        yield kind, data[offset + NLMSGHDR.size : offset + length]
+        offset += (length + 3) & ~3  # NLMSG_ALIGN
+
+
+def _attributes(data: bytes) -> Iterator[Tuple[int, bytes]]:
+    offset = 0
+    while offset + NLATTR.size <= len(data):
+        length, kind = NLATTR.unpack_from(data, offset)
+        if length < NLATTR.size or offset + length > len(data):
+            raise OSError(errno.EPROTO, f"netlink attribute of {length} bytes at offset {offset}")
+        yield kind & 0x3FFF, data[offset + NLATTR.size : offset + length]  # less NLA_F_* flags
+        offset += (length + 3) & ~3  # NLA_ALIGN
+
+
+def bound_unix_sockets() -> Optional[List[BoundSocket]]:
+    """Every AF_UNIX socket of this network namespace, from a sock_diag dump.
+
+    ``None`` when the kernel will not answer (no ``unix_diag``, netlink
+    refused by a sandbox): callers fall back to what they would do without.
+    """
+    try:
+        diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    except OSError:
+        return None
+    with diag:
+        try:
+            diag.settimeout(_DUMP_TIMEOUT)
+            diag.sendto(unix_diag_request(), (0, 0))
+            sockets: List[BoundSocket] = []
+            while True:
+                more, done = decode_unix_diag(diag.recv(65536))
+                sockets.extend(more)
+                if done:
+                    return sockets
+        except OSError:
+            return None

@@ -12,6 +12,7 @@ import socket
 import struct
 from typing import Optional, Tuple
 
+from udscompat._os._posix import bound_unix_sockets as bound_unix_sockets
 from udscompat._os._posix import (
     getsockopt_bytes,
     unpack_exact,
@@ -42,6 +43,9 @@ MESSAGE_MARKER: Optional[Tuple[int, int, int]] = None
 # CPython's multiprocessing (Issue14669) and Node.js (#7512) saw passed fds die when the
 # sender closed its copy before the peer received it (os-facts §2.4).
 HOLD_SENT_FDS = True
+# unp_bind: ACCESSPERMS less the umask (inferred; the case os.bind.mode_from_socket measures it).
+BIND_MODE_FROM_SOCKET = False
+FD_PATH: Optional[str] = None
 
 SOL_LOCAL = 0
 LOCAL_PEERCRED = 1

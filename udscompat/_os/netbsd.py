@@ -23,6 +23,7 @@ from udscompat._os._posix import (
     refuse,
     unpack_exact,
 )
+from udscompat._os._posix import bound_unix_sockets as bound_unix_sockets
 from udscompat._records import ConnCredentials
 
 OS_NAME = "NetBSD"
@@ -44,6 +45,9 @@ FD_CARRYING_CMSG_TYPES: Tuple[int, ...] = ()
 SEQPACKET_SEND_FLAGS = 0
 MESSAGE_MARKER: Optional[Tuple[int, int, int]] = None
 HOLD_SENT_FDS = False
+# unp_bind: ACCESSPERMS less the umask (inferred; the case os.bind.mode_from_socket measures it).
+BIND_MODE_FROM_SOCKET = False
+FD_PATH: Optional[str] = None
 
 LOCAL_PEEREID = 3  # level 0: "SOL_SOCKET will not work"
 UNPCBID = struct.Struct("=iII")  # struct unpcbid { pid_t unp_pid; uid_t unp_euid; gid_t unp_egid; }

@@ -10,6 +10,7 @@ import socket
 import struct
 from typing import Optional, Tuple
 
+from udscompat._os._posix import bound_unix_sockets as bound_unix_sockets
 from udscompat._os._posix import getsockopt_bytes, unpack_exact, without_ancillary_credentials
 from udscompat._records import ConnCredentials
 
@@ -34,6 +35,9 @@ FD_CARRYING_CMSG_TYPES: Tuple[int, ...] = ()
 SEQPACKET_SEND_FLAGS = 0
 MESSAGE_MARKER: Optional[Tuple[int, int, int]] = None
 HOLD_SENT_FDS = False
+# unp_bind: ACCESSPERMS less the umask (inferred; the case os.bind.mode_from_socket measures it).
+BIND_MODE_FROM_SOCKET = False
+FD_PATH: Optional[str] = None
 
 SO_PEERCRED = 0x1022
 SOCKPEERCRED = struct.Struct("=IIi")  # struct sockpeercred { uid_t uid; gid_t gid; pid_t pid; }

@@ -33,7 +33,8 @@ _KINDS = ["stream", "dgram", "seqpacket"]
 
 @case(
     "shim.address.path_limit",
-    "Paths up to the OS limit bind; one byte more is a ValueError naming limit and length",
+    "Paths up to the OS limit bind (all of sun_path where the kernel takes it without a NUL); "
+    "one byte more is a ValueError naming limit and length",
     rows=["ADDR-03", "ADDR-06"],
 )
 def test_path_limit(observe: Observer, short_tmp: str) -> None:
@@ -43,8 +44,8 @@ def test_path_limit(observe: Observer, short_tmp: str) -> None:
     with socket.socket(socket.AF_UNIX) as sock:
         socket_file = udscompat.bind(sock, longest)
         assert socket_file is not None and os.path.exists(longest)
-        read_back = udscompat.UnixSocketAddr.from_sockaddr(sock.getsockname())
-        assert read_back == udscompat.UnixSocketAddr.from_path(longest)
+        # (getsockname() names /proc/self/fd/N/... for a path bound through its directory.)
+        assert socket_file.address == udscompat.UnixSocketAddr.from_path(longest)
         assert socket_file.remove()
     with pytest.raises(ValueError) as info:
         udscompat.UnixSocketAddr.from_path(longest + b"p")
@@ -61,7 +62,9 @@ def test_path_limit(observe: Observer, short_tmp: str) -> None:
             return True
 
     measured = largest(kernel_takes, len(prefix) + 1, 300)
-    assert measured == limit, f"the shim says {limit} bytes, the kernel takes {measured}"
+    # The standard library passes a path with a NUL; where the kernel takes all of sun_path
+    # without one, the shim hands such a path over itself (Linux: through /proc/self/fd).
+    assert measured <= limit <= measured + 1, f"the shim says {limit}, the stdlib binds {measured}"
     observe(limit)
 
 
