@@ -733,3 +733,73 @@ def test_path_through_another_users_directory(
     with socket.socket(socket.AF_UNIX) as sock, pytest.raises(udscompat.UnsupportedError):
         udscompat.bind(sock, path)
     assert not path.exists()
+
+
+# -- what a refused connect found ----------------------------------------------------------------
+
+
+@needs_kernel_seqpacket
+@pytest.mark.parametrize(
+    ("listener_impl", "client_impl"), [("emulated", "native"), ("native", "emulated")]
+)
+def test_connect_to_the_other_implementation_says_what_listens_there(
+    short_tmp: Path, listener_impl: str, client_impl: str
+) -> None:
+    """At a path the kernel answers EPROTOTYPE; at an abstract name (Linux keys those by
+    socket type) ECONNREFUSED, as if nothing listened: the message says what does."""
+    theirs, ours = (
+        ("SOCK_STREAM", "SOCK_SEQPACKET")
+        if listener_impl == "emulated"
+        else ("SOCK_SEQPACKET", "SOCK_STREAM")
+    )
+    path = str(short_tmp / "impl")
+    with udscompat.SeqpacketListener(path, implementation=listener_impl):
+        with pytest.raises(OSError) as info:
+            udscompat.SeqpacketConn.connect(path, implementation=client_impl)
+        assert info.value.errno == errno.EPROTOTYPE
+        assert f"a {theirs} socket is bound there, and this one is {ours}" in str(info.value)
+        assert "emulated one SOCK_STREAM" in str(info.value)
+    if not _abstract():
+        return
+    name = f"@udsc-impl-{os.getpid()}-{listener_impl}"
+    with udscompat.SeqpacketListener(name, implementation=listener_impl):
+        with pytest.raises(OSError) as info:
+            udscompat.SeqpacketConn.connect(name, implementation=client_impl)
+        assert info.value.errno == errno.ECONNREFUSED
+        message = str(info.value)
+        assert f"a {theirs} socket listens there, not a {ours} one" in message
+        assert "per socket type" in message and "ECONNREFUSED, not EPROTOTYPE" in message
+
+        async def via_asyncio() -> OSError:
+            from udscompat import aio
+
+            try:
+                await aio.open_seqpacket_connection(name, implementation=client_impl)
+            except OSError as exc:
+                return exc
+            raise AssertionError("connected across implementations")
+
+        import asyncio
+
+        assert "per socket type" in str(asyncio.run(via_asyncio()))
+
+
+def test_refused_connect_to_a_path_says_stale_or_not_listening(short_tmp: Path) -> None:
+    path = str(short_tmp / "refusing")
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(path)
+        with pytest.raises(OSError) as info:
+            udscompat.SeqpacketConn.connect(path, implementation="emulated")
+        assert info.value.errno == errno.ECONNREFUSED
+        if backend.bound_unix_sockets() is not None:
+            assert "bound there but does not listen" in str(info.value)
+    with pytest.raises(OSError) as info:
+        udscompat.SeqpacketConn.connect(path, implementation="emulated")
+    if backend.bound_unix_sockets() is not None:
+        assert "stale socket file: no socket is bound to it" in str(info.value)
+
+
+def _abstract() -> bool:
+    from udscompat import _probes
+
+    return bool(_probes.abstract_addresses()[0])
