@@ -32,16 +32,19 @@ def best_of(fns: Sequence[Callable[[int], None]], n: int, repeats: int) -> List[
     """Seconds per operation for each of ``fns``: the best of ``repeats`` runs of ``n``.
 
     The functions take turns within each repeat, so a slow spell of the
-    machine (another process, frequency scaling) hits all of them alike.
+    machine (frequency scaling) hits all of them alike.  Time is this
+    process's CPU time (user and system): every case runs in one process and
+    never sleeps, and on a shared machine the wall clock also counts the
+    time other processes held the CPU (two cores, five busy engineers).
     """
     for fn in fns:
         fn(max(1, n // 10))  # warm up (probes, caches)
     best = [float("inf")] * len(fns)
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            start = time.perf_counter()
+            start = time.process_time()
             fn(n)
-            best[i] = min(best[i], (time.perf_counter() - start) / n)
+            best[i] = min(best[i], (time.process_time() - start) / n)
     return best
 
 

@@ -165,7 +165,10 @@ def test_ack_requests_are_counted() -> None:
     decoder = FrameDecoder()
     decoder.receive_data(ENC.encode(b"a", ack_requested=True) + ENC.encode(b"b"))
     assert len(drain(decoder)) == 2
-    assert decoder.take_acks() == 1 and decoder.take_acks() == 0
+    assert decoder.ack_requests == 1
+    decoder.receive_data(ENC.encode(b"c", ack_requested=True))
+    assert len(drain(decoder)) == 1
+    assert decoder.ack_requests == 2  # a running total: the connection counts what it sent
 
 
 def test_header_layout_is_big_endian() -> None:
@@ -222,9 +225,9 @@ def test_receive_and_next_equals_receive_then_next(
             got_one += drain(one)
         two.receive_data(chunk)
         got_two += drain(two)
-        assert (one.buffered, one.pending_acks, one.idle) == (
+        assert (one.buffered, one.ack_requests, one.idle) == (
             two.buffered,
-            two.pending_acks,
+            two.ack_requests,
             two.idle,
         )
     assert got_one == got_two

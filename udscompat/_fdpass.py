@@ -10,18 +10,26 @@ copies as soon as ``send_fds`` returns, on every OS.
 from __future__ import annotations
 
 import _socket
+import collections
 import functools
 import os
 import socket
 import threading
 import weakref
-from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Deque, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from udscompat import _io, _probes
 from udscompat._bind import sendmsg_to
 from udscompat._platform import backend
 
-__all__ = ["hold_sent_fds", "recv_fds", "release_sent_fds", "send_fds"]
+__all__ = [
+    "DEFAULT_MAX_HELD_FDS",
+    "hold_sent_fds",
+    "max_held_fds",
+    "recv_fds",
+    "release_sent_fds",
+    "send_fds",
+]
 
 Buffers = Union[bytes, bytearray, memoryview, Iterable[Any]]
 
@@ -51,57 +59,185 @@ def hold_sent_fds() -> bool:
         return False  # could not probe now (EMFILE?); no kernel read reuses slots
 
 
+#: How many duplicates of sent descriptors are held per socket unless configured otherwise.
+DEFAULT_MAX_HELD_FDS = 64
+_MAX_HELD_ENV = "UDSCOMPAT_MAX_HELD_FDS"
+
+
+@functools.cache
+def max_held_fds() -> int:
+    """The most duplicates held per socket: ``UDSCOMPAT_MAX_HELD_FDS``, default 64.
+
+    Raises:
+        ValueError: the variable is set to something other than a positive integer.
+    """
+    configured = os.environ.get(_MAX_HELD_ENV, "").strip()
+    if not configured:
+        return DEFAULT_MAX_HELD_FDS
+    try:
+        value = int(configured)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{_MAX_HELD_ENV}={configured!r}: expected a positive integer")
+    return value
+
+
+class _Held:
+    """What the registry keeps for one socket: batches of duplicates, oldest first."""
+
+    __slots__ = ("batches", "count", "unacked")
+
+    def __init__(self) -> None:
+        self.batches: Deque[List[int]] = collections.deque()
+        self.count = 0  # duplicates in all batches
+        #: Frames sent with an acknowledgement request and not acknowledged yet (the shim's
+        #: own connections); the newest ``len(batches)`` of them still have their batch.
+        self.unacked = 0
+
+
 class _SentFdRegistry:
-    """Duplicates of sent fds, per socket, until released or the socket is closed or collected."""
+    """Duplicates of sent fds, per socket, until acknowledged, released, closed or collected.
+
+    Bounded: past ``max_per_socket`` duplicates for one socket (``None``: the
+    ``UDSCOMPAT_MAX_HELD_FDS`` setting), the oldest batches are closed; the
+    newest batch is always kept whole.  A child process starts with an empty
+    registry and a fresh lock (``os.register_at_fork``).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held: weakref.WeakKeyDictionary[socket.socket, List[List[int]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._held: weakref.WeakKeyDictionary[socket.socket, _Held] = weakref.WeakKeyDictionary()
+        #: The bound per socket; None reads ``max_held_fds()``.
+        self.max_per_socket: Optional[int] = None
+        #: Duplicates closed at the bound before their acknowledgement came, since start.
+        self.evicted = 0
         #: Sent descriptor numbers, tracked only where a same-process receive was seen to
         #: return the sender's own slot (see ``guard_reused``).
         self.originals: Set[int] = set()
 
     def hold(self, sock: socket.socket, fds: Sequence[int]) -> List[int]:
-        dups = [os.dup(fd) for fd in fds]  # os.dup gives close-on-exec copies
+        """Keep duplicates of ``fds`` for ``sock``; call it *before* sending them.
+
+        The duplicates are made first, so a full descriptor table fails the
+        send here, before anything went out, and an acknowledgement can never
+        arrive before its batch is held.  Returns the batch, for ``unhold``
+        if the send then fails.
+
+        Raises:
+            OSError: from ``dup`` (EMFILE); nothing is held then.
+        """
+        dups: List[int] = []
+        try:
+            for fd in fds:
+                dups.append(os.dup(fd))  # os.dup gives close-on-exec copies
+        except BaseException:
+            _io.close_fds(dups)
+            raise
+        limit = self.max_per_socket or max_held_fds()
+        evicted: List[int] = []
         with self._lock:
             self._reap_closed()
-            batches = self._held.get(sock)
-            if batches is None:
-                batches = self._held[sock] = []
-                weakref.finalize(sock, _close_batches, batches)
-            batches.append(dups)
+            entry = self._held.get(sock)
+            if entry is None:
+                entry = self._held[sock] = _Held()
+                weakref.finalize(sock, _close_entry, entry)
+            entry.batches.append(dups)
+            entry.count += len(dups)
+            entry.unacked += 1
+            while entry.count > limit and len(entry.batches) > 1:
+                oldest = entry.batches.popleft()
+                entry.count -= len(oldest)
+                evicted += oldest
+            self.evicted += len(evicted)
             if _probes.same_process_fd_reuse():
                 self.originals.update(fds)
+        _io.close_fds(evicted)
         return dups
 
-    def release(self, sock: socket.socket, count: Optional[int] = None) -> int:
-        """Close the oldest ``count`` batches held for ``sock`` (all if None)."""
+    def unhold(self, sock: socket.socket, batch: List[int]) -> None:
+        """Undo ``hold`` for a send that failed before anything went out."""
         with self._lock:
-            batches = self._held.get(sock, [])
-            taken = batches[: len(batches) if count is None else count]
-            del batches[: len(taken)]
-        return _close_batches(taken)
+            entry = self._held.get(sock)
+            if entry is not None:
+                entry.unacked -= 1
+                for i in range(len(entry.batches) - 1, -1, -1):
+                    if entry.batches[i] is batch:
+                        del entry.batches[i]
+                        entry.count -= len(batch)
+                        break
+        _io.close_fds(batch)  # a batch evicted meanwhile is closed already: harmless
+
+    def acknowledge(self, sock: socket.socket, frames: int) -> bool:
+        """The peer confirmed the oldest ``frames`` requests: close their batches.
+
+        Returns False (and changes nothing) if ``frames`` is more than were
+        awaiting acknowledgement: the peer is lying.
+        """
+        with self._lock:
+            entry = self._held.get(sock)
+            if entry is None or not 0 < frames <= entry.unacked:
+                return False
+            entry.unacked -= frames
+            released: List[int] = []
+            while len(entry.batches) > entry.unacked:
+                batch = entry.batches.popleft()
+                entry.count -= len(batch)
+                released += batch
+        _io.close_fds(released)
+        return True
+
+    def release(self, sock: socket.socket) -> int:
+        """Close every duplicate held for ``sock``; returns how many."""
+        with self._lock:
+            entry = self._held.get(sock)
+            if entry is None:
+                return 0
+            batches = list(entry.batches)
+            entry.batches.clear()
+            entry.count = 0
+        return _close_batches(batches)
 
     def held(self, sock: socket.socket) -> int:
         """How many duplicates are held for ``sock``."""
         with self._lock:
-            return sum(len(b) for b in self._held.get(sock, []))
+            entry = self._held.get(sock)
+            return 0 if entry is None else entry.count
+
+    def after_fork_in_child(self) -> None:
+        """A forked child holds nothing: close the inherited copies, start afresh."""
+        self._lock = threading.Lock()  # another thread may have held the old one at fork
+        try:
+            entries = list(self._held.values())
+        except RuntimeError:  # pragma: no cover - the fork froze a resize mid-way
+            entries = []
+        self._held = weakref.WeakKeyDictionary()
+        self.originals = set()
+        for entry in entries:
+            _close_entry(entry)
 
     def _reap_closed(self) -> None:
         for sock in [s for s in self._held if s.fileno() == -1]:
-            _close_batches(self._held.pop(sock))
+            _close_entry(self._held.pop(sock))
+
+
+def _close_entry(entry: _Held) -> None:
+    # Runs as a finalizer too, so it takes no lock: once its socket is gone, nothing else
+    # reaches the entry.  Popping batch by batch makes a second run close nothing.
+    while entry.batches:
+        _io.close_fds(entry.batches.popleft())
+    entry.count = 0
 
 
 def _close_batches(batches: List[List[int]]) -> int:
     fds = [fd for batch in batches for fd in batch]
-    del batches[:]
     _io.close_fds(fds)
     return len(fds)
 
 
 REGISTRY = _SentFdRegistry()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=REGISTRY.after_fork_in_child)
 
 
 def send_fds(
@@ -132,7 +268,10 @@ def send_fds(
             negative descriptor, a socket that is not AF_UNIX, or
             descriptors with no payload on a stream socket (Linux would drop
             them silently).
-        OSError: from ``sendmsg``.
+        TypeError: an item of ``fds`` is a bool or not a descriptor.
+        OSError: from ``sendmsg``, or EMFILE from duplicating ``fds`` where
+            sent descriptors are held (see ``release_sent_fds``); nothing was
+            sent then.
     """
     _check_unix(sock)
     if type(data) is list:
@@ -145,13 +284,16 @@ def send_fds(
     if numbers and not _has_payload(buffers) and _raw_type(sock) & 0xF == socket.SOCK_STREAM:
         raise ValueError("descriptors need at least one payload byte on a stream socket")
     ancdata = [(_SOL_SOCKET, _SCM_RIGHTS, numbers)] if numbers else []
-    if address is None:
-        sent = sock.sendmsg(buffers, ancdata, flags)
-    else:
-        sent = sendmsg_to(sock, buffers, ancdata, flags, address)
-    if numbers and hold_sent_fds():
-        REGISTRY.hold(sock, numbers)
-    return sent
+    # Held before the send, so a full descriptor table fails it before anything went out.
+    batch = REGISTRY.hold(sock, numbers) if numbers and hold_sent_fds() else None
+    try:
+        if address is None:
+            return sock.sendmsg(buffers, ancdata, flags)
+        return sendmsg_to(sock, buffers, ancdata, flags, address)
+    except OSError:
+        if batch is not None:
+            REGISTRY.unhold(sock, batch)
+        raise
 
 
 def recv_fds(
@@ -175,10 +317,11 @@ def recv_fds(
             ``maxfds`` descriptors arrived; every received descriptor was
             closed and the payload is in ``.data``.
         ValueError: negative ``bufsize`` or ``maxfds``, or not AF_UNIX.
+        TypeError: ``bufsize`` or ``maxfds`` is not an int.
     """
     _check_unix(sock)
-    if bufsize < 0 or maxfds < 0:
-        _io.check_sizes(bufsize, maxfds)
+    if type(bufsize) is not int or type(maxfds) is not int or bufsize < 0 or maxfds < 0:
+        bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
     data, fds, msg_flags, address, _ = _io.recv_with_fds(sock, bufsize, maxfds, flags)
     if fds and REGISTRY.originals:
         fds = guard_reused(fds)
@@ -199,9 +342,19 @@ def guard_reused(fds: List[int]) -> List[int]:
 def release_sent_fds(sock: socket.socket) -> int:
     """Close the duplicates udscompat holds for descriptors sent on ``sock``.
 
-    Call it once the peer has confirmed receipt by its own protocol.  The
-    shim's own seqpacket connections do this by acknowledgement, and every
-    socket's duplicates are closed when it is closed or collected.
+    Where the kernel needs it (macOS, os-facts §2.4: its collector can drop an
+    in-flight descriptor whose sender closed it), ``send_fds`` keeps a
+    duplicate of each sent descriptor, so the caller may close its own copy at
+    once.  Call this once the peer has confirmed receipt by its own protocol.
+    The shim's own seqpacket connections release on the peer's
+    acknowledgement (even a sender that never receives), and every socket's
+    duplicates are closed when it is closed or collected.
+
+    The duplicates are bounded: at most ``UDSCOMPAT_MAX_HELD_FDS`` (default
+    64) per socket.  Beyond that the oldest are closed first (the newest send
+    is always kept whole): a message still unreceived after that many later
+    ones loses this protection, and nothing grows without bound.  A forked
+    child holds none (it closes its inherited copies).
 
     Returns:
         How many duplicates were closed (0 where nothing is held).

@@ -11,7 +11,14 @@ Wire format, big-endian, one frame per message::
 ``kind`` is DATA (0) or ACK (1; ``length`` then counts acknowledged frames and
 there is no payload).  ``flags`` bit 0 asks the receiver to acknowledge the
 frame's descriptors.  A frame's descriptors travel in the same ``sendmsg`` as
-its first byte, so they arrive with the chunk that holds that byte.
+its first byte, so they arrive with the chunk that holds that byte: the
+kernels stop a stream read after the data that carried descriptors, so one
+chunk brings the descriptors of at most one frame, and that frame starts in it.
+
+What a hostile peer can make the decoder hold is bounded: bytes by
+``max_message_size`` per frame, descriptors by the frame that owns them (a
+chunk whose descriptors no frame starting in it declares is refused as it
+arrives, not when the frame ends).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "NEED_DATA",
     "Ack",
+    "DescriptorsLost",
     "EndOfStream",
     "FrameDecoder",
     "FrameEncoder",
@@ -45,6 +53,8 @@ KIND_DATA = 0
 KIND_ACK = 1
 FLAG_ACK_REQUESTED = 0x01
 _KNOWN_FLAGS = FLAG_ACK_REQUESTED
+#: The most frames one ACK frame can acknowledge (its length field).
+MAX_ACK_COUNT = 0xFFFFFFFF
 
 #: Largest message the emulation carries unless configured otherwise (1 MiB).
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
@@ -85,7 +95,23 @@ class Ack(NamedTuple):
     frames: int
 
 
-Event = Union[Message, Ack, EndOfStream, NeedData]
+class DescriptorsLost(NamedTuple):
+    """A whole frame whose descriptors the kernel did not deliver (``MSG_CTRUNC``).
+
+    The chunk that carried them was truncated (typically: this process was out
+    of descriptors); the descriptors that did arrive were closed.  The stream
+    itself is intact, so the next frame decodes as usual.
+    """
+
+    data: bytes
+    closed_fds: int
+
+
+Event = Union[Message, Ack, DescriptorsLost, EndOfStream, NeedData]
+
+# A chunk that came with descriptors: stream offsets [start, end), the descriptors, and -1, or
+# (when the kernel truncated them) how many of them were closed before they got here.
+_FdChunk = Tuple[int, int, List[int], int]
 
 
 class FrameEncoder:
@@ -115,7 +141,7 @@ class FrameEncoder:
 
     @staticmethod
     def ack(count: int) -> bytes:
-        """An ACK frame for ``count`` frames."""
+        """An ACK frame for ``count`` frames (1 to ``MAX_ACK_COUNT``)."""
         return HEADER.pack(count, 0, KIND_ACK, 0)
 
 
@@ -141,13 +167,16 @@ class FrameDecoder:
         self._pos = 0  # start of the unparsed data in _buffer
         self._base = 0  # stream offset of _buffer[0]
         self._received = 0  # stream offset of the end of the data received
-        self._fds: Deque[Tuple[int, int, int]] = deque()  # (fd, chunk start, chunk end)
+        self._chunks: Deque[_FdChunk] = deque()  # chunks whose descriptors await their frame
         self._eof = False
         self._error: FramingError | None = None
         self._closed = False
-        #: Frames delivered whose sender asked for an acknowledgement not yet taken.
-        #: A plain attribute, read after every message (``take_acks`` resets it).
-        self.pending_acks = 0
+        #: How many descriptors the decoder holds right now (at most one frame's worth,
+        #: plus the next frame's when its first bytes already arrived).
+        self.held_fds = 0
+        #: Frames delivered whose sender asked for an acknowledgement: a running total that
+        #: only grows (the connection counts what it sent, so no two threads write one field).
+        self.ack_requests = 0
         #: True while the decoder holds nothing: no undecoded bytes, no descriptors, no
         #: end-of-stream, no error.  A plain attribute (read per message): ``receive_data``,
         #: ``close`` and errors clear it, consuming the last buffered byte sets it again.
@@ -158,24 +187,53 @@ class FrameDecoder:
         """Whether received data (or end-of-stream) waits to be turned into events."""
         return len(self._buffer) > self._pos or self._eof or self._error is not None
 
-    def take_acks(self) -> int:
-        """Return and reset the count of acknowledgements owed to the peer."""
-        count, self.pending_acks = self.pending_acks, 0
-        return count
+    def has_message(self) -> bool:
+        """Whether ``next_event()`` would return a message, end-of-stream or an error now.
 
-    def receive_data(self, data: bytes, fds: Sequence[int] = ()) -> None:
-        """Take one chunk of the stream and ownership of the descriptors that came with it."""
+        Acknowledgements at the head are looked past; a partial frame is not a message.
+        """
+        if self._error is not None or self._closed:
+            return True
+        buffer, offset = self._buffer, self._pos
+        while len(buffer) - offset >= _HEADER_SIZE:
+            length, nfds, kind, flags = _unpack_header(buffer, offset)
+            if kind != KIND_ACK:
+                # A message when whole; an error (also returned at once) when the header is bad.
+                return (
+                    len(buffer) - offset >= _HEADER_SIZE + length
+                    or kind != KIND_DATA
+                    or bool(flags & ~_KNOWN_FLAGS)
+                    or length > self.max_message_size
+                    or nfds > self.max_fds
+                )
+            offset += _HEADER_SIZE
+        return self._eof
+
+    def receive_data(self, data: bytes, fds: Sequence[int] = (), *, fds_lost: int = -1) -> None:
+        """Take one chunk of the stream and ownership of the descriptors that came with it.
+
+        ``fds_lost`` (0 or more) says the kernel truncated this chunk's control data:
+        its descriptors are gone (that many were closed), and the frame they belonged
+        to is reported as ``DescriptorsLost``.  ``b""`` is end-of-stream; saying so
+        again is harmless.
+
+        Raises:
+            FramingError: descriptors no frame starting in this chunk can own (or more
+                than its header declares), or data after end-of-stream.
+        """
         self.idle = False
         if self._error is not None or self._closed:
             _close(fds)
             self._raise()
         if self._eof:
+            if not data and not fds and fds_lost < 0:
+                return  # end-of-stream again: nothing new
             _close(fds)
             self._fail("data after end-of-stream")
         start = self._received
         if not data:
             self._eof = True
-            if fds:
+            if fds or fds_lost >= 0:
                 _close(fds)
                 self._fail("descriptors arrived with end-of-stream")
             return
@@ -191,8 +249,11 @@ class FrameDecoder:
                 self._pos = 0
             self._buffer += data  # a bytearray here
         self._received += len(data)
-        for fd in fds:
-            self._fds.append((fd, start, self._received))
+        if fds or fds_lost >= 0:
+            owned = list(fds)
+            self._chunks.append((start, self._received, owned, fds_lost))
+            self.held_fds += len(owned)
+            self._check_owner(start, max(len(owned), fds_lost))
 
     def receive_and_next(self, data: bytes, fds: Sequence[int] = ()) -> Event:
         """``receive_data(data, fds)`` then ``next_event()``, in one step.
@@ -210,26 +271,58 @@ class FrameDecoder:
         return self.next_event()
 
     def next_event(self) -> Event:
-        """The next ``Message``, ``Ack``, ``EndOfStream`` or ``NEED_DATA``.
+        """The next ``Message``, ``Ack``, ``DescriptorsLost``, ``EndOfStream`` or ``NEED_DATA``.
 
         Raises:
             FramingError: the peer broke the framing; the decoder is now broken.
         """
         if self._error is not None or self._closed:
             self._raise()
-        if self._fds:
+        if self._chunks:
             self._check_stray(self._base + self._pos)
         available = len(self._buffer) - self._pos
         if available < _HEADER_SIZE:
             return self._at_boundary(available)
         length, nfds, kind, flags = _unpack_header(self._buffer, self._pos)
-        frame_start = self._base + self._pos
         if kind == KIND_ACK:
             if nfds or flags:
                 self._fail(f"ACK frame with {nfds} descriptors and flags {flags:#x}")
-            self._check_stray(frame_start)
-            self._consume(HEADER.size)
+            if not length:
+                self._fail("ACK frame acknowledging 0 frames")
+            self._consume(_HEADER_SIZE)
             return Ack(length)
+        self._check_header(length, nfds, kind, flags)
+        if available < _HEADER_SIZE + length:
+            return self._at_boundary(available, length)
+        frame_start = self._base + self._pos
+        lost = -1
+        fds: List[int] = []
+        if nfds:
+            fds, lost = self._claim(frame_start, nfds)
+        body_start = self._pos + _HEADER_SIZE
+        body = self._buffer[body_start : body_start + length]
+        data = body if type(body) is bytes else bytes(body)
+        self._consume(_HEADER_SIZE + length)
+        if flags:  # FLAG_ACK_REQUESTED, the only one known
+            self.ack_requests += 1
+        if lost >= 0:
+            return DescriptorsLost(data, lost)
+        return Message(data, fds)
+
+    def close(self) -> None:
+        """Close every descriptor still held; the decoder can no longer be used."""
+        self._closed = True
+        self.idle = False
+        for _, _, fds, _ in self._chunks:
+            _close(fds)
+        self._chunks.clear()
+        self.held_fds = 0
+        self._buffer = b""
+        self._pos = 0
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _check_header(self, length: int, nfds: int, kind: int, flags: int) -> None:
         if kind != KIND_DATA:
             self._fail(f"unknown frame kind {kind}")
         if flags & ~_KNOWN_FLAGS:
@@ -238,27 +331,40 @@ class FrameDecoder:
             self._fail(f"frame declares {length} bytes; the limit is {self.max_message_size}")
         if nfds > self.max_fds:
             self._fail(f"frame declares {nfds} descriptors; the limit is {self.max_fds}")
-        if available < _HEADER_SIZE + length:
-            return self._at_boundary(available, length)
-        fds = self._claim(frame_start, nfds) if nfds or self._fds else []
-        body_start = self._pos + _HEADER_SIZE
-        body = self._buffer[body_start : body_start + length]
-        data = body if type(body) is bytes else bytes(body)
-        self._consume(_HEADER_SIZE + length)
-        if flags & FLAG_ACK_REQUESTED:
-            self.pending_acks += 1
-        return Message(data, fds)
 
-    def close(self) -> None:
-        """Close every descriptor still held; the decoder can no longer be used."""
-        self._closed = True
-        self.idle = False
-        _close([fd for fd, _, _ in self._fds])
-        self._fds.clear()
-        self._buffer = b""
-        self._pos = 0
+    def _check_owner(self, start: int, count: int) -> None:
+        """Refuse a chunk's descriptors at once unless a frame starting in it may own them.
 
-    # -- internals ---------------------------------------------------------------------
+        Walks the frame boundaries from the first unparsed frame (in the
+        connection's read loop that is at most one frame back, since it reads
+        only when every whole frame has been decoded).  A header cut by the
+        end of the buffer leaves the owner undecided only if it starts inside
+        this chunk; ``next_event`` then checks the count when the frame is whole.
+        """
+        if count > self.max_fds:
+            self._fail(
+                f"{count} descriptors arrived in one chunk; a frame carries at most {self.max_fds}"
+            )
+        buffer = self._buffer
+        offset = self._pos
+        frame_start = self._base + offset
+        end = self._received
+        while frame_start < end:
+            if len(buffer) - offset < _HEADER_SIZE:
+                if frame_start >= start:
+                    return  # a frame starts here; its header is not whole yet
+                break
+            length, nfds, kind, _ = _unpack_header(buffer, offset)
+            if kind != KIND_ACK and kind != KIND_DATA:
+                return  # next_event reports the bad header itself
+            size = _HEADER_SIZE + (length if kind == KIND_DATA else 0)
+            if frame_start >= start and nfds:
+                if count > nfds:
+                    self._fail(f"{count} descriptors arrived with a frame that declares {nfds}")
+                return
+            offset += size
+            frame_start += size
+        self._fail("descriptors arrived with bytes that start no frame")
 
     def _at_boundary(self, available: int, length: int | None = None) -> Event:
         if not self._eof:
@@ -273,26 +379,34 @@ class FrameDecoder:
         )
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _claim(self, frame_start: int, nfds: int) -> List[int]:
+    def _claim(self, frame_start: int, nfds: int) -> Tuple[List[int], int]:
+        """The descriptors of the frame at ``frame_start``, and how many were lost (-1: none)."""
         self._check_stray(frame_start)
-        fds: List[int] = []
-        while len(fds) < nfds and self._fds and self._fds[0][1] <= frame_start < self._fds[0][2]:
-            fds.append(self._fds.popleft()[0])
-        if len(fds) < nfds:
+        chunks = self._chunks
+        if not chunks or not chunks[0][0] <= frame_start < chunks[0][1]:
+            self._fail(f"frame declares {nfds} descriptors but 0 came with it")
+        _, _, fds, lost = chunks[0]
+        if lost >= 0:
+            chunks.popleft()
+            self.held_fds -= len(fds)
             _close(fds)
+            return [], lost + len(fds)
+        if len(fds) != nfds:
             self._fail(f"frame declares {nfds} descriptors but {len(fds)} came with it")
-        return fds
+        chunks.popleft()
+        self.held_fds -= nfds
+        return fds, -1
 
     def _check_stray(self, frame_start: int) -> None:
         # Descriptors whose chunk ended before this frame began belong to no frame.
-        if self._fds and self._fds[0][2] <= frame_start:
+        if self._chunks and self._chunks[0][1] <= frame_start:
             self._fail("descriptors arrived with bytes that start no frame")
 
     def _consume(self, size: int) -> None:
         self._pos += size
         buffer = self._buffer
         if self._pos >= len(buffer):
-            if not self._fds and not self._eof:
+            if not self._chunks and not self._eof:
                 # All decoded: drop the chunk, so an idle decoder holds no bytes.
                 self._base += self._pos
                 self._buffer = b""

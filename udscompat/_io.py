@@ -1,9 +1,22 @@
-"""The syscall layer: one sendmsg or recvmsg with descriptors, and one wait.
+"""The system-call layer: one sendmsg or recvmsg with descriptors, and one wait.
 
 Every socket kind in udscompat goes through ``send_with_fds`` and
 ``recv_with_fds``, so the rules -- one SCM_RIGHTS per message, close-on-exec,
-no descriptor leaked on truncation -- live in one place.  ``call`` is the
-one loop behind blocking, non-blocking and timeout modes.
+no descriptor leaked on truncation -- live in one place.  These two are the
+innermost wrappers: an accelerator replaces them, nothing else.
+
+Waiting is one helper too.  A public call turns its socket-style timeout into
+a *deadline* once (``deadline``): ``None`` blocks, ``NONBLOCKING`` never
+waits, any other value is an absolute ``time.monotonic()`` by which the whole
+call must end, however many system calls it makes.  ``call`` tries an
+operation first and waits only on ``BlockingIOError`` (trio's
+``_nonblocking_helper``; waiting first can hang where trying first answers),
+``wait_ready`` polls for what remains of the deadline (CPython's
+``sock_call_ex``).  asyncio is the fourth strategy: it calls with
+``NONBLOCKING`` and waits on its loop instead (``udscompat.aio``).
+
+Input checks live here as well, so every entry point rejects the same bad
+values with the same words, before any system call.
 """
 
 from __future__ import annotations
@@ -12,11 +25,13 @@ import array
 import contextlib
 import errno
 import fcntl
+import operator
 import os
 import select
 import socket
+import termios
 import time
-from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 from udscompat import _probes
 from udscompat._errors import ControlTruncatedError
@@ -38,7 +53,16 @@ _MSG_CTRUNC = backend.MSG_CTRUNC
 MARKER_TYPE = backend.MESSAGE_MARKER[2] if backend.MESSAGE_MARKER is not None else None
 _FD_CMSGS = backend.FD_CARRYING_CMSG_TYPES
 _MAX_FDS = backend.MAX_FDS_PER_MESSAGE
-_MAX_FD_NUMBER = 2**31 - 1
+_MAX_FD_NUMBER = 2**31 - 1  # descriptors are C ints
+#: Longest timeout the standard library accepts (a 64-bit count of nanoseconds).
+_MAX_TIMEOUT = (2**63 - 1) / 1e9
+#: poll() takes a C int of milliseconds: longer waits are made of several polls.
+_MAX_POLL_MS = 2**31 - 1
+
+#: The deadline of a non-blocking call: it never waits.  (Real deadlines are
+#: ``time.monotonic()`` values, which are positive.)
+NONBLOCKING = 0.0
+_monotonic = time.monotonic
 
 
 #: One recvmsg: payload, descriptors (the caller owns them), flags, source, marker seen.
@@ -46,40 +70,115 @@ _MAX_FD_NUMBER = 2**31 - 1
 Received = Tuple[bytes, List[int], int, Any, bool]
 
 
-def check_fds(fds: Sequence[Any]) -> array.array[int]:
+# -- input checks (before any system call) ------------------------------------------------
+
+
+def check_fds(fds: Iterable[Any]) -> array.array[int]:
     """Descriptor numbers from ints or objects with ``fileno()``, checked before any send.
 
-    Returns them as the C ``int`` array that SCM_RIGHTS carries.
+    ``fds`` is read exactly once (a generator loses nothing).  Returns the
+    numbers as the C ``int`` array that SCM_RIGHTS carries.
 
     Raises:
-        ValueError: a negative or out-of-range descriptor, or more than this
-            OS takes in one message.
-        TypeError: an item is neither an int nor has ``fileno()``.
+        ValueError: a negative descriptor or one outside the C int range, or
+            more than this OS takes in one message.
+        TypeError: an item is a bool, or neither an int nor has ``fileno()``.
     """
-    # An unsigned array rejects negative numbers as it is built, with no second pass.
+    if type(fds) is not list and type(fds) is not tuple:
+        fds = list(fds)
     try:
-        try:
-            numbers = array.array("I", fds)
-        except TypeError:  # some items are objects with fileno()
-            numbers = array.array("I", [i if isinstance(i, int) else _fileno_of(i) for i in fds])
+        numbers = array.array("i", fds)
+    except TypeError:  # some items are objects with fileno()
+        numbers = array.array("i", [_fileno_of(i) for i in fds])
     except OverflowError:
-        bad = [i for i in fds if isinstance(i, int) and not 0 <= i <= _MAX_FD_NUMBER]
-        raise ValueError(f"invalid file descriptor {bad[0] if bad else list(fds)!r}") from None
+        raise ValueError(f"fds: invalid file descriptor {_out_of_range(fds)!r}") from None
+    if True in fds or False in fds:  # cheap; 0 and 1 compare equal too, so look closer
+        for item in fds:
+            _fileno_of(item)
+    if numbers and min(numbers) < 0:
+        raise ValueError(f"fds: invalid file descriptor {min(numbers)}")
     if _MAX_FDS is not None and len(numbers) > _MAX_FDS:
         raise ValueError(
-            f"{len(numbers)} descriptors in one message; {backend.OS_NAME} takes at most {_MAX_FDS}"
+            f"fds: {len(numbers)} descriptors in one message; "
+            f"{backend.OS_NAME} takes at most {_MAX_FDS}"
         )
     return numbers
 
 
+def _out_of_range(fds: Sequence[Any]) -> Any:
+    for item in fds:
+        number = item if isinstance(item, int) else _fileno_of(item)
+        if not -_MAX_FD_NUMBER - 1 <= number <= _MAX_FD_NUMBER:
+            return number
+    return list(fds)  # pragma: no cover - array() refused something in range
+
+
 def _fileno_of(item: Any) -> int:
+    if isinstance(item, bool):
+        raise TypeError(f"fds: {item!r} is not a file descriptor")
+    if isinstance(item, int):
+        return int(item)
     fileno = getattr(item, "fileno", None)
-    if fileno is None or isinstance(item, bool):
-        raise TypeError(f"expected a file descriptor or an object with fileno(), got {item!r}")
+    if fileno is None:
+        raise TypeError(f"fds: expected a file descriptor or an object with fileno(), got {item!r}")
     result = fileno()
-    if not isinstance(result, int):
-        raise TypeError(f"{item!r}.fileno() returned {result!r}")
+    if not isinstance(result, int) or isinstance(result, bool):
+        raise TypeError(f"fds: {item!r}.fileno() returned {result!r}")
+    if not 0 <= result <= _MAX_FD_NUMBER:
+        raise ValueError(f"fds: invalid file descriptor {result!r} from {item!r}")
     return result
+
+
+def check_sizes(bufsize: Any, maxfds: Any) -> Tuple[int, int]:
+    """``bufsize`` and ``maxfds`` as ints, checked before any receive.
+
+    Raises:
+        TypeError: either is not an integer (the message names which).
+        ValueError: either is negative.
+    """
+    return _size("bufsize", bufsize), _size("maxfds", maxfds)
+
+
+def _size(name: str, value: Any) -> int:
+    if type(value) is not int:
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
+def check_timeout(timeout: Any) -> Optional[float]:
+    """A socket-style timeout, refused where ``socket.socket.settimeout`` refuses it.
+
+    Raises:
+        TypeError: not a number (or None).
+        ValueError: negative, or NaN.
+        OverflowError: longer than the standard library can represent (``inf``).
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, float):
+        value = timeout
+    else:
+        try:
+            value = float(operator.index(timeout))
+        except TypeError:
+            raise TypeError(
+                f"timeout must be a number or None, not {type(timeout).__name__}"
+            ) from None
+    if value != value:
+        raise ValueError("Invalid value NaN (not a number)")
+    if value < 0:
+        raise ValueError("Timeout value out of range")
+    if value > _MAX_TIMEOUT:
+        raise OverflowError("timestamp out of range for platform time_t")
+    return value
+
+
+# -- the innermost wrappers (an accelerator replaces these) -------------------------------
 
 
 def send_with_fds(
@@ -109,10 +208,7 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
             EMSGSIZE (OpenBSD, DragonFly), or more than ``maxfds`` arrived.
             All received descriptors are closed first; ``.data`` keeps the payload.
     """
-    try:
-        cloexec = _probes.cmsg_cloexec_flag()
-    except OSError:
-        cloexec = None  # the probe itself could not run (EMFILE?): set FD_CLOEXEC by hand
+    cloexec = _cloexec if _cloexec != _CLOEXEC_UNKNOWN else cloexec_flag()
     data, ancdata, msg_flags, address = recvmsg(sock, bufsize, flags | (cloexec or 0))
     if not msg_flags & _MSG_CTRUNC:
         if not ancdata:
@@ -133,22 +229,41 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
     return data, fds, msg_flags, address, marked
 
 
+_CLOEXEC_UNKNOWN = -1
+_cloexec: Optional[int] = _CLOEXEC_UNKNOWN
+
+
+def cloexec_flag() -> Optional[int]:
+    """MSG_CMSG_CLOEXEC if this kernel honours it, else None (a fact, probed once).
+
+    A probe that could not run (EMFILE) is tried again next time; until then
+    the answer is None, so descriptors get FD_CLOEXEC by hand.
+    """
+    global _cloexec
+    if _cloexec == _CLOEXEC_UNKNOWN:
+        try:
+            _cloexec = _probes.cmsg_cloexec_flag()
+        except OSError:
+            return None
+    return _cloexec
+
+
 def recvmsg(sock: socket.socket, bufsize: int, flags: int) -> Tuple[bytes, List[Any], int, Any]:
     """``sock.recvmsg`` with room for the kernel's descriptor cap and the marker.
 
-    Every receive path reads through here, so none can miss the translation:
-    a recvmsg that fails with EMSGSIZE (OpenBSD, DragonFly: the control data
+    A recvmsg that fails with EMSGSIZE (OpenBSD, DragonFly: the control data
     did not fit, the descriptors are gone) raises ``ControlTruncatedError``.
     """
     try:
         return sock.recvmsg(bufsize, ANCBUF_SIZE, flags)
     except OSError as exc:
         if exc.errno == errno.EMSGSIZE:
-            raise _emsgsize_error() from exc
+            raise emsgsize_error() from exc
         raise
 
 
-def _emsgsize_error() -> ControlTruncatedError:
+def emsgsize_error() -> ControlTruncatedError:
+    """What a recvmsg that failed with EMSGSIZE raises (no payload came with it)."""
     return ControlTruncatedError(
         "recvmsg failed with EMSGSIZE: the kernel discarded the descriptors "
         "(control data did not fit)"
@@ -202,12 +317,6 @@ def _ints(payload: bytes) -> List[int]:
     return memoryview(payload[:whole] if whole != len(payload) else payload).cast("i").tolist()
 
 
-def check_sizes(bufsize: int, maxfds: int) -> None:
-    """Reject a negative ``bufsize`` or ``maxfds`` before any receive."""
-    if bufsize < 0 or maxfds < 0:
-        raise ValueError(f"bufsize and maxfds must be >= 0, got {bufsize} and {maxfds}")
-
-
 def refuse_excess_fds(fds: Sequence[int], maxfds: int, data: bytes) -> None:
     """Close all of ``fds`` and raise if there are more than the caller accepts."""
     if len(fds) > maxfds:
@@ -226,52 +335,108 @@ def close_fds(fds: Sequence[int]) -> None:
             os.close(fd)
 
 
-def call(fileno: int, operation: Callable[[], T], *, write: bool, timeout: Optional[float]) -> T:
-    """Run a non-blocking ``operation`` under a socket-style timeout.
+def queued_bytes(sock: socket.socket) -> int:
+    """How many bytes wait in ``sock``'s receive queue (FIONREAD), -1 if the OS will not say.
 
-    Tries first, waits only on ``BlockingIOError`` (trio's order: waiting
-    first can hang where trying first answers).  ``timeout`` is ``None``
-    (block), ``0.0`` (re-raise ``BlockingIOError``) or seconds, measured
-    from a monotonic deadline set once.
+    For a SOCK_SEQPACKET socket that bounds the next message, so a receive
+    need not allocate a caller's huge ``bufsize``.
+    """
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    except OSError:
+        return -1
+    return count[0]
+
+
+# -- the one wait ------------------------------------------------------------------------
+
+
+def deadline(timeout: Optional[float]) -> Optional[float]:
+    """The deadline of a public call made now under a socket-style ``timeout``.
+
+    ``None`` (block) stays None, ``0`` is ``NONBLOCKING``, seconds become a
+    ``time.monotonic()`` value.  Call it once per public call.
+    """
+    return timeout and _monotonic() + timeout
+
+
+def timed_out(deadline: Optional[float]) -> bool:
+    """Whether a timed call's deadline has passed (never for blocking or non-blocking)."""
+    return bool(deadline) and _monotonic() >= deadline  # type: ignore[operator]
+
+
+def timeout_error() -> TimeoutError:
+    """What a call whose deadline passed raises."""
+    return TimeoutError(errno.ETIMEDOUT, "timed out")
+
+
+def wait_ready(sock: socket.socket, *, write: bool, deadline: Optional[float]) -> None:
+    """Wait until ``sock`` is readable (or writable), for what remains of ``deadline``.
+
+    Returns when the socket is ready, or when one poll of a long wait ends
+    (the caller retries either way, as ``sock_call_ex`` does).
 
     Raises:
-        BlockingIOError: non-blocking mode and the operation would block.
-        TimeoutError: the deadline passed.
+        BlockingIOError: ``deadline`` is ``NONBLOCKING``.
+        TimeoutError: the deadline has passed.
+        OSError: ``EBADF`` if the socket is closed.
     """
-    deadline: Optional[float] = None
-    while True:
-        try:
-            return operation()
-        except BlockingIOError:
-            if timeout == 0.0:
-                raise
-        remaining: Optional[float] = None
-        if timeout is not None:
-            now = time.monotonic()
-            if deadline is None:
-                deadline = now + timeout
-            remaining = deadline - now
-            if remaining <= 0:
-                raise TimeoutError(errno.ETIMEDOUT, "timed out")
-        wait(fileno, write=write, timeout=remaining)
+    millis: Optional[int] = None
+    if deadline is not None:
+        if deadline == NONBLOCKING:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        remaining = deadline - _monotonic()
+        if remaining <= 0:
+            raise timeout_error()
+        # Round up: a poll that ends a hair early would only be repeated.
+        millis = min(int(remaining * 1000) + 1, _MAX_POLL_MS)
+    fileno = sock.fileno()
+    if fileno < 0:
+        raise OSError(errno.EBADF, "the socket is closed")
+    _poll(fileno, write, millis)
 
 
 if hasattr(select, "poll"):
 
-    def wait(fileno: int, *, write: bool, timeout: Optional[float]) -> bool:
-        """Wait until ``fileno`` is readable (or writable); False on timeout."""
+    def _poll(fileno: int, write: bool, millis: Optional[int]) -> bool:
         poller = select.poll()
         poller.register(fileno, select.POLLOUT if write else select.POLLIN)
-        millis = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
         return bool(poller.poll(millis))
 
 else:  # pragma: no cover - every supported OS has poll
 
-    def wait(fileno: int, *, write: bool, timeout: Optional[float]) -> bool:
-        """Wait until ``fileno`` is readable (or writable); False on timeout."""
-        ready = (
-            select.select([], [fileno], [], timeout)
-            if write
-            else select.select([fileno], [], [], timeout)
-        )
-        return bool(ready[0] or ready[1])
+    def _poll(fileno: int, write: bool, millis: Optional[int]) -> bool:
+        seconds = None if millis is None else millis / 1000
+        if write:
+            return any(select.select([], [fileno], [fileno], seconds))
+        return any(select.select([fileno], [], [fileno], seconds))
+
+
+def ready_now(sock: socket.socket, *, write: bool = False) -> bool:
+    """Whether ``sock`` is readable (or writable) at this moment, without waiting."""
+    fileno = sock.fileno()
+    if fileno < 0:
+        return True  # an operation fails at once with EBADF
+    return _poll(fileno, write, 0)
+
+
+def call(
+    operation: Callable[[], T],
+    wait: Callable[[bool, Optional[float]], None],
+    *,
+    write: bool,
+    deadline: Optional[float],
+) -> T:
+    """``operation()``, retried after ``wait(write, deadline)`` while it would block.
+
+    ``wait`` is ``wait_ready`` for the socket (a connection wraps it to be
+    woken by ``close``); it raises ``BlockingIOError`` or ``TimeoutError``
+    when the deadline allows no (more) waiting.
+    """
+    while True:
+        try:
+            return operation()
+        except BlockingIOError:
+            pass
+        wait(write, deadline)

@@ -1,7 +1,8 @@
 """SOCK_SEQPACKET with one contract: native where the kernel keeps it, emulated elsewhere.
 
-``SeqpacketConn.connect``, ``SeqpacketListener`` and ``seqpacket_pair`` return
-connections of one of two kinds with identical behaviour:
+``SeqpacketConn.connect``, ``SeqpacketListener``, ``seqpacket_pair`` and
+``SeqpacketConn.from_socket`` return connections of one of two kinds with
+identical behaviour:
 
 * native -- a kernel SOCK_SEQPACKET socket.  On Linux a zero-length message
   reads as 0 bytes, like end-of-stream; the kernel is asked to tag every
@@ -11,10 +12,27 @@ connections of one of two kinds with identical behaviour:
 * emulated -- SOCK_STREAM carrying ``_framing`` frames, used where the kernel
   has no conformant SOCK_SEQPACKET (macOS, or illumos without boundaries).
 
-Both keep the underlying socket non-blocking and implement blocking and
-timeouts with ``_io.call``, so the three modes are one code path.  Sends
-and receives each hold a lock: threads may share a connection, and
-messages never interleave.
+Each kind has one send and one receive routine.  Both keep the socket
+non-blocking and wait through ``_io``: a public call computes its deadline
+once, so a ``settimeout(1.0)`` call ends within about a second whatever the
+peer does, and blocking, non-blocking and timeout modes are one code path.
+
+Threads may share a connection: native messages are whole in the kernel;
+emulated sends and receives each hold a lock, so frames never interleave.
+``close()`` from another thread wakes a thread blocked in ``send`` or
+``recv_message`` (the socket is shut down first), which then raises ``EBADF``.
+
+Signals: a raising signal handler (``KeyboardInterrupt``) can interrupt any
+call.  Interrupted while waiting, nothing is lost: a partly sent emulated
+frame is finished by the next send (or ``close``), a partly received one is
+kept.  Interrupted in the few microseconds between a system call and the
+recording of its result, an emulated connection can no longer know where the
+next frame starts: it closes itself and the next call raises
+``ConnectionAbortedError`` -- never a corrupt message, never a
+``FramingError`` blaming the peer.  A message (native or emulated) whose
+receive is interrupted as it is handed over is lost with its descriptors,
+exactly as with ``socket.recvmsg``, whose result CPython drops when a handler
+raises right after the system call returned.
 """
 
 from __future__ import annotations
@@ -23,7 +41,7 @@ import errno
 import os
 import socket
 import threading
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, NoReturn, Optional, Sequence, Set, Tuple, Union
 
 from udscompat import _fdpass, _framing, _io, _probes
 from udscompat._address import UnixSocketAddr
@@ -50,14 +68,29 @@ __all__ = [
 _ENV = "UDSCOMPAT_SEQPACKET"
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 _MSG_TRUNC = backend.MSG_TRUNC
+_MSG_CTRUNC = backend.MSG_CTRUNC
+_MSG_EOR = backend.MSG_EOR
 _TRUNCATIONS = backend.MSG_TRUNC | backend.MSG_CTRUNC
 # Only SOL_SOCKET cmsgs arrive on AF_UNIX sockets, so the type alone names the marker.
 _MARKER_TYPE = _io.MARKER_TYPE
+_ANCBUF = _io.ANCBUF_SIZE
+_NONBLOCKING = _io.NONBLOCKING
+_monotonic = _io._monotonic
 _STREAM_CHUNK = 131072  # larger reads cost an mmap per recvmsg in CPython's allocator
-_CHUNK_FDS = _io.FD_ROOM
+#: A non-blocking emulated receive reads at most this many chunks, then says "would block"
+#: with its progress kept: an asyncio readiness callback never runs unbounded work.  16
+#: chunks hold a whole maximum-size message.
+_READS_PER_CALL = 16
+#: A native receive with a larger ``bufsize`` sizes its buffer by what is queued (FIONREAD)
+#: instead of allocating all of it.
+_LARGE_BUFSIZE = 262144
+_NO_LIMIT = 1 << 30  # the decoder, not collect_fds, limits a chunk's descriptors
+_NO_WAIT = (False,)
 _DATA_HEADER = _framing.HEADER.pack
 _HEADER_SIZE = _framing.HEADER.size
 _KIND_DATA = _framing.KIND_DATA
+_NEED_DATA = _framing.NEED_DATA
+_ACK = _framing.FrameEncoder.ack
 
 
 def resolve_implementation(implementation: Optional[str]) -> str:
@@ -88,25 +121,45 @@ def resolve_implementation(implementation: Optional[str]) -> str:
     return choice
 
 
+def _closed_error() -> OSError:
+    return OSError(errno.EBADF, "the connection is closed")
+
+
+def _holding(lock: threading.Lock, run: Callable[[], None]) -> None:
+    """``run()`` under ``lock`` if it is free now; skip it if another thread holds it.
+
+    The acquire runs inside ``list.extend``, so its result is stored before a
+    signal handler can run: a handler raising right after a plain
+    ``lock.acquire(False)`` would leave the lock held for good.
+    """
+    got: List[bool] = []
+    try:
+        got.extend(map(lock.acquire, _NO_WAIT))
+        if got[0]:
+            run()
+    finally:
+        if got and got[0]:
+            lock.release()
+
+
 class SeqpacketConn:
     """A connected seqpacket socket: one ``send`` is one ``recv_message``.
 
-    Create one with ``SeqpacketConn.connect``, ``SeqpacketListener.accept``
-    or ``seqpacket_pair``.  The two implementations share this interface;
-    ``implementation`` tells which one this is.
+    Create one with ``SeqpacketConn.connect``, ``SeqpacketListener.accept``,
+    ``seqpacket_pair`` or ``SeqpacketConn.from_socket``.  The two
+    implementations share this interface; ``implementation`` tells which one
+    this is.
     """
 
     implementation: str = ""
-    #: The unsent rest of a message already accepted by ``send``: only the emulation's frames
-    #: go out in parts.  An attribute, not a method: asyncio checks it around every send.
-    _pending: Union[bytes, memoryview] = b""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._timeout: Optional[float] = None
-        self._send_lock = threading.Lock()
-        self._recv_lock = threading.Lock()
+        self._closed = False
         self._eof = False
+        #: Threads blocked in a wait on this connection, for ``close`` to wake.
+        self._waiting: Set[int] = set()
         sock.setblocking(False)
 
     # -- construction ------------------------------------------------------------------
@@ -129,6 +182,7 @@ class SeqpacketConn:
         """
         address = as_address(addr)
         impl = resolve_implementation(implementation)
+        timeout = _io.check_timeout(timeout)
         sock = socket.socket(
             socket.AF_UNIX, backend.SOCK_SEQPACKET if impl == "native" else socket.SOCK_STREAM
         )
@@ -144,19 +198,58 @@ class SeqpacketConn:
         conn.settimeout(timeout)
         return conn
 
+    @classmethod
+    def from_socket(cls, sock: socket.socket) -> SeqpacketConn:
+        """Take over a connected AF_UNIX socket as a seqpacket connection.
+
+        A SOCK_SEQPACKET socket becomes a native connection, a SOCK_STREAM
+        one an emulated connection (its peer must speak the emulation's
+        framing: another udscompat emulated connection).  The connection owns
+        the socket from now on and makes it non-blocking.
+
+        Raises:
+            TypeError: ``sock`` is not a ``socket.socket``.
+            ValueError: ``sock`` is not AF_UNIX, or neither SOCK_SEQPACKET
+                nor SOCK_STREAM (the message names the family or type).
+        """
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
+        if sock.family != socket.AF_UNIX:
+            name = getattr(sock.family, "name", sock.family)
+            raise ValueError(f"sock must be an AF_UNIX socket, not family {name}")
+        kind = sock.type
+        if kind == backend.SOCK_SEQPACKET:
+            return _NativeConn(sock)
+        if kind == socket.SOCK_STREAM:
+            return _EmulatedConn(sock)
+        name = getattr(kind, "name", kind)
+        raise ValueError(f"sock must be SOCK_SEQPACKET or SOCK_STREAM, not type {name}")
+
     # -- the socket-like surface -------------------------------------------------------
 
     def send(self, data: Any, fds: Sequence[Any] = ()) -> int:
         """Send ``data`` as one message, with ``fds`` attached to it.
 
-        Returns ``len(data)``: a message is never split.  The descriptors may
-        be closed as soon as this returns.
+        Returns the number of bytes of ``data``: a message is never split.
+        The descriptors may be closed as soon as this returns.  ``fds`` may
+        be any iterable (read once) of ints or objects with ``fileno()``.
+
+        An emulated connection sends a large message in parts when the peer
+        reads slowly: the rest, once the first part went out, is kept and
+        finished first by the next ``send``, ``flush`` or ``close``.  So a
+        non-blocking (or timed) send raises ``BlockingIOError`` (or
+        ``TimeoutError``) only if none of the message went out.
 
         Raises:
             BlockingIOError: non-blocking mode and nothing of the message could be sent.
             TimeoutError: the timeout passed before the message could start.
-            ValueError: too many descriptors, or a message over the size limit.
-            OSError: ``EPIPE`` once the peer has gone, and other send errors.
+            ValueError: too many descriptors, a descriptor out of range, or a
+                message over the size limit (before anything is sent).
+            TypeError: an item of ``fds`` is a bool or not a descriptor.
+            OSError: ``EPIPE`` once the peer has gone, ``EBADF`` after
+                ``close``, and other send errors.
+            ConnectionAbortedError: (emulated) an exception interrupted an
+                earlier send mid-frame; the connection was closed.
         """
         raise NotImplementedError  # pragma: no cover - each implementation defines it
 
@@ -169,9 +262,16 @@ class SeqpacketConn:
 
         Raises:
             ControlTruncatedError: more descriptors than ``maxfds``, or the
-                kernel truncated the control data; none leak, ``.data`` keeps the payload.
+                kernel truncated the control data (this process is out of
+                descriptors?); none leak, ``.data`` keeps the payload, and the
+                next call receives the next message.
             FramingError: (emulated) the peer broke the framing; the connection is closed.
+            ConnectionAbortedError: (emulated) an exception interrupted an
+                earlier receive mid-chunk; the connection was closed.
             BlockingIOError / TimeoutError: as for a socket.
+            OSError: ``EBADF`` after ``close`` (also in a thread that was
+                blocked here when another thread closed the connection).
+            TypeError / ValueError: ``bufsize`` or ``maxfds`` is not an int, or negative.
         """
         raise NotImplementedError  # pragma: no cover
 
@@ -183,6 +283,30 @@ class SeqpacketConn:
         """
         message = self.recv_message(bufsize)
         return b"" if message is None else message.data
+
+    def pending(self) -> bool:
+        """Whether ``recv_message`` would return (or raise) now without reading the socket.
+
+        An emulated connection decodes ahead: a message may wait in it while
+        the socket itself has nothing to read.  A ``select``/``selectors``
+        user checks this before waiting on ``fileno()`` (see there).  Always
+        False for a native connection until end-of-stream or ``close``.
+        """
+        return self._closed or self._eof
+
+    def flush(self) -> None:
+        """Send what remains of a message that ``send`` accepted in part.
+
+        Only an emulated connection sends in parts (a large frame to a slow
+        reader), and acknowledgements it owes go out here too; for a native
+        connection this does nothing.
+
+        Raises:
+            BlockingIOError / TimeoutError: some of it is still unsent.
+            OSError: as for ``send``.
+        """
+        if self._closed:
+            raise _closed_error()
 
     def peer_credentials(self) -> ConnCredentials:
         """The peer's credentials, as ``udscompat.peer_credentials`` reads them."""
@@ -203,12 +327,16 @@ class SeqpacketConn:
         self._sock.shutdown(how)
 
     def settimeout(self, timeout: Optional[float]) -> None:
-        """``None`` blocks, ``0`` is non-blocking, a positive number is a timeout in seconds."""
-        if timeout is not None:
-            timeout = float(timeout)
-            if timeout < 0:
-                raise ValueError("Timeout value out of range")
-        self._timeout = timeout
+        """``None`` blocks, ``0`` is non-blocking, a positive number is a timeout in seconds.
+
+        The timeout bounds each whole call (``send``, ``recv_message``,
+        ``flush``), however many system calls it makes.
+
+        Raises:
+            ValueError / OverflowError / TypeError: as ``socket.settimeout``
+                (negative, NaN, infinite, not a number).
+        """
+        self._timeout = _io.check_timeout(timeout)
 
     def gettimeout(self) -> Optional[float]:
         """The timeout set by ``settimeout``/``setblocking``."""
@@ -219,25 +347,40 @@ class SeqpacketConn:
         self.settimeout(None if flag else 0.0)
 
     def fileno(self) -> int:
-        """The underlying socket's descriptor (-1 once closed)."""
+        """The underlying socket's descriptor (-1 once closed).
+
+        To wait with ``select``/``selectors``/``poll``: call ``pending()``
+        first, and ``recv_message`` at once if it is True -- an emulated
+        connection may hold a decoded message while the socket is not
+        readable, and waiting would then sleep on it.  The socket is
+        non-blocking; its own timeout is never used.
+        """
         return self._sock.fileno()
 
-    def _buffered(self) -> bool:
-        """Whether a receive may succeed without the socket being readable (decoded data)."""
-        return False
-
-    def _send_unsent(self) -> None:
-        """Send what ``_pending`` holds, as far as the socket takes it now."""
-
     def close(self) -> None:
-        """Close the connection; held descriptors are closed with it."""
+        """Close the connection; held descriptors are closed with it.
+
+        Never raises for a peer that is gone.  If another thread is blocked
+        in ``send`` or ``recv_message`` on this connection, the socket is shut
+        down first so that thread wakes (and raises ``EBADF``); otherwise only
+        this descriptor is closed, and a copy held elsewhere (after ``fork``
+        or passed on) keeps the connection.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._waiting:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already disconnected
         _fdpass.REGISTRY.release(self._sock)
         self._sock.close()
 
     @property
     def closed(self) -> bool:
-        """True once ``close`` was called."""
-        return self._sock.fileno() == -1
+        """True once ``close`` was called (or an error closed the connection)."""
+        return self._closed
 
     def __enter__(self) -> SeqpacketConn:
         return self
@@ -246,13 +389,23 @@ class SeqpacketConn:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"fd={self.fileno()}"
+        state = "closed" if self._closed else f"fd={self.fileno()}"
         return f"<{type(self).__name__} {self.implementation} {state}>"
 
-    # -- shared helpers ----------------------------------------------------------------
+    # -- the wait -----------------------------------------------------------------------
 
-    def _call(self, operation: Any, *, write: bool) -> Any:
-        return _io.call(self._sock.fileno(), operation, write=write, timeout=self._timeout)
+    def _wait(self, write: bool, deadline: Optional[float]) -> None:
+        """``_io.wait_ready``, registered so that ``close`` in another thread wakes it."""
+        me = threading.get_ident()
+        self._waiting.add(me)
+        try:
+            if self._closed:  # checked after registering: close() checks in the other order
+                raise _closed_error()
+            _io.wait_ready(self._sock, write=write, deadline=deadline)
+        finally:
+            self._waiting.discard(me)
+        if self._closed:
+            raise _closed_error()
 
 
 class _NativeConn(SeqpacketConn):
@@ -264,66 +417,118 @@ class _NativeConn(SeqpacketConn):
         self._partial_records = _probes.seqpacket().short_read == "partial"
         self._flags = backend.SEQPACKET_SEND_FLAGS | _NOSIGNAL
         self._message_flags = backend.MSG_EOR | backend.MSG_TRUNC
-        try:
-            self._recv_flags: Optional[int] = _probes.cmsg_cloexec_flag()
-        except OSError:
-            self._recv_flags = None  # probe failed (EMFILE?): the general path sets FD_CLOEXEC
+        cloexec = _io.cloexec_flag()
+        self._recv_flags = cloexec or 0
+        self._set_cloexec = cloexec is None
+        #: Inline the common receive (property-tested equal to ``_receive_once``); off while
+        #: the rest of a FreeBSD record is being discarded.
+        self._fast = True
+        self._discarding = False
 
     # The kernel keeps each message whole, so native sends and receives take no lock.
 
     def send(self, data: Any, fds: Sequence[Any] = ()) -> int:
         if fds:
-            numbers = _io.check_fds(fds)
-            self._call(
-                lambda: _io.send_with_fds(self._sock, [data], numbers, self._flags), write=True
-            )
-            if _fdpass.hold_sent_fds():
-                _fdpass.REGISTRY.hold(self._sock, numbers)
-            return len(memoryview(data))
+            return self._send_with_fds(data, fds)
         # A SOCK_SEQPACKET send is all or nothing, so its count is the message's length.
         try:
             return self._sock.send(data, self._flags)
         except BlockingIOError:
             if self._timeout == 0.0:
                 raise
-            sent: int = self._call(lambda: self._sock.send(data, self._flags), write=True)
-            return sent
+        sock, flags = self._sock, self._flags
+        sent: int = _io.call(
+            lambda: sock.send(data, flags),
+            self._wait,
+            write=True,
+            deadline=_io.deadline(self._timeout),
+        )
+        return sent
 
-    def recv_message(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
-        if bufsize < 0 or maxfds < 0:
-            _io.check_sizes(bufsize, maxfds)
-        if self._eof:
-            return None
-        if self._recv_flags is not None:
-            # The common case inline: a whole message with no descriptors, at most the marker.
+    def _send_with_fds(self, data: Any, fds: Sequence[Any]) -> int:
+        numbers = _io.check_fds(fds)
+        size = memoryview(data).nbytes
+        sock, flags = self._sock, self._flags
+        # Held before the send: a full descriptor table fails it before anything went out.
+        hold = bool(numbers) and _fdpass.hold_sent_fds()
+        batch = _fdpass.REGISTRY.hold(sock, numbers) if hold else None
+        try:
             try:
-                data, ancdata, flags, _ = _io.recvmsg(self._sock, bufsize, self._recv_flags)
+                _io.send_with_fds(sock, [data], numbers, flags)
             except BlockingIOError:
                 if self._timeout == 0.0:
                     raise
+                _io.call(
+                    lambda: _io.send_with_fds(sock, [data], numbers, flags),
+                    self._wait,
+                    write=True,
+                    deadline=_io.deadline(self._timeout),
+                )
+        except OSError:
+            if batch is not None:
+                _fdpass.REGISTRY.unhold(sock, batch)
+            raise
+        return size
+
+    def recv_message(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
+        if type(bufsize) is not int or type(maxfds) is not int or bufsize < 0 or maxfds < 0:
+            bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
+        if self._eof:
+            return None
+        if self._fast and bufsize <= _LARGE_BUFSIZE:
+            # _receive_once's common case inline: a whole message, no descriptors, at most the
+            # marker (tests/test_fastpaths.py drives both with the same input).
+            try:
+                data, ancdata, flags, _ = self._sock.recvmsg(bufsize, _ANCBUF, self._recv_flags)
+            except BlockingIOError:
+                if self._timeout == 0.0:
+                    raise
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    raise _io.emsgsize_error() from exc
+                raise
             else:
                 if (
                     data
                     and not flags & _TRUNCATIONS
                     and (not ancdata or (len(ancdata) == 1 and ancdata[0][1] == _MARKER_TYPE))
+                    and (len(data) < bufsize or not self._partial_records)
                 ):
                     return Message(data, [], False)
-                return self._finish(data, ancdata, flags, maxfds, bufsize)
-        try:
-            data, fds, flags, _, marked = _io.recv_with_fds(self._sock, bufsize, maxfds)
-        except BlockingIOError:
-            if self._timeout == 0.0:
-                raise
-            data, fds, flags, _, marked = self._call(
-                lambda: _io.recv_with_fds(self._sock, bufsize, maxfds), write=False
-            )
-        return self._message(data, fds, flags, marked, bufsize)
+                fds, marked = _io.collect_fds(data, ancdata, flags, maxfds, self._set_cloexec)
+                return self._message(data, fds, flags, marked, bufsize)
+        return _io.call(
+            lambda: self._receive_once(bufsize, maxfds),
+            self._wait,
+            write=False,
+            deadline=_io.deadline(self._timeout),
+        )
 
-    def _finish(
-        self, data: bytes, ancdata: List[Any], flags: int, maxfds: int, bufsize: int
-    ) -> Optional[Message]:
-        fds, marked = _io.collect_fds(data, ancdata, flags, maxfds, set_cloexec=False)
-        return self._message(data, fds, flags, marked, bufsize)
+    def _receive_once(self, bufsize: int, maxfds: int) -> Optional[Message]:
+        """The native receive routine: one recvmsg, made a ``Message`` (or None at the end)."""
+        if self._eof:
+            return None
+        if self._discarding:
+            self._discard_rest_of_record()
+        room = bufsize if bufsize <= _LARGE_BUFSIZE else self._room_for_next(bufsize)
+        data, fds, flags, _, marked = _io.recv_with_fds(self._sock, room, maxfds)
+        return self._message(data, fds, flags, marked, room)
+
+    def _room_for_next(self, bufsize: int) -> int:
+        """A buffer size that holds the next message without allocating a huge ``bufsize``.
+
+        The bytes queued (FIONREAD) bound the next message.  With none queued
+        the head is a zero-length message or end-of-stream if the socket is
+        readable (anything sent later queues behind it), else nothing yet.
+        """
+        queued = _io.queued_bytes(self._sock)
+        if queued < 0:
+            return bufsize  # the OS will not say: what the standard library would do
+        if queued == 0:
+            if not _io.ready_now(self._sock):
+                raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+            queued = max(_io.queued_bytes(self._sock), 0)
+        return min(bufsize, queued)
 
     def _message(
         self, data: bytes, fds: List[int], flags: int, marked: bool, bufsize: int
@@ -332,23 +537,28 @@ class _NativeConn(SeqpacketConn):
             self._eof = True
             return None
         truncated = bool(flags & _MSG_TRUNC)
-        if self._partial_records and not flags & backend.MSG_EOR and len(data) == bufsize:
-            truncated = self._discard_rest_of_record() or truncated
+        if self._partial_records and not flags & _MSG_EOR and len(data) == bufsize:
+            # FreeBSD 15 leaves the rest of a record queued and marks its end with MSG_EOR.
+            self._discarding = True
+            self._fast = False
+            truncated = True
+            try:
+                self._discard_rest_of_record()
+            except BlockingIOError:
+                pass  # the rest has not arrived yet: the next receive goes on discarding
         if fds and _fdpass.REGISTRY.originals:
             fds = _fdpass.guard_reused(fds)
         return Message(data, fds, truncated)
 
-    def _discard_rest_of_record(self) -> bool:
-        # FreeBSD 15 leaves the rest of a record queued and marks its end with MSG_EOR.
-        while True:
+    def _discard_rest_of_record(self) -> None:
+        while self._discarding:
             try:
                 data, _, flags, _, _ = _io.recv_with_fds(self._sock, _STREAM_CHUNK, 0)
             except ControlTruncatedError:
-                continue
-            except BlockingIOError:
-                return True
-            if flags & backend.MSG_EOR or not data:
-                return True
+                continue  # its descriptors were closed; the record goes on
+            if flags & _MSG_EOR or not data:
+                self._discarding = False
+                self._fast = True
 
 
 class _EmulatedConn(SeqpacketConn):
@@ -363,188 +573,421 @@ class _EmulatedConn(SeqpacketConn):
         super().__init__(sock)
         self._encoder = _framing.FrameEncoder(max_message_size, max_fds)
         self._decoder = _framing.FrameDecoder(max_message_size, max_fds)
-        self._pending = memoryview(b"")
-        self._broken: Optional[FramingError] = None
-        try:
-            self._recv_flags: Optional[int] = _probes.cmsg_cloexec_flag()
-        except OSError:
-            self._recv_flags = None  # probe failed (EMFILE?): the general path sets FD_CLOEXEC
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        #: The unsent rest of a frame already accepted (a partly sent message or acknowledgement).
+        self._unsent: Union[bytes, memoryview] = b""
+        #: Acknowledgements sent so far (the decoder counts the requests; the difference is owed).
+        self._acks_sent = 0
+        self._broken: Optional[OSError] = None
+        # Set from just before a system call until its result is recorded (in the frame
+        # state or the decoder).  Still set at the next call means an exception interrupted
+        # that window: the stream position is unknown, and the connection is aborted.
+        self._sending = False
+        self._receiving = False
+        cloexec = _io.cloexec_flag()
+        self._recv_flags = cloexec or 0
+        self._set_cloexec = cloexec is None
+        #: Inline the common receive (property-tested equal to ``_receive``).
+        self._fast = True
+
+    # -- send ------------------------------------------------------------------------------
 
     def send(self, data: Any, fds: Sequence[Any] = ()) -> int:
         numbers = _io.check_fds(fds) if fds else None
         payload = data if type(data) is bytes else memoryview(data).cast("B")
         size = len(payload)
-        hold = numbers is not None and _fdpass.hold_sent_fds()
+        hold = False
         if numbers is None and size <= self._encoder.max_message_size:
             header = _DATA_HEADER(size, 0, _KIND_DATA, 0)  # what header() builds, inline
         else:
+            hold = bool(numbers) and _fdpass.hold_sent_fds()
             header = self._encoder.header(size, len(numbers) if numbers else 0, ack_requested=hold)
-        # acquire/try/finally rather than ``with``: this runs per message, and on CPython 3.11
-        # the ``with`` costs about 80 ns more.
-        self._send_lock.acquire()
-        try:
-            if self._pending or self._broken is not None or self._decoder.pending_acks:
-                self._before_send()
+        timeout = self._timeout
+        deadline = timeout and _monotonic() + timeout  # once per call: see _io.deadline
+        with self._send_lock:
+            if (
+                self._unsent
+                or self._sending
+                or self._broken is not None
+                or self._closed
+                or self._decoder.ack_requests != self._acks_sent
+            ):
+                self._before_send(deadline)
             # Small frames go out as one joined buffer: one copy is cheaper than an iovec.
             frame = header + payload if size < 4096 else None
-            try:
-                if numbers is None and frame is not None:
-                    sent = self._sock.send(frame, _NOSIGNAL)  # the common case, inline
-                else:
-                    sent = self._send_frame(header, payload, frame, numbers)
-            except BlockingIOError:
-                if self._timeout == 0.0:
-                    raise
-                sent = self._call(
-                    lambda: self._send_frame(header, payload, frame, numbers), write=True
-                )
-            if hold and numbers is not None:
-                _fdpass.REGISTRY.hold(self._sock, numbers)
-            if sent < _HEADER_SIZE + size:
-                whole = frame if frame is not None else header + bytes(payload)
-                self._pending = memoryview(whole)[sent:]
-                self._flush(block=self._timeout is None)
-        finally:
-            self._send_lock.release()
-        return size
-
-    def _before_send(self) -> None:
-        """Refuse a broken connection; send owed acknowledgements and an earlier frame's rest."""
-        self._check_broken()
-        if self._decoder.pending_acks:
-            self._flush_acks()
-        if self._pending:
-            self._flush(block=True)
-            if self._pending:
-                raise BlockingIOError(errno.EAGAIN, "previous message still being sent")
-
-    def _send_frame(self, header: bytes, payload: Any, frame: Optional[bytes], numbers: Any) -> int:
-        if numbers is None:
-            if frame is not None:
-                return self._sock.send(frame, _NOSIGNAL)
-            return self._sock.sendmsg([header, payload], [], _NOSIGNAL)
-        buffers = [frame] if frame is not None else [header, payload]
-        return _io.send_with_fds(self._sock, buffers, numbers, _NOSIGNAL)
-
-    def _flush(self, *, block: bool) -> None:
-        """Send the rest of a partly sent frame; in timeout mode, until the deadline."""
-        while self._pending:
-            try:
-                if block:
-                    sent = self._call(lambda: self._sock.send(self._pending, _NOSIGNAL), write=True)
-                else:
-                    sent = self._sock.send(self._pending, _NOSIGNAL)
-            except (BlockingIOError, TimeoutError):
-                return  # committed; the next send, receive or close goes on with it
-            self._pending = self._pending[sent:]
-
-    def _buffered(self) -> bool:
-        return not self._decoder.idle  # decoded frames, end-of-stream or an error wait
-
-    def _send_unsent(self) -> None:
-        with self._send_lock:
-            self._flush(block=False)
-
-    def _flush_acks(self) -> None:
-        count = self._decoder.take_acks()
-        if count:
-            frame = self._encoder.ack(count)
-            self._pending = (
-                memoryview(bytes(self._pending) + frame) if self._pending else memoryview(frame)
-            )
-            self._flush(block=False)
-
-    def recv_message(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
-        if bufsize < 0 or maxfds < 0:
-            _io.check_sizes(bufsize, maxfds)
-        decoder = self._decoder
-        self._recv_lock.acquire()  # not ``with``: see send
-        try:
-            # Nothing decoded waits (nor an error): read first, and decode in the same step.
-            event: Any = self._read_and_decode() if decoder.idle else None
-            while True:
-                if event is None:
-                    if self._broken is not None:
-                        self._check_broken()
-                    try:
-                        event = decoder.next_event()
-                    except FramingError as exc:
-                        self._break(exc)
+            if numbers is None and frame is not None:
+                self._sending = True  # the common case of _send_frame, inline
+                try:
+                    sent = self._sock.send(frame, _NOSIGNAL)
+                except BlockingIOError:
+                    self._sending = False
+                    if deadline == _NONBLOCKING:
                         raise
-                if type(event) is Message:
-                    if decoder.pending_acks:
-                        self._acknowledge()
-                    if event.fds or len(event.data) > bufsize:
-                        return _fit(event, bufsize, maxfds)
-                    return event
-                if event is _framing.NEED_DATA:
-                    event = self._read_and_decode()
-                elif isinstance(event, _framing.Ack):
-                    _fdpass.REGISTRY.release(self._sock, event.frames)
-                    event = None
-                else:
-                    return None  # EndOfStream
-        finally:
-            self._recv_lock.release()
-
-    def _read_and_decode(self) -> Any:
-        """Read one chunk from the socket and return the decoder's next event."""
-        if self._recv_flags is not None:
-            # The common case inline: a chunk without descriptors.
-            try:
-                data, ancdata, flags, _ = _io.recvmsg(self._sock, _STREAM_CHUNK, self._recv_flags)
-            except BlockingIOError:
-                if self._timeout == 0.0:
+                    sent = self._start_frame(header, payload, frame, None, None, deadline)
+                except OSError:
+                    self._sending = False
                     raise
             else:
-                if ancdata or flags & _TRUNCATIONS:
-                    fds, _ = _io.collect_fds(data, ancdata, flags, _CHUNK_FDS, set_cloexec=False)
-                else:
-                    fds = []
-                return self._decode(data, fds)
-        try:
-            data, fds, _, _, _ = _io.recv_with_fds(self._sock, _STREAM_CHUNK, _CHUNK_FDS)
-        except BlockingIOError:
-            if self._timeout == 0.0:
-                raise
-            data, fds, _, _, _ = self._call(
-                lambda: _io.recv_with_fds(self._sock, _STREAM_CHUNK, _CHUNK_FDS), write=False
-            )
-        return self._decode(data, fds)
+                sent = self._start_frame(header, payload, frame, numbers, hold, deadline)
+            if sent < _HEADER_SIZE + size:
+                whole = frame if frame is not None else header + bytes(payload)
+                self._unsent = memoryview(whole)[sent:]
+            self._sending = False
+            if self._unsent and deadline != _NONBLOCKING:
+                self._flush(deadline, committed=True)
+        return size
 
-    def _decode(self, data: bytes, fds: List[int]) -> Any:
+    def _before_send(self, deadline: Optional[float]) -> None:
+        """Refuse an unusable connection; send an earlier frame's rest and owed acknowledgements."""
+        if self._sending:
+            self._abort("send")
+        if self._closed or self._broken is not None:
+            raise self._unusable()
+        self._flush(deadline, committed=False)
+
+    def _start_frame(
+        self,
+        header: bytes,
+        payload: Any,
+        frame: Optional[bytes],
+        numbers: Any,
+        hold: Optional[bool],
+        deadline: Optional[float],
+    ) -> int:
+        """Send the start of a frame (with its descriptors), waiting within ``deadline``.
+
+        Sent descriptors are held first (``_fdpass.REGISTRY``) and released
+        again if nothing could be sent.
+        """
+        batch = _fdpass.REGISTRY.hold(self._sock, numbers) if hold else None
         try:
-            return self._decoder.receive_and_next(data, fds)
+            try:
+                return self._send_frame(header, payload, frame, numbers)
+            except BlockingIOError:
+                if deadline == _NONBLOCKING:
+                    raise
+            sent: int = _io.call(
+                lambda: self._send_frame(header, payload, frame, numbers),
+                self._wait,
+                write=True,
+                deadline=deadline,
+            )
+            return sent
+        except OSError:
+            if batch is not None:
+                _fdpass.REGISTRY.unhold(self._sock, batch)
+            raise
+
+    def _send_frame(self, header: bytes, payload: Any, frame: Optional[bytes], numbers: Any) -> int:
+        """The emulation's one send system call: the start of a frame, descriptors attached."""
+        self._sending = True
+        try:
+            if numbers is None:
+                if frame is not None:
+                    return self._sock.send(frame, _NOSIGNAL)
+                return self._sock.sendmsg([header, payload], [], _NOSIGNAL)
+            buffers = [frame] if frame is not None else [header, payload]
+            return _io.send_with_fds(self._sock, buffers, numbers, _NOSIGNAL)
+        except OSError:
+            self._sending = False  # nothing went out
+            raise
+
+    def _flush(self, deadline: Optional[float], *, committed: bool) -> None:
+        """Send the rest of a partly sent frame, then one ACK for every acknowledgement owed.
+
+        Waits within ``deadline``.  ``committed``: the current message was
+        accepted, so running out of time leaves the rest for later; otherwise
+        it raises (nothing of a new message may go out before the rest).
+        Acknowledgements owed are a count, so a peer that asks for many and
+        never reads costs one integer, not a growing buffer.
+        """
+        while True:
+            if not self._unsent:
+                owed = self._decoder.ack_requests - self._acks_sent
+                if not owed:
+                    return
+                count = min(owed, _framing.MAX_ACK_COUNT)
+                # Counted before it is queued: an interrupt in between loses an ACK (the peer
+                # holds a duplicate a little longer), never sends one twice.
+                self._acks_sent += count
+                self._unsent = _ACK(count)
+            self._sending = True
+            try:
+                sent = self._sock.send(self._unsent, _NOSIGNAL)
+            except BlockingIOError:
+                self._sending = False
+                try:
+                    self._wait(True, deadline)
+                except (BlockingIOError, TimeoutError) as exc:
+                    if committed:
+                        return  # the next send, flush or close goes on with it
+                    if isinstance(exc, BlockingIOError):
+                        raise BlockingIOError(
+                            errno.EAGAIN, "the previous message is still being sent"
+                        ) from None
+                    raise
+                continue
+            except OSError:
+                self._sending = False
+                raise
+            self._unsent = memoryview(self._unsent)[sent:]
+            self._sending = False
+
+    def flush(self) -> None:
+        if not (
+            self._unsent
+            or self._sending
+            or self._closed
+            or self._broken is not None
+            or self._decoder.ack_requests != self._acks_sent
+        ):
+            return  # nothing owed (read without the lock: a send running now flushes itself)
+        deadline = _io.deadline(self._timeout)
+        with self._send_lock:
+            if self._sending:
+                self._abort("send")
+            if self._closed or self._broken is not None:
+                raise self._unusable()
+            self._flush(deadline, committed=False)
+
+    def _acknowledge(self) -> None:
+        """Send owed acknowledgements now if no send is running (else the next send does)."""
+
+        def push() -> None:
+            if self._sending or self._closed or self._broken is not None:
+                return
+            try:
+                self._flush(_NONBLOCKING, committed=True)
+            except OSError:
+                pass  # the peer is gone: the next send reports it
+
+        _holding(self._send_lock, push)
+
+    # -- receive ---------------------------------------------------------------------------
+
+    def recv_message(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
+        if type(bufsize) is not int or type(maxfds) is not int or bufsize < 0 or maxfds < 0:
+            bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
+        with self._recv_lock:
+            if self._receiving:
+                self._abort("receive", holding_recv=True)
+            self._receiving = True
+            decoder = self._decoder
+            if not (decoder.idle and self._fast):  # closed and broken decoders are not idle
+                return self._receive(bufsize, maxfds, None)
+            # _receive's common case inline: nothing held, one chunk that is one plain frame.
+            try:
+                data, ancdata, flags, _ = self._sock.recvmsg(
+                    _STREAM_CHUNK, _ANCBUF, self._recv_flags
+                )
+            except BlockingIOError:
+                if self._timeout == 0.0:
+                    self._receiving = False
+                    raise
+                return self._receive(bufsize, maxfds, None)
+            except OSError as exc:
+                self._receiving = False
+                self._raise_read_error(exc)
+            if ancdata or flags & _MSG_CTRUNC or not data:
+                self._ingest(data, ancdata, flags)
+                return self._receive(bufsize, maxfds, None)
+            try:
+                event = decoder.receive_and_next(data)
+            except FramingError as exc:
+                self._break(exc)
+                raise
+            if type(event) is not Message:
+                return self._receive(bufsize, maxfds, event)
+            self._receiving = False
+            if decoder.ack_requests != self._acks_sent:
+                self._acknowledge()
+            if len(event.data) > bufsize:
+                return Message(event.data[:bufsize], [], True)
+            return event
+
+    def _receive(self, bufsize: int, maxfds: int, event: Any) -> Optional[Message]:
+        """The emulation's one receive routine: decode, and read a chunk whenever it needs one.
+
+        Runs with the receive lock held and ``_receiving`` set, and clears it
+        at every exit where the decoder is consistent.  One deadline bounds
+        the whole call: a peer dripping bytes (or flooding acknowledgements)
+        cannot hold it past its timeout.  Non-blocking, it reads at most
+        ``_READS_PER_CALL`` chunks, keeping what it decoded.
+        """
+        decoder = self._decoder
+        deadline = _io.deadline(self._timeout)
+        reads = 0
+        while True:
+            if event is None:
+                if self._closed or self._broken is not None:
+                    self._receiving = False
+                    decoder.close()
+                    raise self._unusable()
+                try:
+                    event = decoder.next_event()
+                except FramingError as exc:
+                    self._break(exc)
+                    raise
+            kind = type(event)
+            if kind is Message:
+                self._receiving = False
+                if decoder.ack_requests != self._acks_sent:
+                    self._acknowledge()
+                return _fit(event, bufsize, maxfds)
+            if event is _NEED_DATA:
+                if reads and deadline is not None:
+                    if deadline == _NONBLOCKING:
+                        if reads >= _READS_PER_CALL:
+                            self._receiving = False
+                            raise BlockingIOError(
+                                errno.EAGAIN, "read budget spent; the rest waits for the next call"
+                            )
+                    elif _monotonic() >= deadline:
+                        self._receiving = False
+                        raise _io.timeout_error()
+                self._read_chunk(deadline)
+                reads += 1
+            elif kind is _framing.Ack:
+                if not _fdpass.REGISTRY.acknowledge(self._sock, event.frames):
+                    error = FramingError(
+                        f"framing violated by peer: it acknowledged {event.frames} frames, more "
+                        "than awaited acknowledgement"
+                    )
+                    self._break(error)
+                    raise error
+            elif kind is _framing.DescriptorsLost:
+                self._receiving = False
+                if decoder.ack_requests != self._acks_sent:
+                    self._acknowledge()  # the sender may let go: this frame is done
+                raise ControlTruncatedError(
+                    "control data truncated (MSG_CTRUNC): the message's descriptors were lost "
+                    f"({event.closed_fds} that did arrive were closed; is this process out of "
+                    "descriptors?)",
+                    event.data[:bufsize],
+                    event.closed_fds,
+                )
+            else:  # EndOfStream
+                self._receiving = False
+                return None
+            event = None
+
+    def _read_chunk(self, deadline: Optional[float]) -> None:
+        """Read one chunk into the decoder, waiting within ``deadline`` (``_receiving`` set)."""
+        while True:
+            try:
+                data, ancdata, flags, _ = self._sock.recvmsg(
+                    _STREAM_CHUNK, _ANCBUF, self._recv_flags
+                )
+            except BlockingIOError:
+                self._receiving = False  # waiting is safe: nothing was read
+                self._wait(False, deadline)
+                self._receiving = True
+                continue
+            except OSError as exc:
+                self._receiving = False
+                self._raise_read_error(exc)
+            self._ingest(data, ancdata, flags)
+            return
+
+    def _ingest(self, data: bytes, ancdata: List[Any], flags: int) -> None:
+        """Hand one chunk and its descriptors to the decoder; a truncated chunk's bytes too."""
+        fds: List[int] = []
+        lost = -1
+        if ancdata or flags & _MSG_CTRUNC:
+            try:
+                fds, _ = _io.collect_fds(data, ancdata, flags, _NO_LIMIT, self._set_cloexec)
+            except ControlTruncatedError as exc:
+                # Out of descriptors: the kernel dropped some, the rest are closed.  The bytes
+                # still go to the decoder, so the stream stays in step and only this frame is
+                # reported (never a message built from two).
+                lost = exc.closed_fds
+        try:
+            self._decoder.receive_data(data, fds, fds_lost=lost)
         except FramingError as exc:
             self._break(exc)
             raise
 
-    def _acknowledge(self) -> None:
-        if self._decoder.pending_acks and self._send_lock.acquire(blocking=False):
-            try:
-                self._flush_acks()
-            finally:
-                self._send_lock.release()
+    def _raise_read_error(self, exc: OSError) -> NoReturn:
+        if self._closed:
+            raise self._unusable() from exc  # closed by another thread meanwhile
+        if exc.errno == errno.EMSGSIZE:
+            # OpenBSD and DragonFly fail the whole recvmsg when the descriptors do not fit:
+            # whether the bytes went with them is unknown, so the stream cannot be trusted.
+            error = ControlTruncatedError(
+                "recvmsg failed with EMSGSIZE: the kernel discarded descriptors (out of "
+                "descriptors?) and the stream position is unknown; the connection was closed"
+            )
+            self._break(error)
+            raise error from exc
+        raise exc
 
-    def _break(self, exc: FramingError) -> None:
-        self._broken = exc
+    # -- state -----------------------------------------------------------------------------
+
+    def pending(self) -> bool:
+        return (
+            self._closed
+            or self._broken is not None
+            or self._receiving
+            or self._decoder.has_message()
+        )
+
+    def _break(self, error: OSError) -> None:
+        """Close the connection after ``error`` (receive lock held)."""
+        self._broken = error
+        self._receiving = False
         self._decoder.close()
-        super().close()
+        SeqpacketConn.close(self)
 
-    def _check_broken(self) -> None:
-        if self._broken is not None:
-            raise FramingError(f"connection closed after an earlier error: {self._broken.strerror}")
+    def _abort(self, what: str, *, holding_recv: bool = False) -> NoReturn:
+        """An exception interrupted an earlier call mid-system-call: close, and say so."""
+        error = ConnectionAbortedError(
+            errno.ECONNABORTED,
+            f"an exception (a signal handler's?) interrupted an earlier {what} between a system "
+            "call and the recording of its result; the stream position is unknown, so the "
+            "connection was closed rather than risk a corrupt message",
+        )
+        self._broken = error
+        self._sending = self._receiving = False
+        SeqpacketConn.close(self)
+        if holding_recv:
+            self._decoder.close()
+        else:
+            _holding(self._recv_lock, self._decoder.close)
+        raise error
+
+    def _unusable(self) -> OSError:
+        broken = self._broken
+        if broken is None:
+            return _closed_error()
+        reason = f"connection closed after an earlier error: {broken.strerror}"
+        if isinstance(broken, FramingError):
+            return FramingError(reason)
+        return OSError(broken.errno, reason)
 
     def close(self) -> None:
-        if not self.closed:
-            self._flush(block=False)
-        self._decoder.close()
-        super().close()
+        def finish_frame() -> None:
+            # Best effort, never waiting: a peer that is gone or does not read cannot hold
+            # close() up (asyncio's close waits for the rest, within a limit).
+            if self._unsent and not self._sending:
+                try:
+                    self._flush(_NONBLOCKING, committed=True)
+                except OSError:
+                    pass
+
+        if not self._closed:
+            _holding(self._send_lock, finish_frame)
+            super().close()
+        # A receive running in another thread closes the decoder itself when it wakes.
+        _holding(self._recv_lock, self._decoder.close)
 
 
 def _fit(message: Message, bufsize: int, maxfds: int) -> Message:
     """Apply the caller's limits to a whole message, as the kernel does for native ones."""
-    _io.refuse_excess_fds(message.fds, maxfds, message.data[:bufsize])
+    if message.fds:
+        _io.refuse_excess_fds(message.fds, maxfds, message.data[:bufsize])
+        if _fdpass.REGISTRY.originals:
+            message = Message(message.data, _fdpass.guard_reused(message.fds))
     if len(message.data) > bufsize:
         return Message(message.data[:bufsize], message.fds, True)
     return message
@@ -603,9 +1046,15 @@ class SeqpacketListener:
     def accept(self) -> Tuple[SeqpacketConn, UnixSocketAddr]:
         """Wait for a connection; returns it and the peer's address."""
         sock, address = _io.call(
-            self._sock.fileno(), self._sock.accept, write=False, timeout=self._timeout
+            self._sock.accept,
+            self._wait,
+            write=False,
+            deadline=_io.deadline(self._timeout),
         )
         return _wrap(sock, self.implementation), UnixSocketAddr.from_sockaddr(address)
+
+    def _wait(self, write: bool, deadline: Optional[float]) -> None:
+        _io.wait_ready(self._sock, write=write, deadline=deadline)
 
     @property
     def local_addr(self) -> UnixSocketAddr:
@@ -617,10 +1066,8 @@ class SeqpacketListener:
         return self._sock.fileno()
 
     def settimeout(self, timeout: Optional[float]) -> None:
-        """Timeout for ``accept``: ``None`` blocks, ``0`` is non-blocking."""
-        if timeout is not None and timeout < 0:
-            raise ValueError("Timeout value out of range")
-        self._timeout = None if timeout is None else float(timeout)
+        """Timeout for ``accept``: ``None`` blocks, ``0`` is non-blocking (as ``settimeout``)."""
+        self._timeout = _io.check_timeout(timeout)
 
     def setblocking(self, flag: bool) -> None:
         """``setblocking(False)`` is ``settimeout(0)``."""

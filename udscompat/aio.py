@@ -17,6 +17,15 @@ Cancellation never loses anything:
 
 Backpressure comes from the kernel: a send waits while the peer does not
 read, and at most one partly sent frame is buffered per connection.
+
+Fairness: a readiness callback runs one operation, whose own work is bounded
+(a non-blocking emulated receive reads at most a few chunks), and a
+connection whose operations keep completing at once yields to the loop every
+``_STREAK`` of them, so one fast or hostile peer cannot starve the others.
+
+Only the connections' public surface is used (``send``, ``recv_message``,
+``pending``, ``flush``, ``fileno``, ``close``), so anything this module does
+a ``selectors`` user can do too.
 """
 
 from __future__ import annotations
@@ -62,6 +71,8 @@ T = TypeVar("T")
 Handler = Callable[["AsyncSeqpacketConn"], Awaitable[Any]]
 
 _CONNECT_RETRY_MAX = 0.05  # seconds between connect attempts while the backlog is full
+#: Operations completed without waiting, after which a connection yields to the loop once.
+_STREAK = 32
 #: How long ``close`` keeps trying to finish a partly sent (emulated) frame.
 CLOSE_DRAIN_TIMEOUT = 10.0
 
@@ -168,14 +179,21 @@ class _Readiness:
         else:
             waiter.set_result(result)
 
-    def stop(self) -> None:
-        """Unregister from the loop (before the descriptor is closed)."""
+    def stop(self, error: Optional[BaseException] = None) -> None:
+        """Unregister from the loop (before the descriptor is closed).
+
+        A waiting operation gets ``error`` (the connection was closed) instead
+        of waiting for ever.
+        """
         if self._registered and self._loop is not None and not self._loop.is_closed():
             if self._write:
                 self._loop.remove_writer(self._fd)
             else:
                 self._loop.remove_reader(self._fd)
         self._registered = False
+        waiter = self._waiter
+        if error is not None and waiter is not None and not waiter.done():
+            waiter.set_exception(error)
 
 
 class _Turn:
@@ -239,13 +257,15 @@ class AsyncSeqpacketConn:
         #: Messages received for a caller that was cancelled at that moment, for the next one.
         self._kept: List[Optional[Message]] = []
         self._keep = self._kept.append
-        # Bound once: they run for every message.  Only the emulation can have a frame partly
-        # unsent or frames decoded ahead; for native connections the checks are skipped.
+        # Only the emulation can have a frame partly unsent or frames decoded ahead; for
+        # native connections those checks are skipped.
         self._framed = conn.implementation == "emulated"
-        self._buffered = conn._buffered
+        self._pending = conn.pending
+        self._flush = conn.flush
         # The receive that readiness callbacks run: a partial (no Python frame of its own),
         # rebuilt only when the arguments change.
         self._recv_once = functools.partial(conn.recv_message, 65536, 0)
+        self._streak = 0  # operations in a row that completed without waiting
         self._flushing: Optional[asyncio.Future[None]] = None
         self._closing: Optional[asyncio.Future[None]] = None
         self._closed_event = asyncio.Event()
@@ -274,28 +294,38 @@ class AsyncSeqpacketConn:
             await self._send_turn.wait_for_turn()
         conn = self._conn
         try:
-            if self._framed and conn._pending:
-                await self._drain()  # the rest of an earlier frame goes first
+            await self._fair_turn()
             writable = self._writable
             if writable.ready:  # try at once, without a coroutine: the usual case
                 try:
+                    # An earlier frame's rest goes first: send() itself raises
+                    # BlockingIOError while it cannot.
                     sent = conn.send(data, fds)
                 except BlockingIOError:
                     writable.ready = False
                     sent = await writable.run(lambda: conn.send(data, fds))
+                else:
+                    self._streak += 1
             else:
                 sent = await writable.run(lambda: conn.send(data, fds))
-            if self._framed and conn._pending:
+            if self._framed:
                 await self._drain()
             return sent
         finally:
             self._send_turn.release()
 
+    async def _fair_turn(self) -> None:
+        """Yield to the loop once after ``_STREAK`` operations that never had to wait."""
+        if self._streak >= _STREAK:
+            self._streak = 0
+            await asyncio.sleep(0)
+
     async def _drain(self) -> None:
         """Finish a partly sent frame in a task that cancelling the caller does not stop."""
-        if not self._conn._pending:
-            return
-        await asyncio.shield(self._start_flushing())
+        try:
+            self._flush()
+        except BlockingIOError:
+            await asyncio.shield(self._start_flushing())
 
     def _start_flushing(self) -> asyncio.Future[None]:
         if self._flushing is None or self._flushing.done():
@@ -306,13 +336,7 @@ class AsyncSeqpacketConn:
         return self._flushing
 
     async def _flush_unsent(self) -> None:
-        while self._conn._pending:
-            await self._writable.run(self._send_some_unsent)
-
-    def _send_some_unsent(self) -> None:
-        self._conn._send_unsent()
-        if self._conn._pending:
-            raise BlockingIOError(errno.EAGAIN, "frame still partly unsent")
+        await self._writable.run(self._flush)
 
     async def recv_message(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
         """Receive one message, or ``None`` at end-of-stream; see ``SeqpacketConn.recv_message``.
@@ -326,16 +350,25 @@ class AsyncSeqpacketConn:
             if self._kept:
                 message = self._kept.pop(0)
             else:
+                await self._fair_turn()
                 readable = self._readable
-                if self._framed and self._buffered():
+                if self._framed and not readable.ready and self._pending():
                     readable.ready = True  # decoded frames wait; the socket may be empty
                 if self._recv_once.args != (bufsize, maxfds):
                     self._recv_once = functools.partial(self._conn.recv_message, bufsize, maxfds)
+                if readable.ready:
+                    self._streak += 1
                 message = await readable.run(self._recv_once, self._keep)
         finally:
             self._recv_turn.release()
-        if self._framed and self._conn._pending and not self._send_turn.busy:
-            self._start_flushing()  # an acknowledgement the receive could not push out at once
+        if self._framed and not self._send_turn.busy:
+            # An acknowledgement the receive could not push out at once (the socket was full).
+            try:
+                self._flush()
+            except BlockingIOError:
+                self._start_flushing()
+            except OSError:
+                pass  # the peer is gone: the next send reports it
         return message
 
     def peer_credentials(self) -> ConnCredentials:
@@ -362,12 +395,17 @@ class AsyncSeqpacketConn:
         """
         if self._closing is not None or self._closed_event.is_set():
             return
-        if self._conn._pending and not self._conn.closed:
+        if self._framed and not self._conn.closed:
             try:
-                self._closing = asyncio.ensure_future(self._finish_then_close())
-                return
-            except RuntimeError:
-                pass  # no running loop: close at once
+                self._flush()
+            except BlockingIOError:
+                try:
+                    self._closing = asyncio.ensure_future(self._finish_then_close())
+                    return
+                except RuntimeError:
+                    pass  # no running loop: close at once
+            except OSError:
+                pass  # the peer is gone: nothing more can be delivered
         self._close_now()
 
     async def _finish_then_close(self) -> None:
@@ -381,8 +419,10 @@ class AsyncSeqpacketConn:
     def _close_now(self) -> None:
         if self._flushing is not None and not self._flushing.done():
             self._flushing.cancel()
-        self._readable.stop()
-        self._writable.stop()
+        # A task waiting to send or receive is woken with EBADF, as a thread would be.
+        closed = OSError(errno.EBADF, "the connection is closed")
+        self._readable.stop(closed)
+        self._writable.stop(closed)
         self._conn.close()
         self._closed_event.set()
 
@@ -440,7 +480,7 @@ async def open_seqpacket_connection(
         if isinstance(exc, OSError) and not isinstance(exc, (BlockingIOError, TimeoutError)):
             raise connect_error(exc, address, sock) from exc
         raise
-    return AsyncSeqpacketConn(_seqpacket._wrap(sock, impl))
+    return AsyncSeqpacketConn(_seqpacket.SeqpacketConn.from_socket(sock))
 
 
 async def _connect(sock: socket.socket, address: UnixSocketAddr) -> None:
