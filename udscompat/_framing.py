@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
-from typing import Deque, List, NamedTuple, Sequence, Tuple, Union
+from typing import Deque, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from udscompat._errors import FramingError
 from udscompat._records import Message
@@ -269,6 +269,23 @@ class FrameDecoder:
                 return Message(data[_HEADER_SIZE:], [])
         self.receive_data(data, fds)
         return self.next_event()
+
+    def next_ack(self) -> Optional[Ack]:
+        """Take the next frame if it is a whole, valid ACK; else None (nothing is consumed).
+
+        For a sender that never receives: it releases what the peer
+        acknowledged without decoding (or buffering beyond one chunk) messages
+        meant for a later ``next_event``.
+        """
+        if self._error is not None or self._closed or len(self._buffer) - self._pos < _HEADER_SIZE:
+            return None
+        length, nfds, kind, flags = _unpack_header(self._buffer, self._pos)
+        if kind != KIND_ACK or nfds or flags or not length:
+            return None  # a message, or a bad ACK that next_event reports
+        if self._chunks:
+            self._check_stray(self._base + self._pos)
+        self._consume(_HEADER_SIZE)
+        return Ack(length)
 
     def next_event(self) -> Event:
         """The next ``Message``, ``Ack``, ``DescriptorsLost``, ``EndOfStream`` or ``NEED_DATA``.

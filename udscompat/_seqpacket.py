@@ -366,9 +366,12 @@ class SeqpacketConn:
         this descriptor is closed, and a copy held elsewhere (after ``fork``
         or passed on) keeps the connection.
         """
-        if self._closed:
-            return
+        # _closed first (a thread about to wait checks it after registering, see _wait); the
+        # socket's own state says whether there is anything left to do, so a close that an
+        # exception interrupted is finished by the next one.
         self._closed = True
+        if self._sock.fileno() < 0:
+            return
         if self._waiting:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -660,7 +663,13 @@ class _EmulatedConn(SeqpacketConn):
         Sent descriptors are held first (``_fdpass.REGISTRY``) and released
         again if nothing could be sent.
         """
-        batch = _fdpass.REGISTRY.hold(self._sock, numbers) if hold else None
+        batch = None
+        if hold:
+            if _fdpass.REGISTRY.held(self._sock):
+                _holding(self._recv_lock, self._take_acks)
+                if self._broken is not None:
+                    raise self._unusable()
+            batch = _fdpass.REGISTRY.hold(self._sock, numbers)
         try:
             try:
                 return self._send_frame(header, payload, frame, numbers)
@@ -763,6 +772,36 @@ class _EmulatedConn(SeqpacketConn):
                 pass  # the peer is gone: the next send reports it
 
         _holding(self._send_lock, push)
+
+    def _take_acks(self) -> None:
+        """Release what the peer acknowledged, for a sender that never receives (recv lock held).
+
+        Reads only while the decoder holds nothing but acknowledgements, at
+        most a few chunks and never waiting; a message read on the way stays
+        in the decoder for ``recv_message`` (``pending()`` says so).
+        """
+        decoder = self._decoder
+        for _ in range(4):
+            ack = decoder.next_ack()
+            while ack is not None:
+                if not _fdpass.REGISTRY.acknowledge(self._sock, ack.frames):
+                    return  # a lying peer: recv_message reports it
+                ack = decoder.next_ack()
+            if not decoder.idle or self._receiving or self._closed or self._broken is not None:
+                return
+            self._receiving = True
+            try:
+                data, ancdata, flags, _ = self._sock.recvmsg(
+                    _STREAM_CHUNK, _ANCBUF, self._recv_flags
+                )
+            except OSError:
+                self._receiving = False
+                return  # nothing there (or an error recv_message will meet)
+            try:
+                self._ingest(data, ancdata, flags)
+            except OSError:
+                return  # the connection broke; recv_message reports it
+            self._receiving = False
 
     # -- receive ---------------------------------------------------------------------------
 
@@ -977,7 +1016,7 @@ class _EmulatedConn(SeqpacketConn):
 
         if not self._closed:
             _holding(self._send_lock, finish_frame)
-            super().close()
+        super().close()
         # A receive running in another thread closes the decoder itself when it wakes.
         _holding(self._recv_lock, self._decoder.close)
 
