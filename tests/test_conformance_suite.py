@@ -127,6 +127,41 @@ def test_observations_are_what_this_kernel_does(serial_result: Dict[str, Any]) -
     assert seen("os.stream.buffer_sizes")["stream_sndbuf"] == sndbuf
 
 
+def test_seqpacket_shim_cases_carry_evidence_for_both_implementations(
+    serial_result: Dict[str, Any],
+) -> None:
+    both = [
+        c
+        for c in serial_result["cases"]
+        if c["id"].startswith(("shim.seqpacket.", "shim.aio."))
+        and c["id"] != "shim.seqpacket.implementation"
+    ]
+    assert len(both) >= 10
+    for case in both:
+        assert set(case["observed"]) == {"native", "emulated"}, case["id"]
+        assert [run["outcome"] for run in case["observed"].values()] == ["pass", "pass"], case
+
+
+def test_a_case_failing_on_one_implementation_fails_and_says_which(tmp_path: Path) -> None:
+    fake = tmp_path / "test_fake_impl.py"
+    fake.write_text(
+        "import pytest\n"
+        "@pytest.mark.case('shim.fake.one_side', 'passes on native only')\n"
+        "@pytest.mark.parametrize('n', [1])\n"
+        "def test_one_side(observe, seqpacket_implementation, n):\n"
+        "    observe(seqpacket_implementation)\n"
+        "    assert seqpacket_implementation == 'native', 'emulated breaks here'\n"
+    )
+    result = run_suite(tmp_path, "--", str(fake))
+    validate(result)
+    (case,) = result["cases"]
+    assert case["id"] == "shim.fake.one_side[1]"  # the implementation is not in the id
+    assert case["outcome"] == "fail"
+    assert case["observed"]["native"] == {"outcome": "pass", "observed": "native", "message": None}
+    assert case["observed"]["emulated"]["outcome"] == "fail"
+    assert "emulated: fail" in case["message"] and "emulated breaks here" in case["message"]
+
+
 def test_catalogue_rows_are_covered_or_explained(serial_result: Dict[str, Any]) -> None:
     covered = {row for case in serial_result["cases"] for row in case["rows"]}
     missing = [row for row in ROWS if row not in covered and row not in NOT_OBSERVED]
@@ -312,5 +347,9 @@ def test_shim_cases_hold_under_the_standin(standin_result: Dict[str, Any]) -> No
         "shim.fdpass.truncation_no_leak[seqpacket]",
     }
     assert all(c["outcome"] == "pass" for c in shim if c["id"].startswith("shim.seqpacket."))
+    cases = by_id(standin_result)
+    native = cases["shim.seqpacket.truncation"]["observed"]["native"]
+    assert native["outcome"] == "unavailable"  # no kernel seqpacket: evidence says why
+    assert cases["shim.seqpacket.truncation"]["observed"]["emulated"]["outcome"] == "pass"
     errors = [c["id"] for c in standin_result["cases"] if c["outcome"] == "error"]
     assert not errors

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import subprocess
+import threading
 from pathlib import Path
 from typing import Iterator, Tuple
 
@@ -327,3 +329,184 @@ def test_c_peer_exchanges_fds_and_checks_credentials(short_tmp: Path) -> None:
             os.close(fds[0])
         _, err = child.communicate(timeout=30)
         assert child.returncode == 0, err.decode()
+
+
+# -- the sent-fd hold registry: before the send, bounded, released by acknowledgement --------
+
+
+def test_held_duplicates_are_bounded_per_socket(
+    hold_env: pytest.MonkeyPatch, pipe: Tuple[int, int]
+) -> None:
+    """2,000 sends on a socket nobody acknowledges hold at most the bound, oldest closed first."""
+    hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
+    hold_env.setattr(REGISTRY, "max_per_socket", 64)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        before = open_fds()
+        evicted = REGISTRY.evicted
+        peak = 0
+        for sent in range(2000):
+            udscompat.send_fds(a, b"x", [pipe[0]])
+            _, fds, _, _ = udscompat.recv_fds(b, 1, 1)
+            os.close(fds[0])
+            if sent % 50 == 0:
+                peak = max(peak, len(open_fds() - before))
+        assert REGISTRY.held(a) == 64
+        assert peak <= 64
+        assert REGISTRY.evicted - evicted == 2000 - 64
+        big = [pipe[0]] * 100  # one batch over the bound is kept whole: it is the newest
+        udscompat.send_fds(a, b"y", big)
+        assert REGISTRY.held(a) == 100
+        _, fds, _, _ = udscompat.recv_fds(b, 1, 100)
+        for fd in fds:
+            os.close(fd)
+        assert udscompat.release_sent_fds(a) == 100
+
+
+def test_a_failed_send_holds_nothing(hold_env: pytest.MonkeyPatch, pipe: Tuple[int, int]) -> None:
+    hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a:
+        b.close()
+        before = open_fds()
+        with pytest.raises(BrokenPipeError):
+            udscompat.send_fds(a, b"x", [pipe[0]], socket.MSG_NOSIGNAL)
+        assert REGISTRY.held(a) == 0
+        assert open_fds() == before
+
+
+def test_out_of_descriptors_fails_the_send_before_anything_went_out(
+    hold_env: pytest.MonkeyPatch,
+) -> None:
+    """The duplicate is made first: EMFILE there means nothing was sent (child process)."""
+    code = r"""
+import os, resource, socket, udscompat
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+free = os.dup(0); os.close(free)
+resource.setrlimit(resource.RLIMIT_NOFILE, (free, hard))
+try:
+    udscompat.send_fds(a, b"x", [r])
+    print("sent")
+except OSError as exc:
+    b.setblocking(False)
+    try:
+        b.recv(10)
+        print("error but sent", exc.errno)
+    except BlockingIOError:
+        print("refused before sending", exc.errno)
+"""
+    hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
+    child = python_peer(code)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    assert out.decode().split() == ["refused", "before", "sending", str(errno.EMFILE)]
+
+
+def test_one_way_sender_releases_as_acknowledgements_arrive(hold_env: pytest.MonkeyPatch) -> None:
+    """The shim's own connection: the sender never calls recv_message, and holds only a few."""
+    hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
+    a, b = udscompat.seqpacket_pair(implementation="emulated")
+    r, w = os.pipe()
+    peak = 0
+    with a, b:
+        for i in range(2000):
+            a.send(b"fd %d" % i, [r])
+            message = b.recv_message(maxfds=1)
+            assert message is not None and len(message.fds) == 1
+            os.close(message.fds[0])
+            peak = max(peak, REGISTRY.held(a._sock))
+        assert peak <= 2, f"a one-way sender held {peak} duplicates"
+        assert REGISTRY.evicted == 0 or peak <= 2
+    os.close(r)
+    os.close(w)
+
+
+def test_a_forked_child_starts_with_an_empty_registry_and_a_free_lock(
+    hold_env: pytest.MonkeyPatch, pipe: Tuple[int, int]
+) -> None:
+    hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        udscompat.send_fds(a, b"x", [pipe[0]])
+        held_dup = REGISTRY._held[a].batches[0][0]
+        locked, release = threading.Event(), threading.Event()
+
+        def hold_the_lock() -> None:
+            with REGISTRY._lock:
+                locked.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold_the_lock)
+        holder.start()
+        locked.wait(5)
+        pid = os.fork()
+        if pid == 0:  # the child: must neither deadlock nor keep the parent's duplicates
+            code = 1
+            try:
+                signal.alarm(5)
+                ok = REGISTRY.held(a) == 0
+                try:
+                    os.fstat(held_dup)
+                    ok = False  # the inherited duplicate should be closed
+                except OSError:
+                    pass
+                udscompat.send_fds(a, b"child", [pipe[0]])
+                code = 0 if ok and REGISTRY.held(a) == 1 else 2
+            finally:
+                os._exit(code)
+        release.set()
+        holder.join(5)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert REGISTRY.held(a) == 1  # the parent's own is untouched
+        for _ in range(2):
+            _, fds, _, _ = udscompat.recv_fds(b, 8, 1)
+            for fd in fds:
+                os.close(fd)
+        udscompat.release_sent_fds(a)
+
+
+# -- input checks, before any system call -----------------------------------------------------
+
+
+def test_fds_from_a_generator_are_read_once(pipe: Tuple[int, int], tmp_path: Path) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b, open(tmp_path / "f", "wb") as f:
+        udscompat.send_fds(a, b"g", (x for x in [pipe[0], f, pipe[1]]))
+        _, fds, _, _ = udscompat.recv_fds(b, 8, 3)
+        assert [same_file(x, y) for x, y in zip(fds, [pipe[0], f.fileno(), pipe[1]])] == [True] * 3
+        for fd in fds:
+            os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("fds", "error", "match"),
+    [
+        ([True], TypeError, "True is not a file descriptor"),
+        ([False], TypeError, "False is not a file descriptor"),
+        ([2**31], ValueError, "invalid file descriptor 2147483648"),
+        ([-(2**31) - 1], ValueError, "invalid file descriptor"),
+        ([2**40], ValueError, "invalid file descriptor"),
+        ([1.5], TypeError, "fds: expected a file descriptor"),
+    ],
+)
+def test_bad_descriptors_are_refused_naming_fds(fds: list, error: type, match: str) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        with pytest.raises(error, match=match):
+            udscompat.send_fds(a, b"x", fds)
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            b.recv(1)  # nothing was sent
+
+
+@pytest.mark.parametrize(
+    ("bufsize", "maxfds", "match"),
+    [("10", 0, "bufsize must be an int, not str"), (10, 1.5, "maxfds must be an int, not float")],
+)
+def test_bad_sizes_are_type_errors_naming_them(bufsize: object, maxfds: object, match: str) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b, pytest.raises(TypeError, match=match):
+        udscompat.recv_fds(b, bufsize, maxfds)  # type: ignore[arg-type]

@@ -17,6 +17,14 @@ error      the observation or the case itself could not be run
 skip       not run here for another stated reason
 ========== ======================================================================
 
+A case that takes the ``seqpacket_implementation`` fixture runs twice, once
+on each seqpacket implementation (``native``, ``emulated``), in every run
+whatever ``--seqpacket`` says; its two runs are one case in the result file,
+under the id it has always had.  The case's outcome is the worse of the two
+(one implementation ``unavailable`` here, the other passing, is a pass), and
+its ``observed`` value holds the evidence of each:
+``{"native": {"outcome": ..., "observed": ..., "message": ...}, "emulated": {...}}``.
+
 Each case runs under a descriptor-leak check and, through pytest-timeout, a
 per-case timeout.  Under pytest-xdist the workers send their reports to the
 controller, which alone writes the file, so serial and parallel runs give
@@ -46,6 +54,13 @@ _META = "udscompat.case"
 _OBSERVED = "udscompat.observed"
 _NOTE = "udscompat.note"
 _LEAK_GRACE = 2.0  # seconds for finalizers of dropped sockets to run before a leak counts
+#: The seqpacket implementations every case taking ``seqpacket_implementation`` runs on.
+IMPLEMENTATIONS = ("native", "emulated")
+_IMPLEMENTATION_FIXTURE = "seqpacket_implementation"
+_VARIANT = re.compile(r"(^|-)@(native|emulated)(?=-|$)")
+# The outcome of a case run on both implementations: the worse one, "unavailable" only if
+# neither ran.
+_MERGE_ORDER = ["fail", "error", "pass", "observed", "unavailable", "skip"]
 
 
 def unavailable(reason: str) -> None:
@@ -78,6 +93,31 @@ class Observer:
 def observe(request: pytest.FixtureRequest) -> Observer:
     """Record the value a case observed: ``observe(value, note=None)``."""
     return Observer(request.node)
+
+
+@pytest.fixture
+def seqpacket_implementation(request: pytest.FixtureRequest) -> str:
+    """``"native"`` or ``"emulated"``: the case runs on each (see the module docstring).
+
+    Native is ``unavailable`` where the kernel has no SOCK_SEQPACKET that
+    keeps the whole contract (the shim never picks it there).
+    """
+    implementation = str(request.param)
+    if implementation == "native":
+        probe = _probes.seqpacket()
+        if not probe.conformant:
+            unavailable(f"native SOCK_SEQPACKET: {probe.reason}")
+    return implementation
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if _IMPLEMENTATION_FIXTURE in metafunc.fixturenames:
+        metafunc.parametrize(
+            _IMPLEMENTATION_FIXTURE,
+            IMPLEMENTATIONS,
+            ids=[f"@{name}" for name in IMPLEMENTATIONS],
+            indirect=True,
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -125,14 +165,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
-    seen: Dict[str, str] = {}
+    seen: Dict[Tuple[str, Optional[str]], str] = {}
     for item in items:
         meta = case_meta(item)
-        if meta["id"] in seen:
-            raise pytest.UsageError(
-                f"case id {meta['id']} used by {seen[meta['id']]} and {item.nodeid}"
-            )
-        seen[meta["id"]] = item.nodeid
+        key = (meta["id"], meta.get("variant"))
+        if key in seen:
+            raise pytest.UsageError(f"case id {meta['id']} used by {seen[key]} and {item.nodeid}")
+        seen[key] = item.nodeid
         item.user_properties.append((_META, json.dumps(meta)))
 
 
@@ -149,15 +188,27 @@ def case_meta(item: pytest.Item) -> Dict[str, Any]:
     if not title:
         raise pytest.UsageError(f"{item.nodeid}: case {base} has no title")
     callspec = getattr(item, "callspec", None)
-    case_id = f"{base}[{callspec.id}]" if callspec is not None else base
+    variant: Optional[str] = None
+    case_id = base
+    if callspec is not None:
+        params = callspec.id
+        if _IMPLEMENTATION_FIXTURE in callspec.params:
+            # The implementation is not part of the id: both runs are one case.
+            variant = str(callspec.params[_IMPLEMENTATION_FIXTURE])
+            params = _VARIANT.sub("", params).strip("-")
+        if params:
+            case_id = f"{base}[{params}]"
     kind, area = base.split(".")[:2]
-    return {
+    meta: Dict[str, Any] = {
         "id": case_id,
         "kind": kind,
         "area": area,
         "title": title,
         "rows": sorted(mark.kwargs.get("rows", ())),
     }
+    if variant is not None:
+        meta["variant"] = variant
+    return meta
 
 
 class _Recorder:
@@ -174,25 +225,18 @@ class _Recorder:
         if _META not in props:
             return  # collected before our hook ran (a collection error): nothing to record
         meta = json.loads(props[_META])
+        variant = meta.pop("variant", None)
         entry = self.cases.setdefault(
             meta["id"],
             {**meta, "outcome": None, "observed": None, "message": None, "duration_s": 0.0},
         )
         entry["duration_s"] = round(entry["duration_s"] + report.duration, 6)
-        if _OBSERVED in props:
-            entry["observed"] = json.loads(props[_OBSERVED])
-        notes = [value for key, value in report.user_properties if key == _NOTE]
-        outcome, message = _outcome(meta["kind"], report)
-        if outcome is None:
-            if notes and entry["message"] is None:
-                entry["message"] = "; ".join(dict.fromkeys(notes))
-            return
-        if entry["outcome"] in (None, "pass", "observed"):  # the first problem wins
-            entry["outcome"] = outcome
-            if message or notes:
-                entry["message"] = "; ".join(
-                    dict.fromkeys([*notes, *([message] if message else [])])
-                )
+        if variant is not None:
+            # One implementation's run: its own record, merged in result().
+            entry = entry.setdefault("_variants", {}).setdefault(
+                variant, {"outcome": None, "observed": None, "message": None}
+            )
+        _record(entry, meta["kind"], report)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -203,6 +247,8 @@ class _Recorder:
     def result(self) -> Dict[str, Any]:
         cases = [self.cases[key] for key in sorted(self.cases)]
         for case in cases:
+            if "_variants" in case:
+                _merge_variants(case)
             if case["outcome"] is None:
                 case["outcome"] = "error"
                 case["message"] = case["message"] or "the case produced no outcome"
@@ -216,6 +262,42 @@ class _Recorder:
             "summary": dict(sorted(summary.items())),
             "cases": cases,
         }
+
+
+def _record(entry: Dict[str, Any], kind: str, report: pytest.TestReport) -> None:
+    """Fold one phase's report into a case record (or one implementation's part of it)."""
+    props = dict(report.user_properties)
+    if _OBSERVED in props:
+        entry["observed"] = json.loads(props[_OBSERVED])
+    notes = [value for key, value in report.user_properties if key == _NOTE]
+    outcome, message = _outcome(kind, report)
+    if outcome is None:
+        if notes and entry["message"] is None:
+            entry["message"] = "; ".join(dict.fromkeys(notes))
+        return
+    if entry["outcome"] in (None, "pass", "observed"):  # the first problem wins
+        entry["outcome"] = outcome
+        if message or notes:
+            entry["message"] = "; ".join(dict.fromkeys([*notes, *([message] if message else [])]))
+
+
+def _merge_variants(case: Dict[str, Any]) -> None:
+    """One case from its runs on each implementation: the worse outcome, both as evidence."""
+    variants = case.pop("_variants")
+    evidence: Dict[str, Any] = {}
+    for name in IMPLEMENTATIONS:
+        run = variants.get(name) or {"outcome": None, "observed": None, "message": None}
+        if run["outcome"] is None:
+            run = {**run, "outcome": "error", "message": run["message"] or "did not run"}
+        evidence[name] = run
+    outcomes = [run["outcome"] for run in evidence.values()]
+    case["outcome"] = min(outcomes, key=_MERGE_ORDER.index)
+    case["observed"] = evidence
+    remarks = [
+        f"{name}: {run['outcome']}" + (f" ({run['message']})" if run["message"] else "")
+        for name, run in evidence.items()
+    ]
+    case["message"] = "; ".join(remarks)
 
 
 def _outcome(kind: str, report: pytest.TestReport) -> Tuple[Optional[str], Optional[str]]:

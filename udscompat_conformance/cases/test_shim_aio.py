@@ -1,4 +1,7 @@
-"""Shim cases: udscompat.aio, the event-loop integration (the uds README's mio/tokio rows)."""
+"""Shim cases: udscompat.aio, the event-loop integration (the uds README's mio/tokio rows).
+
+Both run on each seqpacket implementation (the ``seqpacket_implementation`` fixture).
+"""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def _run(main: Any) -> Any:
     "asyncio server and 50 clients exchange messages with fds, without blocking the loop",
     rows=["STR-37"],
 )
-def test_echo(observe: Observer, short_tmp: str) -> None:
+def test_echo(observe: Observer, short_tmp: str, seqpacket_implementation: str) -> None:
     path = os.path.join(short_tmp, "srv")
     r, w = os.pipe()
 
@@ -41,7 +44,9 @@ def test_echo(observe: Observer, short_tmp: str) -> None:
             close_all(message.fds)
 
     async def client(n: int) -> bool:
-        async with await aio.open_seqpacket_connection(path) as conn:
+        async with await aio.open_seqpacket_connection(
+            path, implementation=seqpacket_implementation
+        ) as conn:
             await conn.send(b"abc%d" % n, [r])
             reply = await conn.recv_message(maxfds=1)
             assert reply is not None and reply.data == (b"abc%d" % n)[::-1]
@@ -50,7 +55,9 @@ def test_echo(observe: Observer, short_tmp: str) -> None:
             return same
 
     async def main() -> List[bool]:
-        async with await aio.start_seqpacket_server(handler, path):
+        async with await aio.start_seqpacket_server(
+            handler, path, implementation=seqpacket_implementation
+        ):
             return list(await asyncio.gather(*(client(n) for n in range(50))))
 
     try:
@@ -66,9 +73,9 @@ def test_echo(observe: Observer, short_tmp: str) -> None:
     "A receive cancelled while waiting loses no message: the next receive gets it",
     rows=["STR-37"],
 )
-def test_cancelled_receive(observe: Observer) -> None:
+def test_cancelled_receive(observe: Observer, seqpacket_implementation: str) -> None:
     async def main() -> List[bytes]:
-        a, b = aio.seqpacket_pair()
+        a, b = aio.seqpacket_pair(implementation=seqpacket_implementation)
         async with a, b:
             for _ in range(5):
                 waiting = asyncio.ensure_future(b.recv_message())

@@ -1,8 +1,10 @@
-"""Shim cases: the seqpacket contract, for the implementation this run resolves to.
+"""Shim cases: the seqpacket contract, on both implementations in every run.
 
-``udscompat-conformance run --seqpacket emulated`` (or ``native``) forces one;
-the default is what ``auto`` picks on this OS, recorded by
-``shim.seqpacket.implementation``.
+Each case takes the ``seqpacket_implementation`` fixture, so it runs on the
+native and on the emulated implementation (native is ``unavailable`` where the
+kernel has none that keeps the contract); the result file keeps one case per
+id, with each implementation's evidence.  ``shim.seqpacket.implementation``
+records which one ``auto`` picks here (``--seqpacket`` forces that default).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from udscompat_conformance.support import close_all
 case = pytest.mark.case
 
 
-def _pair() -> tuple[udscompat.SeqpacketConn, udscompat.SeqpacketConn]:
-    return udscompat.seqpacket_pair()
+def _pair(implementation: str) -> tuple[udscompat.SeqpacketConn, udscompat.SeqpacketConn]:
+    return udscompat.seqpacket_pair(implementation=implementation)
 
 
 @case(
@@ -31,7 +33,7 @@ def _pair() -> tuple[udscompat.SeqpacketConn, udscompat.SeqpacketConn]:
     rows=["SEQ-01", "ERR-10"],
 )
 def test_implementation(observe: Observer) -> None:
-    a, b = _pair()
+    a, b = udscompat.seqpacket_pair()
     with a, b:
         chosen = a.implementation
     feature = udscompat.capabilities().features["seqpacket"]
@@ -48,9 +50,9 @@ def test_implementation(observe: Observer) -> None:
     "One send is one message; fds ride with their own message",
     rows=["SEQ-02", "SEQ-03", "FD-02"],
 )
-def test_one_message_per_send(observe: Observer) -> None:
+def test_one_message_per_send(observe: Observer, seqpacket_implementation: str) -> None:
     r, w = os.pipe()
-    a, b = _pair()
+    a, b = _pair(seqpacket_implementation)
     with a, b:
         try:
             a.send(b"first")
@@ -71,8 +73,8 @@ def test_one_message_per_send(observe: Observer) -> None:
     "A message longer than bufsize is cut, flagged, and the rest discarded",
     rows=["SEQ-05", "SEQ-04"],
 )
-def test_truncation(observe: Observer) -> None:
-    a, b = _pair()
+def test_truncation(observe: Observer, seqpacket_implementation: str) -> None:
+    a, b = _pair(seqpacket_implementation)
     with a, b:
         a.send(b"x" * 100)
         a.send(b"next")
@@ -88,9 +90,9 @@ def test_truncation(observe: Observer) -> None:
     "Zero-length messages (with and without fds) are not end-of-stream; None only at EOF",
     rows=["SEQ-07", "FD-14"],
 )
-def test_zero_length_vs_eof(observe: Observer) -> None:
+def test_zero_length_vs_eof(observe: Observer, seqpacket_implementation: str) -> None:
     r, w = os.pipe()
-    a, b = _pair()
+    a, b = _pair(seqpacket_implementation)
     with b:
         try:
             a.send(b"")
@@ -114,8 +116,8 @@ def test_zero_length_vs_eof(observe: Observer) -> None:
     "Every message queued before the peer closed is delivered before None",
     rows=["SEQ-10", "STR-09"],
 )
-def test_queued_before_close(observe: Observer) -> None:
-    a, b = _pair()
+def test_queued_before_close(observe: Observer, seqpacket_implementation: str) -> None:
+    a, b = _pair(seqpacket_implementation)
     with b:
         for i in range(50):
             a.send(str(i).encode())
@@ -135,8 +137,8 @@ def test_queued_before_close(observe: Observer) -> None:
     "Non-blocking raises BlockingIOError; a timeout raises TimeoutError",
     rows=["STR-34", "SEQ-23"],
 )
-def test_nonblocking_and_timeout(observe: Observer) -> None:
-    a, b = _pair()
+def test_nonblocking_and_timeout(observe: Observer, seqpacket_implementation: str) -> None:
+    a, b = _pair(seqpacket_implementation)
     with a, b:
         b.setblocking(False)
         with pytest.raises(BlockingIOError):
@@ -167,8 +169,8 @@ def test_nonblocking_and_timeout(observe: Observer) -> None:
     "Threads sending large and small messages at once: every message arrives whole",
     rows=["SEQ-16", "STR-23"],
 )
-def test_threads(observe: Observer) -> None:
-    a, b = _pair()
+def test_threads(observe: Observer, seqpacket_implementation: str) -> None:
+    a, b = _pair(seqpacket_implementation)
     sizes = [1, 70000, 10, 200000, 0, 5000]
     errors: List[BaseException] = []
 
@@ -200,13 +202,13 @@ def test_threads(observe: Observer) -> None:
     "SeqpacketListener on a path: accept, peer_addr, peer credentials, stale file reused",
     rows=["SEQ-01", "STR-02", "CRED-06"],
 )
-def test_listener(observe: Observer, short_tmp: str) -> None:
+def test_listener(observe: Observer, short_tmp: str, seqpacket_implementation: str) -> None:
     path = os.path.join(short_tmp, "l")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
         stale.bind(path)  # a stale socket file the listener must replace
     with (
-        udscompat.SeqpacketListener(path) as listener,
-        udscompat.SeqpacketConn.connect(path) as client,
+        udscompat.SeqpacketListener(path, implementation=seqpacket_implementation) as listener,
+        udscompat.SeqpacketConn.connect(path, implementation=seqpacket_implementation) as client,
     ):
         conn, peer = listener.accept()
         with conn:
@@ -224,8 +226,8 @@ def test_listener(observe: Observer, short_tmp: str) -> None:
     "send() after the peer closed: BrokenPipeError, and no SIGPIPE",
     rows=["SEQ-09", "ERR-05"],
 )
-def test_send_after_peer_closed(observe: Observer) -> None:
-    a, b = _pair()
+def test_send_after_peer_closed(observe: Observer, seqpacket_implementation: str) -> None:
+    a, b = _pair(seqpacket_implementation)
     with a:
         b.close()
         with pytest.raises((BrokenPipeError, ConnectionResetError)) as info:
