@@ -6,6 +6,7 @@ Real sockets throughout; the fd-leak check of conftest.py runs around every test
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
@@ -671,5 +673,74 @@ def test_recv_fds_on_a_socket_a_transport_owns(pipe: Tuple[int, int]) -> None:
             close_all(fds)
         transport.close()
         await asyncio.sleep(0)
+
+    run(main)
+
+
+# -- fairness and the public seams ---------------------------------------------------------------
+
+
+def test_one_flooding_client_does_not_starve_the_others(short_tmp: str) -> None:
+    """A client floods tiny messages the handler only consumes; another still gets answers."""
+    path = os.path.join(short_tmp, "srv")
+    from udscompat._framing import FrameEncoder
+
+    flood = FrameEncoder().encode(b"x") * 2000
+
+    async def handler(conn: aio.AsyncSeqpacketConn) -> None:
+        async for message in conn:
+            if message.data == b"ping":
+                await conn.send(b"pong")
+
+    async def main() -> List[float]:
+        async with await aio.start_seqpacket_server(handler, path, implementation="emulated"):
+            hostile = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            hostile.connect(path)
+            stop = threading.Event()
+
+            def keep_flooding() -> None:
+                while not stop.is_set():
+                    try:
+                        hostile.sendall(flood)
+                    except OSError:
+                        return
+
+            flooder = threading.Thread(target=keep_flooding)
+            flooder.start()
+            waits: List[float] = []
+            try:
+                await asyncio.sleep(0.1)  # the flood is going
+                async with await aio.open_seqpacket_connection(
+                    path, implementation="emulated"
+                ) as client:
+                    loop = asyncio.get_running_loop()
+                    for _ in range(5):
+                        start = loop.time()
+                        await client.send(b"ping")
+                        reply = await asyncio.wait_for(client.recv_message(), 10)
+                        assert reply is not None and reply.data == b"pong"
+                        waits.append(loop.time() - start)
+            finally:
+                stop.set()
+                hostile.shutdown(socket.SHUT_RDWR)
+                flooder.join(5)
+                hostile.close()
+            return waits
+
+    waits = run(main)
+    assert max(waits) < 1.0, f"answers took {waits} s while another client flooded"
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_closing_wakes_a_task_waiting_to_receive(impl: str) -> None:
+    async def main() -> None:
+        a, b = aio.seqpacket_pair(implementation=impl)
+        receiving = asyncio.ensure_future(a.recv_message())
+        await asyncio.sleep(0.01)
+        a.close()
+        with pytest.raises(OSError) as info:
+            await asyncio.wait_for(receiving, 5)
+        assert info.value.errno == errno.EBADF
+        b.close()
 
     run(main)

@@ -450,3 +450,124 @@ def test_emsgsize_from_recvmsg_is_control_truncation(implementation: str) -> Non
         with conn, pytest.raises(ControlTruncatedError) as info:
             conn.recv_message(maxfds=1)
         assert info.value.errno == errno.EMSGSIZE
+
+
+# -- public seams and input checks ---------------------------------------------------------
+
+
+def test_pending_says_a_decoded_message_waits_while_the_socket_is_empty(
+    raw_and_emulated: Tuple[socket.socket, SeqpacketConn],
+) -> None:
+    """select() on fileno() would sleep here; pending() tells the caller to receive first."""
+    import select
+
+    raw, conn = raw_and_emulated
+    assert not conn.pending()
+    raw.sendall(FrameEncoder().encode(b"one") + FrameEncoder().encode(b"two"))
+    m = conn.recv_message()
+    assert m is not None and m.data == b"one"
+    assert select.select([conn.fileno()], [], [], 0.05)[0] == []  # the socket is empty ...
+    assert conn.pending()  # ... but a message waits
+    m = conn.recv_message()
+    assert m is not None and m.data == b"two"
+    assert not conn.pending()
+    raw.sendall(FrameEncoder().encode(b"three")[:5])  # a partial frame is not a message
+    time.sleep(0.01)
+    conn.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        conn.recv_message()
+    assert not conn.pending()
+
+
+def test_from_socket_takes_over_a_connected_socket(pipe: Tuple[int, int]) -> None:
+    s1, s2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    t1, t2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with SeqpacketConn.from_socket(s1) as a, SeqpacketConn.from_socket(s2) as b:
+        assert (a.implementation, b.implementation) == ("native", "native")
+        a.send(b"n", [pipe[0]])
+        m = b.recv_message(maxfds=1)
+        assert m is not None and len(m.fds) == 1
+        _close(m.fds)
+    with SeqpacketConn.from_socket(t1) as a, SeqpacketConn.from_socket(t2) as b:
+        assert (a.implementation, b.implementation) == ("emulated", "emulated")
+        a.send(b"e")
+        m = b.recv_message()
+        assert m is not None and m.data == b"e"
+
+
+def test_from_socket_refuses_what_it_cannot_wrap_naming_it() -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as inet,
+        pytest.raises(ValueError, match="AF_UNIX socket, not family AF_INET"),
+    ):
+        SeqpacketConn.from_socket(inet)
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dgram,
+        pytest.raises(ValueError, match="not type SOCK_DGRAM"),
+    ):
+        SeqpacketConn.from_socket(dgram)
+    with pytest.raises(TypeError, match=r"sock must be a socket\.socket, not int"):
+        SeqpacketConn.from_socket(3)  # type: ignore[arg-type]
+
+
+def test_timeouts_are_checked_as_the_standard_library_checks_them(pair: Pair) -> None:
+    a, _ = pair
+    with pytest.raises(ValueError, match="NaN"):
+        a.settimeout(float("nan"))
+    with pytest.raises(OverflowError):
+        a.settimeout(float("inf"))
+    with pytest.raises(ValueError, match="out of range"):
+        a.settimeout(-0.5)
+    with pytest.raises(TypeError, match="timeout must be a number or None, not str"):
+        a.settimeout("1")  # type: ignore[arg-type]
+    assert a.gettimeout() is None  # unchanged by the refusals
+    a.settimeout(10**9)  # long, but within what the stdlib takes: one poll of ~24 days at most
+    assert a.gettimeout() == 1e9
+
+
+def test_sizes_and_descriptors_are_checked_naming_the_parameter(
+    pair: Pair, pipe: Tuple[int, int]
+) -> None:
+    a, b = pair
+    with pytest.raises(TypeError, match="bufsize must be an int, not str"):
+        b.recv_message("10")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="maxfds must be an int, not float"):
+        b.recv_message(10, 1.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="True is not a file descriptor"):
+        a.send(b"x", [True])
+    with pytest.raises(ValueError, match="invalid file descriptor 2147483648"):
+        a.send(b"x", [2**31])
+    a.send(b"gen", (fd for fd in [pipe[0], pipe[1]]))  # a generator, read once
+    m = b.recv_message(maxfds=2)
+    assert m is not None and m.data == b"gen" and len(m.fds) == 2
+    _close(m.fds)
+
+
+def test_send_returns_bytes_not_items(pair: Pair) -> None:
+    import array
+
+    a, b = pair
+    ints = array.array("i", [1, 2, 3])
+    assert a.send(ints) == 12
+    assert a.send(ints, [0]) == 12
+    for _ in range(2):
+        m = b.recv_message(maxfds=1)
+        assert m is not None and m.data == ints.tobytes()
+        _close(m.fds)
+
+
+def test_a_huge_bufsize_is_not_allocated() -> None:
+    a, b = udscompat.seqpacket_pair(implementation="native")
+    with a, b:
+        b.settimeout(5)
+        a.send(b"small")
+        a.send(b"")
+        a.send(b"x" * 100000)
+        for expected in (b"small", b"", b"x" * 100000):
+            m = b.recv_message(2**40)  # would be a MemoryError if allocated
+            assert m is not None and m.data == expected and not m.truncated
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            b.recv_message(2**40)
+        a.close()
+        assert b.recv_message(2**40) is None

@@ -242,7 +242,7 @@ def recv_ancillary(
         data, ancdata, msg_flags, source = sock.recvmsg(bufsize, ANCILLARY_ROOM, flags | added)
     except OSError as exc:
         if exc.errno == errno.EMSGSIZE:
-            raise _io._emsgsize_error() from exc
+            raise _io.emsgsize_error() from exc
         raise
     fds, _ = _io.collect_fds(data, ancdata, msg_flags, maxfds, cloexec is None)
     try:

@@ -256,7 +256,10 @@ class UnixDatagram:
         return f"<UnixDatagram fd={self.fileno()} {self.local_addr}>"
 
     def _call(self, operation: Callable[[], T], *, write: bool) -> T:
-        return _io.call(self._sock.fileno(), operation, write=write, timeout=self._timeout)
+        return _io.call(operation, self._wait, write=write, deadline=_io.deadline(self._timeout))
+
+    def _wait(self, write: bool, deadline: Optional[float]) -> None:
+        _io.wait_ready(self._sock, write=write, deadline=deadline)
 
 
 UnixDatagram.__module__ = "udscompat"

@@ -208,7 +208,10 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
             EMSGSIZE (OpenBSD, DragonFly), or more than ``maxfds`` arrived.
             All received descriptors are closed first; ``.data`` keeps the payload.
     """
-    cloexec = _cloexec if _cloexec != _CLOEXEC_UNKNOWN else cloexec_flag()
+    try:
+        cloexec = _probes.cmsg_cloexec_flag()  # cached after the first answer
+    except OSError:
+        cloexec = None  # the probe itself could not run (EMFILE?): set FD_CLOEXEC by hand
     data, ancdata, msg_flags, address = recvmsg(sock, bufsize, flags | (cloexec or 0))
     if not msg_flags & _MSG_CTRUNC:
         if not ancdata:
@@ -229,23 +232,16 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
     return data, fds, msg_flags, address, marked
 
 
-_CLOEXEC_UNKNOWN = -1
-_cloexec: Optional[int] = _CLOEXEC_UNKNOWN
-
-
 def cloexec_flag() -> Optional[int]:
     """MSG_CMSG_CLOEXEC if this kernel honours it, else None (a fact, probed once).
 
-    A probe that could not run (EMFILE) is tried again next time; until then
-    the answer is None, so descriptors get FD_CLOEXEC by hand.
+    A probe that could not run (EMFILE) answers None now, so descriptors get
+    FD_CLOEXEC by hand, and is tried again next time.
     """
-    global _cloexec
-    if _cloexec == _CLOEXEC_UNKNOWN:
-        try:
-            _cloexec = _probes.cmsg_cloexec_flag()
-        except OSError:
-            return None
-    return _cloexec
+    try:
+        return _probes.cmsg_cloexec_flag()
+    except OSError:
+        return None
 
 
 def recvmsg(sock: socket.socket, bufsize: int, flags: int) -> Tuple[bytes, List[Any], int, Any]:
@@ -359,11 +355,6 @@ def deadline(timeout: Optional[float]) -> Optional[float]:
     ``time.monotonic()`` value.  Call it once per public call.
     """
     return timeout and _monotonic() + timeout
-
-
-def timed_out(deadline: Optional[float]) -> bool:
-    """Whether a timed call's deadline has passed (never for blocking or non-blocking)."""
-    return bool(deadline) and _monotonic() >= deadline  # type: ignore[operator]
 
 
 def timeout_error() -> TimeoutError:
