@@ -86,6 +86,10 @@ def check_fds(fds: Iterable[Any]) -> array.array[int]:
     """
     if type(fds) is not list and type(fds) is not tuple:
         fds = list(fds)
+    if len(fds) == 1:  # the common case, checked in one comparison (a bool's type is not int)
+        number = fds[0]
+        if type(number) is int and 0 <= number <= _MAX_FD_NUMBER:
+            return array.array("i", fds)
     try:
         numbers = array.array("i", fds)
     except TypeError:  # some items are objects with fileno()
