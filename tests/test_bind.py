@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -541,15 +541,28 @@ def racer() -> Iterator[str]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def start_attacker(racer: str, user: Any, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [racer, *args, str(RACE_SECONDS)],
-        user=user.pw_uid,
-        group=user.pw_gid,
-        extra_groups=[],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+@pytest.fixture
+def attack(racer: str) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start the racer as another user: ``attack(user, MODE, ARGS...)``; stopped afterwards."""
+    started: List[subprocess.Popen[bytes]] = []
+
+    def start(user: Any, *args: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [racer, *args, str(RACE_SECONDS)],
+            user=user.pw_uid,
+            group=user.pw_gid,
+            extra_groups=[],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 def attacker_result(attacker: subprocess.Popen[bytes]) -> Tuple[int, int]:
@@ -593,7 +606,7 @@ def until_attacker_ends(attacker: subprocess.Popen[bytes]) -> Iterator[int]:
 
 @pytest.mark.root("a second user has to own a directory on the path")
 def test_stale_removal_never_deletes_through_a_swapped_directory(
-    short_tmp: Path, racer: str
+    short_tmp: Path, attack: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     """nobody swaps its directory on the path for a link to root's directory, all the time,
     while root restarts a listener there (each start removes the stale file of the last)."""
@@ -607,7 +620,7 @@ def test_stale_removal_never_deletes_through_a_swapped_directory(
     precious = rootdir / "svc.sock"
     precious.write_bytes(b"root's own file")
     path = home / "sub" / "svc.sock"
-    attacker = start_attacker(racer, nobody, "swapdir", str(home), "sub", "alt")
+    attacker = attack(nobody, "swapdir", str(home), "sub", "alt")
     bound = refused = 0
     with descheduled_before("unlink", "rename"):
         for _ in until_attacker_ends(attacker):
@@ -630,7 +643,10 @@ def test_stale_removal_never_deletes_through_a_swapped_directory(
 @pytest.mark.root("a second user has to own the directory the socket is in")
 @pytest.mark.parametrize("mode", [0o666, 0o640])
 def test_mode_never_follows_a_link_planted_over_the_socket(
-    short_tmp: Path, racer: str, umask: Callable[[int], None], mode: int
+    short_tmp: Path,
+    attack: Callable[..., subprocess.Popen[bytes]],
+    umask: Callable[[int], None],
+    mode: int,
 ) -> None:
     """Whenever the socket file appears, nobody renames a link to a root file over it."""
     nobody = other_user()
@@ -640,7 +656,7 @@ def test_mode_never_follows_a_link_planted_over_the_socket(
     secret.write_bytes(b"root only")
     os.chmod(secret, 0o600)
     path = home / "svc.sock"
-    attacker = start_attacker(racer, nobody, "plantlink", str(home), "svc.sock", str(secret))
+    attacker = attack(nobody, "plantlink", str(home), "svc.sock", str(secret))
     bound = refused = 0
     with descheduled_before("chmod"):
         for _ in until_attacker_ends(attacker):
@@ -665,14 +681,16 @@ def test_mode_never_follows_a_link_planted_over_the_socket(
 
 @pytest.mark.root("the peer has to be another user")
 def test_no_peer_of_another_user_connects_or_sends_before_the_mode_applies(
-    short_tmp: Path, racer: str, umask: Callable[[int], None]
+    short_tmp: Path,
+    attack: Callable[..., subprocess.Popen[bytes]],
+    umask: Callable[[int], None],
 ) -> None:
     """With umask 0, a file born 0o777 and chmodded to 0o600 after bind() lets nobody in."""
     nobody = other_user()
     umask(0)
     dgram_path, stream_path = short_tmp / "d.sock", short_tmp / "s.sock"
-    senders = start_attacker(racer, nobody, "sendto", str(dgram_path))
-    connectors = start_attacker(racer, nobody, "connect", str(stream_path))
+    senders = attack(nobody, "sendto", str(dgram_path))
+    connectors = attack(nobody, "connect", str(stream_path))
     binds = received = 0
     for _ in until_attacker_ends(senders):
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dgram:

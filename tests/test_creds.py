@@ -6,6 +6,7 @@ import errno
 import os
 import socket
 from pathlib import Path
+from typing import Any, Tuple
 
 import pytest
 
@@ -136,18 +137,23 @@ def test_listening_socket_is_enotconn_not_its_own_credentials(short_tmp: Path) -
     assert info.value.errno == errno.ENOTCONN
 
 
-def test_credentials_are_the_connectors_even_after_the_socket_moves(short_tmp: Path) -> None:
-    """The process that connected is reported, not the one that holds the socket now."""
-    path = str(short_tmp / "moved")
+def _connect_then_hand_over(path: str, user: Any = None) -> Tuple[ConnCredentials, int]:
+    """Connect to a listener at ``path`` from this process, then let a forked child (as
+    ``user``, if given) hold the only copy and speak over it.  Returns what the listener's
+    side reports, and the child's pid."""
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(path)
         listener.listen()
         client = socket.socket(socket.AF_UNIX)
         client.connect(path)
         pid = os.fork()
-        if pid == 0:  # the child now holds the only copy and speaks over it
+        if pid == 0:
             status = 1
             try:
+                if user is not None:
+                    os.setgroups([])
+                    os.setgid(user.pw_gid)
+                    os.setuid(user.pw_uid)
                 client.sendall(b"from the child")
                 status = 0
             finally:
@@ -159,37 +165,19 @@ def test_credentials_are_the_connectors_even_after_the_socket_moves(short_tmp: P
             creds = udscompat.peer_credentials(conn)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+    return creds, pid
+
+
+def test_credentials_are_the_connectors_even_after_the_socket_moves(short_tmp: Path) -> None:
+    """The process that connected is reported, not the one that holds the socket now."""
+    creds, child = _connect_then_hand_over(str(short_tmp / "moved"))
     assert creds.pid == peer_pid(os.getpid())
-    assert creds.pid != pid
+    assert creds.pid != child
 
 
 @pytest.mark.root("hands a connection to another user")
 def test_connection_made_by_root_still_reports_root_in_another_users_hands(
     short_tmp: Path,
 ) -> None:
-    nobody_entry = other_user()
-    path = str(short_tmp / "handed")
-    with socket.socket(socket.AF_UNIX) as listener:
-        listener.bind(path)
-        listener.listen()
-        client = socket.socket(socket.AF_UNIX)
-        client.connect(path)
-        pid = os.fork()
-        if pid == 0:
-            status = 1
-            try:
-                os.setgroups([])
-                os.setgid(nobody_entry.pw_gid)
-                os.setuid(nobody_entry.pw_uid)
-                client.sendall(b"nobody speaking")
-                status = 0
-            finally:
-                os._exit(status)
-        client.close()
-        conn, _ = listener.accept()
-        with conn:
-            assert conn.recv(32) == b"nobody speaking"
-            creds = udscompat.peer_credentials(conn)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+    creds, _ = _connect_then_hand_over(str(short_tmp / "handed"), other_user())
     assert (creds.euid, creds.pid) == (0, peer_pid(os.getpid()))

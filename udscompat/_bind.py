@@ -406,14 +406,31 @@ class _Reach:
             )
         # connect and sendto follow symbolic links anyway: open the directory as they would.
         self._fd = os.open(self._head, os.O_DIRECTORY | os.O_CLOEXEC | _SEARCH)
-        via = backend.FD_PATH.format(self._fd).encode() + b"/" + self._name
-        if len(via) > limit:
+        try:
+            via = _fd_path(self._fd, self._path) + b"/" + self._name
+            if len(via) > limit:
+                raise ValueError(_too_long_via(self._path, self._name, via, limit))
+        except BaseException:
             os.close(self._fd)
-            raise ValueError(_too_long_via(self._path, self._name, via, limit))
+            raise
         return via
 
     def __exit__(self, *exc_info: object) -> None:
         os.close(self._fd)
+
+
+def _fd_path(fd: int, path: bytes) -> bytes:
+    """``FD_PATH`` for ``fd``, which must resolve (procfs may not be mounted)."""
+    assert backend.FD_PATH is not None
+    via = backend.FD_PATH.format(fd).encode()
+    if not os.path.isdir(via):
+        raise UnsupportedError(
+            "paths reached through a directory descriptor",
+            backend.OS_NAME,
+            f"{os.fsdecode(path)!r} needs {os.fsdecode(via)}, which does not resolve here "
+            "(is /proc mounted?)",
+        )
+    return via
 
 
 def _too_long_via(path: bytes, name: bytes, via: bytes, limit: int) -> str:
@@ -454,10 +471,10 @@ class _Directory:
         if self.fixed and len(given) <= limit:
             return given
         if backend.FD_PATH is not None:
-            via = backend.FD_PATH.format(self.fd).encode() + b"/" + name
-            if len(via) > limit:
-                raise ValueError(_too_long_via(given, name, via, limit))
-            return via
+            via = _fd_path(self.fd, given)
+            if len(via) + 1 + len(name) > limit:
+                raise ValueError(_too_long_via(given, name, via + b"/" + name, limit))
+            return via + b"/" + name
         if not self.fixed:
             raise UnsupportedError(
                 "binds through a directory another user can change",

@@ -37,7 +37,7 @@ SEQPACKET_SEND_FLAGS = 0
 MESSAGE_MARKER: Optional[Tuple[int, int, int]] = None
 HOLD_SENT_FDS = False
 # 4.4BSD's unp_bind creates the file with ACCESSPERMS less the umask: the socket's
-# own mode is not used (the conformance case os.bind.mode_from_socket measures it).
+# own mode is not used (the conformance case os.address.mode_from_socket measures it).
 BIND_MODE_FROM_SOCKET = False
 FD_PATH: Optional[str] = None
 

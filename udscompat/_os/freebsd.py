@@ -55,7 +55,7 @@ FD_CARRYING_CMSG_TYPES: Tuple[int, ...] = ()
 SEQPACKET_SEND_FLAGS = MSG_EOR
 MESSAGE_MARKER: Optional[Tuple[int, int, int]] = None
 HOLD_SENT_FDS = False
-# unp_bind: ACCESSPERMS less the umask (inferred; the case os.bind.mode_from_socket measures it).
+# unp_bind: ACCESSPERMS less the umask (inferred; os.address.mode_from_socket measures it).
 BIND_MODE_FROM_SOCKET = False
 FD_PATH: Optional[str] = None
 

@@ -43,7 +43,7 @@ MESSAGE_MARKER: Optional[Tuple[int, int, int]] = None
 # CPython's multiprocessing (Issue14669) and Node.js (#7512) saw passed fds die when the
 # sender closed its copy before the peer received it (os-facts §2.4).
 HOLD_SENT_FDS = True
-# unp_bind: ACCESSPERMS less the umask (inferred; the case os.bind.mode_from_socket measures it).
+# unp_bind: ACCESSPERMS less the umask (inferred; os.address.mode_from_socket measures it).
 BIND_MODE_FROM_SOCKET = False
 FD_PATH: Optional[str] = None
 
