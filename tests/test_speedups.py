@@ -509,6 +509,30 @@ def test_bad_arguments_are_refused_before_the_system_call() -> None:
 
 
 @needs_compiled
+def test_any_object_with_fileno_names_the_socket() -> None:
+    # Sockets are read through CPython's socket object (checked at import, see READS_SOCKET_FD);
+    # anything else goes through its fileno() method, as the socket module's functions do.
+    class Holder:
+        def __init__(self, fileno: Any) -> None:
+            self._fileno = fileno
+
+        def fileno(self) -> Any:
+            return self._fileno
+
+    a, b = socket.socketpair()
+    with a, b:
+        assert SPEEDUPS.sendmsg(Holder(a.fileno()), b"x", None, 0) == 1
+        assert SPEEDUPS.recvmsg(Holder(b.fileno()), 1, 0, 0)[0] == b"x"
+        assert SPEEDUPS.sendmsg(a.fileno(), b"y", None, 0) == 1
+        assert SPEEDUPS.recvmsg(b, 1, 0, 0)[0] == b"y"
+        with pytest.raises(TypeError, match="fileno\\(\\) returned a non-integer"):
+            SPEEDUPS.recvmsg(Holder("3"), 1, 0, 0)
+        with pytest.raises(AttributeError):
+            SPEEDUPS.recvmsg(object(), 1, 0, 0)
+    assert SPEEDUPS.READS_SOCKET_FD == 1  # the layout check passed on this CPython
+
+
+@needs_compiled
 def test_many_buffers_and_large_fd_counts_take_the_heap_paths(pipe: Tuple[int, int]) -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b:

@@ -12,6 +12,7 @@ SCM_TIMESTAMP: Optional[int]
 CMSG_SPACE_INT: int
 CMSG_LEN_0: int
 MAX_FD_ROOM: int
+READS_SOCKET_FD: int
 
 def sendmsg(fd: Any, data: Any, fds: Union[Sequence[int], Any, None], flags: int, /) -> int: ...
 def recvmsg(
