@@ -2,6 +2,8 @@
 
 udscompat-conformance run [--out FILE] [-n N] [--seqpacket native|emulated|auto]
                           [--timeout S] [--report DIR] [-- pytest args]
+udscompat-conformance run --kernel netbsd-rump|netbsd-rump-linux|gvisor [--out FILE]
+                          [--timeout S] [--check COMMITTED] [--report DIR] [-- pytest args]
 udscompat-conformance report RESULTS... [--out DIR] [--claims FILE...] [--readme FILE]
 udscompat-conformance vm [TARGET...] [--parallel N] [--provider P] [--keep] [--timeout S]
 """
@@ -74,9 +76,54 @@ def run_under_standin(args: argparse.Namespace, argv: List[str]) -> int:
     ).returncode
 
 
+def run_kernel(args: argparse.Namespace) -> int:
+    """A column from a kernel that cannot boot here (see ``kernels/columns.py``)."""
+    from udscompat_conformance.kernels import columns
+    from udscompat_conformance.plugin import write_atomically
+
+    try:
+        result = columns.run_kernel(args.kernel, args.timeout_given, args.pytest_args)
+    except columns.KernelError as exc:
+        print(f"udscompat-conformance: --kernel {args.kernel}: {exc}", file=sys.stderr)
+        return 2
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("report") / "results" / columns.default_result_name(args.kernel, result)
+    )
+    write_atomically(out, result)
+    print(f"udscompat-conformance: {args.kernel}: {result['summary']}; results in {out}")
+    if args.check:
+        import json
+
+        committed = json.loads(Path(args.check).read_text(encoding="utf-8"))
+        changed = columns.differences(committed, result)
+        for line in changed:
+            print(f"udscompat-conformance: differs from {args.check}: {line}", file=sys.stderr)
+        if changed:
+            return 1
+        print(f"udscompat-conformance: same outcomes and values as {args.check}")
+    return render_report(args, out)
+
+
+def render_report(args: argparse.Namespace, out: Path) -> int:
+    """With ``--report DIR``: re-render DIR from its published results and ``out``."""
+    if not args.report:
+        return 0
+    from udscompat_conformance import report
+
+    published = Path(args.report) / "results"
+    inputs = [str(published)] if published.is_dir() else []
+    if out.resolve().parent != published.resolve():
+        inputs.append(str(out))
+    return report.main([*inputs, "--out", args.report])
+
+
 def run(args: argparse.Namespace) -> int:
     import pytest
 
+    if args.kernel:
+        return run_kernel(args)
     if args.seqpacket:
         os.environ["UDSCOMPAT_SEQPACKET"] = args.seqpacket  # read by udscompat and the workers
     out = Path(args.out) if args.out else default_result_path()
@@ -85,17 +132,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"udscompat-conformance: no result file was written ({out})", file=sys.stderr)
         return 2
     print(f"udscompat-conformance: results in {out}")
-    if args.report:
-        from udscompat_conformance import report
-
-        # The report covers every published result next to this run's own.
-        published = Path(args.report) / "results"
-        inputs = [str(published)] if published.is_dir() else []
-        if out.resolve().parent != published.resolve():
-            inputs.append(str(out))
-        rendered = report.main([*inputs, "--out", args.report])
-        if rendered != 0:
-            return rendered
+    # The report covers every published result next to this run's own.
+    rendered = render_report(args, out)
+    if rendered != 0:
+        return rendered
     # Failed cases are recorded in the file; only a run that could not happen is an error.
     return 0 if code in (0, 1) else int(code)
 
@@ -131,7 +171,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="force the seqpacket implementation",
     )
     run_parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, help="per-case timeout in seconds"
+        "--timeout",
+        type=float,
+        default=None,
+        help=f"per-case timeout in seconds ({DEFAULT_TIMEOUT:g})",
     )
     run_parser.add_argument(
         "--report",
@@ -144,6 +187,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="run under the LD_PRELOAD kernel stand-in (Linux): a comma-separated subset of "
         "noseqpacket,noabstract,nocloexec",
     )
+    run_parser.add_argument(
+        "--kernel",
+        choices=("netbsd-rump", "netbsd-rump-linux", "gvisor"),
+        help="run on a kernel that cannot boot here: NetBSD as a rump kernel through its native "
+        "ABI or through compat_linux, or gVisor (see udscompat_conformance/kernels/)",
+    )
     sub.add_parser(
         "vm",
         help="run the suite on Vagrant machines, ssh:// hosts or local (see: vm --help)",
@@ -154,8 +203,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="merge result files into the feature matrix (see: report --help)",
         add_help=False,
     )
+    run_parser.add_argument(
+        "--check",
+        metavar="COMMITTED",
+        help="with --kernel: compare this run with a committed result file; exit 1 and list "
+        "every case whose outcome or value differs",
+    )
     args = parser.parse_args(argv)
     args.pytest_args = extra
+    if args.check and not args.kernel:
+        parser.error("--check compares a --kernel run with a committed result file")
+    args.timeout_given = args.timeout
+    if args.timeout is None:
+        args.timeout = DEFAULT_TIMEOUT
+    if args.kernel and (args.standin or args.seqpacket or args.workers not in (None, "0")):
+        parser.error("--kernel runs its own way: not with --standin, --seqpacket or -n")
     if args.standin:
         return run_under_standin(args, list(sys.argv[1:] if argv is None else argv))
     return run(args)

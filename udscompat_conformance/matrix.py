@@ -45,6 +45,16 @@ AREA_LABELS = {
 }
 
 
+#: Variants of the columns ``run --kernel`` makes (``run.kernel`` in the result file).
+KERNEL_VARIANTS = {
+    "netbsd-rump": "rump kernel, native ABI",
+    "netbsd-rump-linux": "rump kernel, Linux ABI via compat_linux",
+    "gvisor": "gVisor",
+}
+#: The kernel whose cells are ABI translations of another column's kernel, and that column.
+TRANSLATING_KERNELS = {"netbsd-rump-linux": "netbsd-rump"}
+
+
 class ResultError(ValueError):
     """A file that cannot be used as a result (or claims) file; says why, not which."""
 
@@ -102,8 +112,11 @@ def column_of(result: Dict[str, Any]) -> Dict[str, Any]:
     host, run = result["host"], result.get("run", {})
     standin = run.get("standin")
     forced = run.get("seqpacket_implementation", "auto")
+    kernel = run.get("kernel")
     if run.get("stage"):
         variant = f"failed at {run['stage']}"
+    elif kernel:
+        variant = KERNEL_VARIANTS.get(kernel, str(kernel))
     elif standin:
         variant = f"stand-in: {standin}"
     elif forced not in (None, "", "auto"):
@@ -120,6 +133,7 @@ def column_of(result: Dict[str, Any]) -> Dict[str, Any]:
         "release": release,
         "machine": machine,
         "variant": variant,
+        "kernel": kernel,
         "evidence": not standin and not run.get("stage"),
     }
 
@@ -187,6 +201,8 @@ def build_matrix(files: Iterable[Path], claims: Iterable[Dict[str, Any]] = ()) -
                     "observed": case.get("observed"),
                     "message": case.get("message"),
                     "file": path.name,
+                    "hang": bool(case.get("hang")),
+                    "abi_note": case.get("abi_translation"),
                 }
             )
     ordered_columns = sorted(columns.values(), key=_column_sort_key)
@@ -207,6 +223,7 @@ def build_matrix(files: Iterable[Path], claims: Iterable[Dict[str, Any]] = ()) -
                 "differs": len(values) > 1 or len(row_cells) < len(ordered_columns),
             }
         )
+    _mark_translations(ordered_columns, rows)
     for column in ordered_columns:
         column["conflict"] = any(
             row["cells"].get(column["key"], {}).get("conflict") for row in rows
@@ -231,6 +248,8 @@ def _merge_cell(found: List[Dict[str, Any]]) -> Dict[str, Any]:
         "message": first["message"],
         "files": [f["file"] for f in found],
         "conflict": None,
+        "hang": first["hang"],
+        "abi_note": first["abi_note"],
     }
     if len(distinct) > 1:
         cell["conflict"] = [
@@ -243,6 +262,55 @@ def _merge_cell(found: List[Dict[str, Any]]) -> Dict[str, Any]:
             for f in found
         ]
     return cell
+
+
+def _mark_translations(columns: List[Dict[str, Any]], rows: List[Dict[str, Any]]) -> None:
+    """In a column whose kernel is reached through a translating ABI (NetBSD via compat_linux),
+    note every cell that differs from the same kernel's native-ABI column: that value is the
+    translation's until shown otherwise.  Cells the result file marked keep their reason."""
+    for column in columns:
+        native_kernel = TRANSLATING_KERNELS.get(column.get("kernel") or "")
+        if native_kernel is None:
+            continue
+        native = next(
+            (
+                c
+                for c in columns
+                if c.get("kernel") == native_kernel
+                and (c["os"], c["release"], c["machine"])
+                == (column["os"], column["release"], column["machine"])
+            ),
+            None,
+        )
+        if native is None:
+            continue
+        for row in rows:
+            cell, reference = row["cells"].get(column["key"]), row["cells"].get(native["key"])
+            if cell is None or reference is None or cell["abi_note"]:
+                continue
+            if not _same_observation(cell, reference):
+                cell["abi_note"] = (
+                    f"differs from the native-ABI column ({text_value(reference)}): "
+                    "compat_linux's translation, not NetBSD's behaviour"
+                )
+
+
+def _same_observation(cell: Dict[str, Any], reference: Dict[str, Any]) -> bool:
+    """Does ``cell`` show what ``reference`` shows?  Keys only the reference has (the native
+    cases record extra detail) do not count."""
+    if cell["outcome"] != reference["outcome"]:
+        return False
+    mine, theirs = cell["observed"], reference["observed"]
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        return all(theirs.get(key) == value for key, value in mine.items() if key in theirs)
+    return bool(mine == theirs)
+
+
+def text_value(cell: Dict[str, Any]) -> str:
+    """A short plain rendering of a cell for notes."""
+    if cell["outcome"] not in ("observed", "pass"):
+        return cell["outcome"]
+    return json.dumps(cell["observed"], sort_keys=True)[:120]
 
 
 def _cell_value(cell: Dict[str, Any]) -> Any:
@@ -322,6 +390,9 @@ def check_claim(claim: Dict[str, Any], matrix: Dict[str, Any]) -> Dict[str, Any]
         cell = row["cells"].get(column["key"])
         if cell is None or cell["outcome"] not in ("observed", "pass", "fail"):
             continue
+        if cell.get("abi_note"):
+            continue  # an ABI translation's value says nothing about the OS
+
         if claim["expect"].get("outcome"):
             ok = cell["outcome"] == claim["expect"]["outcome"]
         else:
@@ -343,6 +414,7 @@ def check_claim(claim: Dict[str, Any], matrix: Dict[str, Any]) -> Dict[str, Any]
         "says": claim["says"],
         "status": status,
         "evidence": evidence,
+        "corrected": claim.get("corrected"),
     }
 
 

@@ -80,6 +80,8 @@ def cell_text(cell: Optional[Dict[str, Any]]) -> str:
 
 def _plain_cell_text(cell: Dict[str, Any]) -> str:
     outcome = cell["outcome"]
+    if cell.get("hang"):
+        return "hang"
     if outcome == "pass":
         return "✔" if cell.get("observed") in (None, True) else f"✔ {text_of(cell['observed'])}"
     if outcome == "fail":
@@ -99,7 +101,14 @@ def summary_text(cell: Optional[Dict[str, Any]], how: str) -> str:
         return "·"
     if cell.get("conflict"):
         return "⚠"
+    text = _summary_value(cell, how)
+    return f"{text} †" if cell.get("abi_note") else text
+
+
+def _summary_value(cell: Dict[str, Any], how: str) -> str:
     outcome, value = cell["outcome"], cell.get("observed")
+    if cell.get("hang"):
+        return "✘ hang"
     if outcome == "unavailable":
         return "✘ N/A"
     if outcome in ("fail", "error"):
@@ -195,6 +204,15 @@ def render_markdown(matrix: Dict[str, Any]) -> str:
         "## Summary",
         "",
         summary_markdown(matrix),
+        *(
+            [
+                "† the value went through an ABI translation (NetBSD's compat_linux) and is not "
+                "evidence about the kernel; the native-ABI column has the kernel's own.",
+                "",
+            ]
+            if any(cell.get("abi_note") for row in matrix["rows"] for cell in row["cells"].values())
+            else []
+        ),
         "## Columns",
         "",
         "| Column | Kernel | Machine | Python | udscompat | Run | Files |",
@@ -238,6 +256,8 @@ def render_markdown(matrix: Dict[str, Any]) -> str:
                     text = text[: _SHORT - 1] + "…"
                 if cell is not None and cell.get("message"):
                     marks += footnote(cell["message"])
+                if cell is not None and cell.get("abi_note"):
+                    marks += "†" + footnote(f"ABI translation: {cell['abi_note']}")
                 cells.append(_md_escape(text) + marks)
             kind = "shim" if row["kind"] == "shim" else "os"
             title = f"{_md_escape(row['title'])} <sub>`{row['id']}` {kind}</sub>"
@@ -255,6 +275,13 @@ def render_markdown(matrix: Dict[str, Any]) -> str:
             status = {"confirmed": "✔ confirmed", "contradicted": "✘ contradicted"}.get(
                 claim["status"], "? unverified"
             )
+            corrected = claim.get("corrected")
+            if corrected:
+                where = f" on {corrected['column']}" if corrected.get("column") else ""
+                status += footnote(
+                    f'Corrected: the source said "{corrected["was"]}"; '
+                    f"{corrected['shown_by']} showed otherwise{where}"
+                )
             out.append(
                 "| "
                 + " | ".join(
@@ -304,6 +331,7 @@ td details div { font-size: 0.75rem; color: #333; white-space: pre-wrap; }
 .o-observed.v-true { background: #e6f4e6; } .o-observed.v-false { background: #fbeed5; }
 .s-yes { background: #dff3df; } .s-no { background: #fbeed5; }
 .conflict { outline: 3px solid #d08000; outline-offset: -3px; }
+td.abi summary::after { content: " †"; color: #8a5a00; }
 .c-confirmed { background: #dff3df; } .c-contradicted { background: #f8d4d4; }
 .c-unverified { background: #ececec; }
 .controls { display: flex; flex-wrap: wrap; gap: 0.4rem 1rem; align-items: center;
@@ -325,6 +353,10 @@ def _value_class(cell: Dict[str, Any]) -> str:
         classes.append("v-false")
     if cell.get("conflict"):
         classes.append("conflict")
+    if cell.get("abi_note"):
+        classes.append("abi")
+    if cell.get("hang"):
+        classes.append("hang")
     return " ".join(classes)
 
 
@@ -338,6 +370,8 @@ def _cell_html(cell: Optional[Dict[str, Any]], column: Dict[str, Any]) -> str:
         )
     if cell.get("message"):
         detail.append("message: " + cell["message"])
+    if cell.get("abi_note"):
+        detail.append("ABI translation: " + cell["abi_note"])
     if cell.get("conflict"):
         for other in cell["conflict"]:
             detail.append(
@@ -373,6 +407,7 @@ def _column_header(column: Dict[str, Any]) -> str:
                     ("run started", run.get("started")),
                     ("duration", f"{run.get('duration_s')} s"),
                     ("seqpacket", run.get("seqpacket_implementation")),
+                    ("run --kernel", run.get("kernel")),
                     ("stand-in", run.get("standin")),
                     ("summary", json.dumps(source["summary"], sort_keys=True)),
                 )
@@ -462,8 +497,11 @@ def render_html(matrix: Dict[str, Any]) -> str:
         )
         for claim in matrix["claims"]:
             observed = "; ".join(text_of(e["observed"]) for e in claim["evidence"]) or "·"
+            says = claim["says"]
+            if claim.get("corrected"):
+                says += f" (corrected; the source said: {claim['corrected']['was']})"
             out.append(
-                f"<tr><td>{_h(claim['source'])}</td><td>{_h(claim['os_label'])}</td><td>{_h(claim['says'])}</td>"
+                f"<tr><td>{_h(claim['source'])}</td><td>{_h(claim['os_label'])}</td><td>{_h(says)}</td>"
                 f"<td><code>{_h(claim['case'])}</code></td><td>{_h(observed)}</td>"
                 f'<td class="c-{_h(claim["status"])}">{_h(claim["status"])}</td></tr>'
             )
