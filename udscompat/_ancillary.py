@@ -195,8 +195,7 @@ def send_ancillary(
                     "the kernel reads only the first control message of a send",
                 )
             ancdata.append(cmsg)
-    if numbers:
-        ancdata.append((_SOL_SOCKET, _SCM_RIGHTS, numbers))
+    ancdata.extend(_io.rights(sock, numbers))
     if (
         ancdata
         and _fdpass._raw_type(sock) & 0xF == socket.SOCK_STREAM

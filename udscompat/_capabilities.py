@@ -49,8 +49,11 @@ def capabilities() -> Capabilities:
     ``max_fds_per_message``, ``max_path_bytes``, ``ctrunc``,
     ``close_after_send_safe``, ``holds_sent_fds``,
     ``same_process_fd_reuse``, ``seqpacket_short_read``,
-    ``seqpacket_zero_length``.  Every value comes from a probe run on a
-    private socketpair (or a temporary directory), not from a table.
+    ``seqpacket_zero_length``, ``stream_fd_padding``, ``peek_installs_fds``,
+    ``undecided``.  Every value comes from a probe run on a private
+    socketpair (or a temporary directory), not from a table.
+    No probe blocks; ``undecided`` names the probes that could not decide
+    here (their quirk then holds the answer that is safe for udscompat) and why.
     """
     features: Dict[str, Feature] = {}
     abstract, why = _probes.abstract_addresses()
@@ -73,7 +76,10 @@ def capabilities() -> Capabilities:
         "same_process_fd_reuse": _probes.same_process_fd_reuse(),
         "seqpacket_short_read": seq.short_read,
         "seqpacket_zero_length": seq.zero_length,
+        "stream_fd_padding": _probes.fd_control_padding(),
+        "peek_installs_fds": _probes.peek_installs_fds(),
     }
+    quirks["undecided"] = _probes.undecided()
     return Capabilities(backend.OS_NAME, platform.release(), features, quirks)
 
 

@@ -283,7 +283,7 @@ def send_fds(
     numbers = _io.check_fds(fds)
     if numbers and not _has_payload(buffers) and _raw_type(sock) & 0xF == socket.SOCK_STREAM:
         raise ValueError("descriptors need at least one payload byte on a stream socket")
-    ancdata = [(_SOL_SOCKET, _SCM_RIGHTS, numbers)] if numbers else []
+    ancdata = _io.rights(sock, numbers)
     # Held before the send, so a full descriptor table fails it before anything went out.
     batch = REGISTRY.hold(sock, numbers) if numbers and hold_sent_fds() else None
     try:
@@ -306,7 +306,9 @@ def recv_fds(
         bufsize: most payload bytes to receive.
         maxfds: most descriptors the caller accepts.
         flags: ``recvmsg`` flags (``MSG_PEEK`` included: on Linux a peek
-            clones the descriptors, which the caller then owns).
+            clones the descriptors, which the caller then owns; where a peek
+            installs none -- NetBSD and FreeBSD copy out kernel pointers,
+            macOS zeros -- it returns no descriptors).
 
     Returns:
         ``(data, fds, msg_flags, address)``; ``fds`` are new, close-on-exec

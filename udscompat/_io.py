@@ -192,11 +192,26 @@ def send_with_fds(
     flags: int = 0,
     address: Any = None,
 ) -> int:
-    """One ``sendmsg`` carrying ``fds`` in exactly one SCM_RIGHTS message."""
-    ancdata = [(_SOL_SOCKET, _SCM_RIGHTS, fds)] if fds else []
+    """One ``sendmsg`` carrying ``fds`` in exactly one SCM_RIGHTS message (see ``rights``)."""
+    ancdata = rights(sock, fds)
     if address is None:
         return sock.sendmsg(buffers, ancdata, flags)
     return sock.sendmsg(buffers, ancdata, flags, address)
+
+
+def rights(sock: socket.socket, fds: array.array[int]) -> List[Tuple[int, int, Any]]:
+    """The ancillary data that carries ``fds`` on ``sock``: one SCM_RIGHTS message.
+
+    On a stream socket where ``_probes.fd_control_padding()`` found that the
+    kernel silently drops messages whose descriptors outgrow the receiver's
+    buffer (NetBSD), the array goes a second time, as padding the kernel
+    ignores, so that the kernel waits for room instead.
+    """
+    if not fds:
+        return []
+    if sock.type == socket.SOCK_STREAM and _probes.fd_control_padding():
+        return [(_SOL_SOCKET, _SCM_RIGHTS, fds), (_SOL_SOCKET, _SCM_RIGHTS, fds)]
+    return [(_SOL_SOCKET, _SCM_RIGHTS, fds)]
 
 
 def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0) -> Received:
@@ -217,6 +232,10 @@ def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
     except OSError:
         cloexec = None  # the probe itself could not run (EMFILE?): set FD_CLOEXEC by hand
     data, ancdata, msg_flags, address = recvmsg(sock, bufsize, flags | (cloexec or 0))
+    if flags & socket.MSG_PEEK and ancdata and not _probes.peek_installs_fds():
+        # The kernel copied out its own file pointers (NetBSD, FreeBSD) or zeros (macOS):
+        # nothing was installed, and those numbers name unrelated descriptors of ours.
+        ancdata = [c for c in ancdata if not (c[0] == _SOL_SOCKET and c[1] == _SCM_RIGHTS)]
     if not msg_flags & _MSG_CTRUNC:
         if not ancdata:
             return data, [], msg_flags, address, False

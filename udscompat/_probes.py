@@ -5,6 +5,13 @@ The answers feed validation (abstract addresses), the fd-passing path
 found by trying the real call on a private socketpair, never from a table;
 the backend only supplies the candidate values to try.  Every probe closes
 everything it opened, whatever happens.
+
+No probe blocks: every probe socket is non-blocking and every receive waits
+at most ``DELIVERY_WAIT`` for its message.  A kernel may accept a send and
+then deliver nothing (NetBSD drops a message whose descriptors overflow the
+receive buffer while ``sendmsg`` reports success), and a blocking receive
+would then wait forever.  A probe that cannot decide says so: its answer is
+the safe one for the library, and ``undecided()`` names it and why.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ import functools
 import os
 import secrets
 import socket
-from typing import Iterator, List, NamedTuple, Optional, Set, Tuple
+import threading
+from typing import Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from udscompat import _io
 from udscompat._platform import backend
@@ -27,13 +35,33 @@ __all__ = [
     "close_after_send",
     "cmsg_cloexec_flag",
     "ctrunc_behaviour",
+    "fd_control_padding",
     "max_fds_per_message",
     "open_fds",
+    "peek_installs_fds",
     "same_process_fd_reuse",
     "seqpacket",
+    "undecided",
 ]
 
 _TOO_MANY = {errno.EINVAL, errno.EMSGSIZE, errno.E2BIG, errno.ETOOMANYREFS, errno.ENOBUFS}
+#: Seconds a probe waits for a message it sent to itself.  Every kernel known queues an
+#: AF_UNIX message before sendmsg returns; the wait only guards a slower one.
+DELIVERY_WAIT = 0.25
+
+_undecided: Dict[str, str] = {}
+_undecided_lock = threading.Lock()
+
+
+def undecided() -> Dict[str, str]:
+    """The probes (by name) that could not decide in this process, and why."""
+    with _undecided_lock:
+        return dict(_undecided)
+
+
+def _note_undecided(probe: str, reason: str) -> None:
+    with _undecided_lock:
+        _undecided[probe] = reason
 
 
 def _errno_name(exc: OSError) -> str:
@@ -45,24 +73,58 @@ def _send_rights(sock: socket.socket, data: bytes, fds: List[int], flags: int = 
     return sock.sendmsg([data], [(backend.SOL_SOCKET, backend.SCM_RIGHTS, rights)], flags)
 
 
-def _recv_rights(sock: socket.socket, nfds: int, flags: int = 0) -> Tuple[bytes, List[int], int]:
-    data, ancdata, msg_flags, _ = sock.recvmsg(64, socket.CMSG_SPACE(4 * max(nfds, 1)), flags)
+def _receive(
+    sock: socket.socket, bufsize: int, ancbufsize: int = 0, flags: int = 0
+) -> Optional[Tuple[bytes, List[Tuple[int, int, bytes]], int, object]]:
+    """One recvmsg on a non-blocking probe socket, waiting at most ``DELIVERY_WAIT``.
+
+    Returns None when no message came: the kernel accepted the send and delivered nothing.
+    """
+    try:
+        return _io.call(
+            lambda: sock.recvmsg(bufsize, ancbufsize, flags),
+            lambda write, deadline: _io.wait_ready(sock, write=write, deadline=deadline),
+            write=False,
+            deadline=_io.deadline(DELIVERY_WAIT),
+        )
+    except TimeoutError:
+        return None
+
+
+def _rights(ancdata: List[Tuple[int, int, bytes]]) -> List[int]:
     fds: List[int] = []
     for level, kind, payload in ancdata:
         if level == backend.SOL_SOCKET and kind == backend.SCM_RIGHTS:
             usable = len(payload) - len(payload) % 4
             fds.extend(array.array("i", payload[:usable]))
-    return data, fds, msg_flags
+    return fds
+
+
+def _recv_rights(
+    sock: socket.socket, nfds: int, flags: int = 0
+) -> Optional[Tuple[bytes, List[int], int]]:
+    """Receive a message with up to ``nfds`` fds; None if none arrived (see ``_receive``)."""
+    got = _receive(sock, 64, socket.CMSG_SPACE(4 * max(nfds, 1)), flags)
+    if got is None:
+        return None
+    data, ancdata, msg_flags, _ = got
+    return data, _rights(ancdata), msg_flags
 
 
 @contextlib.contextmanager
-def _stream_pair() -> Iterator[Tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+def _probe_pair(kind: int = socket.SOCK_STREAM) -> Iterator[Tuple[socket.socket, socket.socket]]:
+    """A non-blocking AF_UNIX socketpair of ``kind``, closed afterwards."""
+    a, b = socket.socketpair(socket.AF_UNIX, kind)
     try:
+        a.setblocking(False)
+        b.setblocking(False)
         yield a, b
     finally:
         a.close()
         b.close()
+
+
+_stream_pair = _probe_pair
 
 
 @contextlib.contextmanager
@@ -129,9 +191,13 @@ def cmsg_cloexec_flag() -> Optional[int]:
     with _stream_pair() as (a, b), _pipe() as (r, _w):
         _send_rights(a, b"x", [r])
         try:
-            _, fds, _ = _recv_rights(b, 1, candidate)
+            got = _recv_rights(b, 1, candidate)
         except OSError:
             return None
+        if got is None:
+            _note_undecided("cmsg_cloexec_flag", "the probe's message never arrived")
+            return None
+        _, fds, _ = got
         try:
             honoured = bool(fds) and all(not os.get_inheritable(fd) for fd in fds)
         finally:
@@ -144,7 +210,12 @@ def same_process_fd_reuse() -> bool:
     """Does a receive in the sending process hand back the sender's own, still open, slot?"""
     with _stream_pair() as (a, b), _pipe() as (r, _w):
         _send_rights(a, b"x", [r])
-        _, fds, _ = _recv_rights(b, 1)
+        got = _recv_rights(b, 1)
+        if got is None:
+            # Assume reuse: the library then guards received fds equal to sent ones.
+            _note_undecided("same_process_fd_reuse", "the probe's message never arrived")
+            return True
+        _, fds, _ = got
         reused = r in fds
         _io.close_fds([fd for fd in fds if fd != r])
     return reused
@@ -166,8 +237,14 @@ def close_after_send() -> bool:
             os.close(r)
         try:
             for _ in range(4):
-                socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)[0].close()
-            _, fds, _ = _recv_rights(b, 1)
+                x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                x.close()
+                y.close()
+            got = _recv_rights(b, 1)
+            if got is None:
+                _note_undecided("close_after_send", "the probe's message never arrived")
+                return False
+            _, fds, _ = got
             try:
                 os.write(w, b"!")
                 return len(fds) == 1 and os.read(fds[0], 1) == b"!"
@@ -180,6 +257,32 @@ def close_after_send() -> bool:
 
 
 @functools.cache
+def peek_installs_fds() -> bool:
+    """Does a MSG_PEEK receive install the pending descriptors (as Linux does)?
+
+    Elsewhere the peeked SCM_RIGHTS payload is not descriptors at all: NetBSD
+    (seen on 7.99.34) and FreeBSD copy out the kernel's own file pointers,
+    macOS zeroes it.  Read as descriptor numbers, those bytes name unrelated
+    descriptors of the process, which must never be closed or handed out.
+    False also when the probe cannot decide (the safe answer).
+    """
+    with _stream_pair() as (a, b), _pipe() as (r, _w):
+        _send_rights(a, b"x", [r])
+        before = open_fds()
+        got = _receive(b, 1, socket.CMSG_SPACE(64), socket.MSG_PEEK)
+        appeared = open_fds() - before
+        _io.close_fds(sorted(appeared))  # only what really appeared, never the payload's numbers
+        if got is None:
+            _note_undecided("peek_installs_fds", "the probe's message never arrived")
+            return False
+        numbers = _rights(got[1])
+        drained = _recv_rights(b, 1)
+        if drained is not None:
+            _io.close_fds(drained[1])
+    return bool(numbers) and set(numbers) <= appeared
+
+
+@functools.cache
 def ctrunc_behaviour() -> str:
     """What the kernel does with descriptors that do not fit the control buffer.
 
@@ -187,22 +290,23 @@ def ctrunc_behaviour() -> str:
     were closed), ``"all-closed"`` (MSG_CTRUNC; none arrived),
     ``"excess-leaked"`` (MSG_CTRUNC, but new descriptors appeared that
     recvmsg did not report; the probe closes them), ``"emsgsize"`` (recvmsg
-    failed with EMSGSIZE) or ``"not-truncated"``.
+    failed with EMSGSIZE), ``"not-truncated"`` or ``"undecided"`` (the
+    message never arrived).
     """
     with _stream_pair() as (a, b), _pipe() as (r, _w):
         _send_rights(a, b"x", [r, r, r, r])
         before = open_fds()
         try:
-            _, ancdata, flags, _ = b.recvmsg(1, socket.CMSG_LEN(4))
+            got = _receive(b, 1, socket.CMSG_LEN(4))
         except OSError as exc:
             if exc.errno == errno.EMSGSIZE:
                 return "emsgsize"
             raise
-        reported: List[int] = []
-        for level, kind, payload in ancdata:
-            if level == backend.SOL_SOCKET and kind == backend.SCM_RIGHTS:
-                usable = len(payload) - len(payload) % 4
-                reported.extend(array.array("i", payload[:usable]))
+        if got is None:
+            _note_undecided("ctrunc_behaviour", "the probe's message never arrived")
+            return "undecided"
+        _, ancdata, flags, _ = got
+        reported = _rights(ancdata)
         appeared = open_fds() - before
         _io.close_fds(sorted(appeared | set(reported)))
         if not flags & backend.MSG_CTRUNC:
@@ -212,24 +316,66 @@ def ctrunc_behaviour() -> str:
         return "excess-closed" if reported else "all-closed"
 
 
-def _fits(sock: socket.socket, peer: socket.socket, fd: int, count: int) -> Optional[bool]:
-    try:
-        _send_rights(sock, b"x", [fd] * count)
-    except OSError as exc:
-        if exc.errno in _TOO_MANY:
-            return False
+def _fits(kind: int, fd: int, count: int) -> Optional[bool]:
+    """Does one message of ``count`` fds arrive whole on a fresh pair of ``kind``?
+
+    False when sendmsg refuses it *or* accepts it and delivers fewer fds or
+    nothing (a fresh pair each time: a dropped message leaves nothing behind);
+    None when the send failed for another reason.
+    """
+    with _probe_pair(kind) as (a, b):
+        try:
+            _send_rights(a, b"x", [fd] * count)
+        except OSError as exc:
+            if exc.errno in _TOO_MANY:
+                return False
+            return None
+        try:
+            got = _recv_rights(b, count)
+        except OSError as exc:
+            if exc.errno in _TOO_MANY:  # e.g. EMSGSIZE: the receiver's table is too small
+                return False
+            return None
+    if got is None:
+        return False  # accepted, then silently dropped
+    _io.close_fds(got[1])
+    return len(got[1]) == count
+
+
+def _largest_fitting(kind: int, fd: int, ceiling: int) -> Optional[int]:
+    """Bisection for the most fds a message of ``kind`` carries, below ``ceiling``."""
+    guess = backend.MAX_FDS_PER_MESSAGE
+    # Confirm the header's cap with two sends before bisecting from scratch.
+    if (
+        guess is not None
+        and guess < ceiling
+        and _fits(kind, fd, guess)
+        and _fits(kind, fd, guess + 1) is False
+    ):
+        return guess
+    lo, hi = 1, ceiling  # lo fits; hi is the first count not yet known to fail
+    if not _fits(kind, fd, lo):
         return None
-    _, fds, _ = _recv_rights(peer, count)
-    _io.close_fds(fds)
-    return len(fds) == count
+    if _fits(kind, fd, hi):
+        return ceiling  # no limit below the ceiling
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        ok = _fits(kind, fd, mid)
+        if ok is None:
+            return None
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    return lo
 
 
 @functools.cache
 def max_fds_per_message(ceiling: int = 1024) -> Optional[int]:
-    """The most descriptors one sendmsg takes, found by bisection (None if unmeasurable).
+    """The most descriptors one message carries whole, on datagram and stream sockets
+    alike, found by bisection (None if unmeasurable; ``ceiling`` if no limit below it).
 
-    One descriptor is repeated in the array, so nothing needs opening; the
-    ceiling is lowered to what the descriptor table can receive.
+    A count counts as too many when sendmsg refuses it and when it accepts it
+    but the message never arrives whole.  One descriptor is repeated in the
+    array, so nothing needs opening; the ceiling is lowered to what the
+    descriptor table can receive.
     """
     import resource
 
@@ -237,31 +383,84 @@ def max_fds_per_message(ceiling: int = 1024) -> Optional[int]:
     if soft != resource.RLIM_INFINITY:
         ceiling = min(ceiling, soft - len(open_fds()) - 16)
     if ceiling < 2:
+        _note_undecided("max_fds_per_message", f"RLIMIT_NOFILE {soft} leaves no room to measure")
         return None
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     r, w = os.pipe()
     try:
-        guess = backend.MAX_FDS_PER_MESSAGE
-        # Confirm the header's cap with two sends before bisecting from scratch.
-        confirmed = guess is not None and guess < ceiling and _fits(a, b, r, guess)
-        if confirmed and guess is not None and _fits(a, b, r, guess + 1) is False:
-            return guess
-        lo, hi = 1, ceiling  # lo fits; hi is the first count not yet known to fail
-        if not _fits(a, b, r, lo):
-            return None
-        if _fits(a, b, r, hi):
-            return None  # no limit below the ceiling
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            ok = _fits(a, b, r, mid)
-            if ok is None:
-                return None
-            lo, hi = (mid, hi) if ok else (lo, mid)
-        return lo
+        kinds = (socket.SOCK_DGRAM, socket.SOCK_STREAM)
+        found = [_largest_fitting(kind, r, ceiling) for kind in kinds]
     finally:
-        a.close()
-        b.close()
         _io.close_fds([r, w])
+    if None in found:
+        _note_undecided("max_fds_per_message", "a send failed for a reason other than the count")
+        return None
+    return min(n for n in found if n is not None)
+
+
+def _delivered(sock: socket.socket, peer: socket.socket, fd: int, count: int, pad: bool) -> int:
+    """Send ``count`` copies of ``fd`` with one data byte (and, with ``pad``, the same array
+    again as a second SCM_RIGHTS message); how many descriptors arrive (-1: send refused)."""
+    rights = array.array("i", [fd] * count).tobytes()
+    ancdata = [(backend.SOL_SOCKET, backend.SCM_RIGHTS, rights)]
+    if pad:
+        ancdata.append((backend.SOL_SOCKET, backend.SCM_RIGHTS, rights))
+    try:
+        sock.sendmsg([b"x"], ancdata)
+    except OSError:
+        return -1
+    got = _receive(peer, 1, socket.CMSG_SPACE(8 * count + 64))
+    if got is None:
+        return 0
+    fds = _rights(got[1])
+    _io.close_fds(fds)
+    return len(fds)
+
+
+@functools.cache
+def fd_control_padding() -> bool:
+    """Must a stream send carrying descriptors pad its control data so nothing is lost?
+
+    NetBSD stores a passed descriptor as an 8-byte file pointer, twice the 4
+    bytes the sender's control data held, and drops a stream message --
+    descriptors and data alike -- whose grown control no longer fits the
+    receiver's buffer, while sendmsg reports success (uipc_usrreq.c rev 1.180:
+    uipc_send ignores sbappendcontrol failing).  The sender's own check counts
+    the smaller size.  Sending the descriptor array a second time, as a second
+    SCM_RIGHTS message that such a kernel ignores, makes that check count the
+    grown size, so the kernel waits (or says EAGAIN) instead of dropping.
+
+    True where a probe saw a message vanish that way *and* saw a padded
+    message arrive with exactly its descriptors; False elsewhere.
+    """
+    with _probe_pair() as (a, b), _pipe() as (r, _w):
+        try:
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            room = b.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        except OSError:
+            return False
+        # The fewest descriptors whose control fits the buffer at 4 bytes each, with the
+        # data byte, but not at 8.
+        count = next(
+            (
+                n
+                for n in range(1, 1024)
+                if socket.CMSG_SPACE(8 * n) + 1 > room >= socket.CMSG_SPACE(4 * n) + 1
+            ),
+            None,
+        )
+        cap = backend.MAX_FDS_PER_MESSAGE
+        if count is None or (cap is not None and count > cap):
+            return False
+        if _delivered(a, b, r, count, pad=False) != 0:
+            return False  # arrived (or refused): nothing is dropped silently
+    with _probe_pair() as (a, b), _pipe() as (r, _w):
+        if _delivered(a, b, r, 2, pad=True) == 2:
+            return True
+    _note_undecided(
+        "fd_control_padding",
+        "stream messages with descriptors can vanish here, and padding did not deliver them",
+    )
+    return False
 
 
 class SeqpacketProbe(NamedTuple):
@@ -277,23 +476,47 @@ class SeqpacketProbe(NamedTuple):
     zero_length: Optional[str] = None
     #: Whether the backend's MESSAGE_MARKER option took effect.
     marker: bool = False
+    #: A short read says so: MSG_TRUNC (discard), or MSG_EOR only on a record's last part.
+    reports_truncation: bool = False
+    #: Descriptors sent with a message arrive with that message.
+    carries_fds: bool = False
 
     @property
     def conformant(self) -> bool:
         """Can the native type keep the whole seqpacket contract here?"""
-        return self.available and self.keeps_boundaries and self.zero_length == "distinct"
+        return (
+            self.available
+            and self.keeps_boundaries
+            and self.reports_truncation
+            and self.carries_fds
+            and self.zero_length == "distinct"
+        )
+
+
+def _signalled(ancdata: List[Tuple[int, int, bytes]], flags: int) -> bool:
+    """Does a receipt carry what the native connection reads as "a message, not EOF"?"""
+    return bool(ancdata) or bool(flags & (backend.MSG_EOR | backend.MSG_TRUNC))
 
 
 @functools.cache
 def seqpacket() -> SeqpacketProbe:
-    """Probe SOCK_SEQPACKET: exists? record boundaries? short reads? zero-length?"""
+    """Probe SOCK_SEQPACKET against the whole contract before anything relies on it.
+
+    Checks, on a non-blocking socketpair and never waiting more than
+    ``DELIVERY_WAIT`` per message: record boundaries; a short read reported
+    (MSG_TRUNC, or the rest queued with MSG_EOR on the last part); a descriptor
+    arriving with its message; a zero-length message delivered and told apart
+    from end-of-stream (by flags or the backend's marker), and end-of-stream
+    itself unmarked.  ``conformant`` only if all hold; ``reason`` names the
+    first that does not.
+    """
     try:
         a, b = socket.socketpair(socket.AF_UNIX, backend.SOCK_SEQPACKET)
     except OSError as exc:
         return SeqpacketProbe(
             False, f"socketpair(AF_UNIX, SOCK_SEQPACKET) fails with {_errno_name(exc)}"
         )
-    with a, b:
+    with a, b, _pipe() as (r, _w):
         a.setblocking(False)
         b.setblocking(False)
         marker = enable_message_marker(b)
@@ -302,31 +525,69 @@ def seqpacket() -> SeqpacketProbe:
         try:
             a.send(b"ab", flags)
             a.send(b"c", flags)
-            first = b.recvmsg(64, anc)[0]
-            b.recvmsg(64, anc)
-            boundaries = first == b"ab"
+            first, second = _receive(b, 64, anc), _receive(b, 64, anc)
+            boundaries = (
+                first is not None and second is not None and (first[0], second[0]) == (b"ab", b"c")
+            )
+            # A sentinel message after each test message: what arrives next tells, without
+            # waiting out a timeout, whether the rest of a record or a message was dropped.
             a.send(b"abcd", flags)
-            _part, _, _msg_flags, _ = b.recvmsg(2, anc)
-            try:
-                rest = b.recvmsg(64, anc)[0]
-            except BlockingIOError:
-                rest = b""
-            short_read = "partial" if rest == b"cd" else "discard"
+            a.send(b"e", flags)
+            part = _receive(b, 2, anc)
+            rest = _receive(b, 64, anc) if part is not None else None
+            short_read, truncation = "discard", False
+            if part is not None and rest is not None:
+                if rest[0] == b"cd":
+                    short_read = "partial"
+                    truncation = bool(rest[2] & backend.MSG_EOR) and not part[2] & backend.MSG_EOR
+                    rest = _receive(b, 64, anc)
+                else:
+                    truncation = bool(part[2] & backend.MSG_TRUNC)
+                truncation = truncation and rest is not None and rest[0] == b"e"
+            _send_rights(a, b"f", [r], flags)
+            with_fd = _receive(b, 64, socket.CMSG_SPACE(16) + anc)
+            fds = _rights(with_fd[1]) if with_fd is not None else []
+            _io.close_fds(fds)
+            carries_fds = with_fd is not None and with_fd[0] == b"f" and len(fds) == 1
             a.send(b"", flags)
-            try:
-                _data, ancdata, zflags, _ = b.recvmsg(64, anc)
-                signalled = bool(ancdata) or bool(zflags & (backend.MSG_EOR | backend.MSG_TRUNC))
-                zero = "distinct" if signalled else "same-as-eof"
-            except BlockingIOError:
-                zero = "not-delivered"
+            a.send(b"z", flags)
+            zero_got = _receive(b, 64, anc)
+            if zero_got is not None and zero_got[0] == b"z":
+                zero_got = None  # the zero-length message never arrived
+            elif zero_got is not None:
+                _receive(b, 64, anc)
+            a.close()
+            eof = _receive(b, 64, anc)
         except OSError as exc:
             return SeqpacketProbe(True, f"probing seqpacket failed with {_errno_name(exc)}")
-    reason = "native SOCK_SEQPACKET"
-    if not boundaries:
-        reason = "SOCK_SEQPACKET exists but does not keep message boundaries"
-    elif zero != "distinct":
-        reason = f"SOCK_SEQPACKET cannot tell a zero-length message from end-of-stream ({zero})"
-    return SeqpacketProbe(True, reason, boundaries, short_read, zero, marker)
+    if zero_got is None:
+        zero = "not-delivered"
+    elif not _signalled(zero_got[1], zero_got[2]) or (
+        eof is not None and _signalled(eof[1], eof[2])
+    ):
+        zero = "same-as-eof"
+    else:
+        zero = "distinct"
+    checks = [
+        (boundaries, "does not keep message boundaries"),
+        (truncation, "does not report a short read (no MSG_TRUNC, no MSG_EOR at a record's end)"),
+        (carries_fds, "does not deliver a descriptor with its message"),
+        (
+            zero == "distinct",
+            "never delivers a zero-length message"
+            if zero == "not-delivered"
+            else "cannot tell a zero-length message from end-of-stream",
+        ),
+    ]
+    failed = [why for ok, why in checks if not ok]
+    reason = (
+        f"SOCK_SEQPACKET {failed[0]}"
+        if failed
+        else f"native SOCK_SEQPACKET keeps the contract (short reads: {short_read})"
+    )
+    return SeqpacketProbe(
+        True, reason, boundaries, short_read, zero, marker, truncation, carries_fds
+    )
 
 
 def enable_message_marker(sock: socket.socket) -> bool:

@@ -90,8 +90,10 @@ def _peer_groups(sock: socket.socket) -> Optional[bytes]:
         except OSError as exc:
             if exc.errno == errno.ERANGE:
                 continue
-            if exc.errno in (errno.ENOPROTOOPT, errno.ENODATA):
-                return None  # kernel before 4.13, or no groups recorded
+            if exc.errno in (errno.ENOPROTOOPT, errno.ENODATA, errno.EINVAL):
+                # Kernel before 4.13, no groups recorded, or a Linux-ABI layer without the
+                # option (NetBSD's compat_linux answers EINVAL for options it does not map).
+                return None
             raise
     return None
 

@@ -1,8 +1,10 @@
 """NetBSD: LOCAL_PEEREID at level 0.
 
-Sources: NetBSD/src ``sys/sys/un.h`` rev 1.46.12.1, ``sys/kern/uipc_usrreq.c``
-rev 1.124; unix(4) of NetBSD 7.0.2 and current (os-facts §2).  The kernel
-source read is old: the conformance suite checks the rest.
+Sources: NetBSD/src ``sys/sys/un.h`` rev 1.46.12.1 and rev 1.57 (2016),
+``sys/sys/socket.h`` rev 1.119, ``sys/kern/uipc_usrreq.c`` rev 1.124 and
+rev 1.180 (2016); unix(4) of NetBSD 7.0.2 and current (os-facts §2).  Every
+value below was also checked against a running NetBSD 7.99.34 kernel (a rump
+kernel built from src-netbsd 82f3a69; ``tests/test_kernels_netbsd.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from udscompat._records import ConnCredentials
 
 OS_NAME = "NetBSD"
 SUN_PATH_SIZE = 104
+# The kernel itself takes paths up to 253 bytes in an oversized sockaddr (sun_len is one
+# byte); CPython refuses anything that does not fit sizeof(sun_path) with its NUL.
 MAX_PATH_BYTES = SUN_PATH_SIZE - 1
 SOL_SOCKET = 0xFFFF
 SCM_RIGHTS = 1
@@ -37,10 +41,16 @@ SOCK_SEQPACKET = 5
 MSG_EOR = 0x8
 MSG_TRUNC = 0x10
 MSG_CTRUNC = 0x20
-MSG_CMSG_CLOEXEC: Optional[int] = 0x800  # value not verified (os-facts §4); probed
+MSG_CMSG_CLOEXEC: Optional[int] = 0x800  # socket.h rev 1.119; honoured by the 7.99.34 kernel
 CMSGHDR_SIZE = 12
 CMSG_ALIGNMENT = 8
-MAX_FDS_PER_MESSAGE: Optional[int] = None  # only an in-flight rate limit was read
+# uipc_usrreq.c rev 1.180: unp_internalize() turns each 4-byte fd into an 8-byte file
+# pointer, so n fds take CMSG_SPACE(8 * n) bytes of the receiver's buffer, and uipc_send()
+# ignores sbappendcontrol() failing for lack of room: the message is dropped while sendmsg
+# reports success.  With the default 4096-byte stream/seqpacket buffers (and one data byte)
+# 509 fds arrive and 510 vanish (measured).  A partly filled receive buffer lowers the
+# count further; no sender-side limit can prevent that.
+MAX_FDS_PER_MESSAGE: Optional[int] = 509
 FD_CARRYING_CMSG_TYPES: Tuple[int, ...] = ()
 SEQPACKET_SEND_FLAGS = 0
 MESSAGE_MARKER: Optional[Tuple[int, int, int]] = None
@@ -49,7 +59,7 @@ HOLD_SENT_FDS = False
 BIND_MODE_FROM_SOCKET = False
 FD_PATH: Optional[str] = None
 
-LOCAL_PEEREID = 3  # level 0: "SOL_SOCKET will not work"
+LOCAL_PEEREID = 3  # level 0: "SOL_SOCKET will not work" (ENOPROTOOPT there)
 UNPCBID = struct.Struct("=iII")  # struct unpcbid { pid_t unp_pid; uid_t unp_euid; gid_t unp_egid; }
 
 

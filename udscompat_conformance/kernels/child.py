@@ -60,13 +60,18 @@ def forgiving_in_rump(rmtree: Callable[..., None], blanket: str = "/tmp") -> Cal
     return remove
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def prepare() -> None:
+    """Make this (hijacked) process ready for udscompat and its cases (see the module doc)."""
     selectors.DefaultSelector = selectors.PollSelector  # type: ignore[misc]
     shutil.rmtree = forgiving_in_rump(shutil.rmtree)  # type: ignore[assignment]
     from udscompat import _probes
 
     span = int(os.environ.get("RUMPHIJACK_UDSC_NOFILE", "256"))
     _probes.open_fds = with_rump_descriptors(_probes.open_fds, min(span, 2048))  # type: ignore[assignment]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    prepare()
     import pytest
 
     return int(pytest.main(list(sys.argv[1:] if argv is None else argv)))
