@@ -26,6 +26,22 @@ from typing import Callable, List, Sequence, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import udscompat
+from udscompat import _accel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import climit
+
+#: Rows whose round trip bench/limit.c also runs in C: the physical limit.
+LIMIT_CASES = {
+    "send_fds+recv_fds, 1 fd(s)": "fdpass1",
+    "send_fds+recv_fds, 16 fd(s)": "fdpass16",
+    "seqpacket native, 64 B": "seq64",
+    "seqpacket native, 64 KiB": "seq65536",
+    "seqpacket emulated, 64 B": "emu64",
+    "seqpacket emulated, 64 KiB": "emu65536",
+    "aio echo native, 64 B": "aio64",
+    "aio echo native, 64 KiB": "aio65536",
+}
 
 
 def best_of(fns: Sequence[Callable[[int], None]], n: int, repeats: int) -> List[float]:
@@ -207,6 +223,15 @@ def main(argv: List[str]) -> int:
             f"{name:42} {ours * 1e6:9.2f}us {base * 1e6:9.2f}us  {ratio:6.3f}  "
             f"<= {target} vs {base_name} {mark}"
         )
+    limits, note = climit.measure(n, repeats)
+    print(f"\nDistance to the C limit ({note}); udscompat ran {_accel.IMPLEMENTATION}:")
+    for name, ours, base_name, base, _ in rows:
+        limit = limits.get(LIMIT_CASES.get(name, ""))
+        if limit:
+            print(
+                f"{name:42} {limit * 1e6:9.2f}us  udscompat {ours / limit:5.2f}x  "
+                f"{base_name} {base / limit:5.2f}x"
+            )
     return 0
 
 

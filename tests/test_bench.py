@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,8 @@ def test_quick_run_reports_every_case_as_a_ratio() -> None:
         check=True,
     )
     rows = {}
-    for line in done.stdout.splitlines()[1:]:
+    table, _, limits = done.stdout.partition("\n\n")  # the ratios, then the C limit's distances
+    for line in table.splitlines()[1:]:
         match = ROW.match(line)
         assert match, f"unparsable row: {line!r}"
         rows[match["name"].strip()] = match
@@ -52,3 +54,6 @@ def test_quick_run_reports_every_case_as_a_ratio() -> None:
         assert ours > 0 and base > 0, name
         assert abs(ratio - ours / base) < 0.01 * ratio + 0.002, f"{name}: ratio is not ours/base"
     assert rows["aio echo emulated, 64 B"]["baseline"] == "asyncio streams"
+    assert limits.startswith("Distance to the C limit")
+    if shutil.which("cc"):  # bench/limit.c compiled: every case it runs has its distance
+        assert len(limits.splitlines()) == 1 + (8 if sys.platform == "linux" else 4)

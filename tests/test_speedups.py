@@ -29,6 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import udscompat
 from udscompat import _accel, _io, _probes
 from udscompat._errors import ControlTruncatedError
 from udscompat._platform import backend
@@ -47,7 +48,7 @@ except ImportError:
 needs_compiled = pytest.mark.skipif(
     _compiled is None, reason="the compiled accelerator udscompat._speedups is not built here"
 )
-SPEEDUPS: Any = _accel.configure(_compiled) if _compiled is not None else None
+SPEEDUPS: Any = _io.configure_compiled(_compiled) if _compiled is not None else None
 CLOEXEC = _probes.cmsg_cloexec_flag()
 KINDS = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM}
 if _probes.seqpacket().available:
@@ -84,13 +85,30 @@ def test_one_and_unset_take_the_compiled_module() -> None:
 
 def test_the_environment_is_read_at_import() -> None:
     """One interpreter (about 0.3 s): the choice is made once, when udscompat is imported."""
-    code = "from udscompat import _accel; print(_accel.IMPLEMENTATION)"
+    code = (
+        "import udscompat\n"
+        "from udscompat import _accel, _io\n"
+        "print(_accel.IMPLEMENTATION, udscompat.capabilities().features['speedups'].status,\n"
+        "      _io.recv_with_fds is _io.pure_recv_with_fds)"
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env[_accel.ENV] = "0"
     proc = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
-    assert (proc.returncode, proc.stdout.split()) == (0, ["pure-python"]), proc.stderr
+    assert (proc.returncode, proc.stdout.split()) == (
+        0,
+        ["pure-python", "unavailable", "True"],
+    ), proc.stderr
+
+
+def test_capabilities_say_which_implementation_runs() -> None:
+    feature = udscompat.capabilities().features["speedups"]
+    assert feature.detail == _accel.REASON
+    assert feature.status == ("native" if _accel.speedups is not None else "unavailable")
+    compiled = _accel.speedups is not None
+    assert (_io.recv_with_fds is _io.pure_recv_with_fds) is not compiled
+    assert (_io.compiled_recvmsg is None) is not compiled
 
 
 # -- the OS's own headers against the backend's hand-written values ---------------------------
@@ -220,7 +238,7 @@ def _receive(
         else mock.patch.object(_probes, "cmsg_cloexec_flag", return_value=None)
     )
     with patch, _free_slots(case["free_slots"]):
-        return _outcome(lambda: _io.recv_with_fds(sock, bufsize, maxfds, flags))
+        return _outcome(lambda: _io.pure_recv_with_fds(sock, bufsize, maxfds, flags))
 
 
 @needs_compiled
@@ -240,7 +258,7 @@ def test_both_paths_agree_on_random_messages(case: Dict[str, Any]) -> None:
         buffers, numbers = _send_args(case, r)
         sent = {
             "c": _outcome(lambda: SPEEDUPS.sendmsg(pairs["c"][0], buffers, numbers, 0)),
-            "py": _outcome(lambda: _io.send_with_fds(pairs["py"][0], buffers, numbers, 0)),
+            "py": _outcome(lambda: _io.pure_send_with_fds(pairs["py"][0], buffers, numbers, 0)),
         }
         _compare(sent["c"], sent["py"], r)
         bufsize = max(0, case["size"] - case["short_by"])
@@ -272,7 +290,7 @@ def test_addresses_come_back_as_the_socket_module_gives_them(kind: str) -> None:
             if impl == "c":
                 results.append(SPEEDUPS.recvmsg(b, 10, 0, 0, True)[3])
             else:
-                results.append(_io.recv_with_fds(b, 10, 0)[3])
+                results.append(_io.pure_recv_with_fds(b, 10, 0)[3])
     assert results[0] == results[1]
     with (
         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver,
@@ -284,7 +302,7 @@ def test_addresses_come_back_as_the_socket_module_gives_them(kind: str) -> None:
         for _ in range(2):
             sender.sendto(b"y", receiver.getsockname())
         c_addr = SPEEDUPS.recvmsg(receiver, 10, 0, 0, True)[3]
-        py_addr = _io.recv_with_fds(receiver, 10, 0)[3]
+        py_addr = _io.pure_recv_with_fds(receiver, 10, 0)[3]
         assert c_addr == py_addr == sender.getsockname()
         sender.sendto(b"z", receiver.getsockname())
         assert SPEEDUPS.recvmsg(receiver, 10, 0, 0)[3] is None  # not asked for
@@ -302,17 +320,17 @@ def test_truncation_error_is_built_after_every_descriptor_is_closed(
 
     def spy(reason: str, data: Optional[bytes], closed: int, maxfds: int) -> Exception:
         seen.append((reason, open_fds()))
-        return _accel.truncated_error(reason, data, closed, maxfds)
+        return _io.truncation_error(reason, data, closed, maxfds)
 
     with a, b:
         SPEEDUPS.sendmsg(a, b"abc", [pipe[0]] * 3, 0)
         before = open_fds()
-        SPEEDUPS.configure(_accel.FD_ROOM, None, (), spy)
+        SPEEDUPS.configure(_io.FD_ROOM, None, (), spy)
         try:
             with pytest.raises(ControlTruncatedError) as info:
                 SPEEDUPS.recvmsg(b, 10, 2, 0)
         finally:
-            _accel.configure(SPEEDUPS)
+            _io.configure_compiled(SPEEDUPS)
     assert seen == [("excess", before)]
     assert (info.value.data, info.value.closed_fds) == (b"abc", 3)
 
@@ -456,10 +474,10 @@ def test_emsgsize_becomes_control_truncated_error_on_both_paths(tmp_path: Path) 
         "import os, socket\n"
         "from udscompat import _accel, _io\n"
         "from udscompat import _speedups as s\n"
-        "_accel.configure(s)\n"
+        "_io.configure_compiled(s)\n"
         "r, w = os.pipe()\n"
         "for name, call in [('c', lambda b: s.recvmsg(b, 10, 4, 0)),\n"
-        "                   ('py', lambda b: _io.recv_with_fds(b, 10, 4))]:\n"
+        "                   ('py', lambda b: _io.pure_recv_with_fds(b, 10, 4))]:\n"
         "    a, b = socket.socketpair()\n"
         "    s.sendmsg(a, b'x', [r], 0)\n"
         "    before = set(os.listdir('/proc/self/fd'))\n"

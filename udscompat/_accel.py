@@ -12,7 +12,8 @@ Chosen once, at import, from the environment variable ``UDSCOMPAT_SPEEDUPS``:
 Both implementations keep the same contract and run the same tests.  The
 compiled one adds a guarantee the pure-Python one cannot give: a Python
 signal handler that raises never runs while received descriptors exist only
-inside the call (see ``udscompat/_speedups.c``).
+inside the call (see ``udscompat/_speedups.c``).  ``udscompat._io`` plugs the
+chosen one in as its innermost wrappers and configures it.
 """
 
 from __future__ import annotations
@@ -22,19 +23,7 @@ import os
 from types import ModuleType
 from typing import Optional, Tuple
 
-from udscompat._errors import ControlTruncatedError
-from udscompat._platform import backend
-
-__all__ = [
-    "ENV",
-    "FD_ROOM",
-    "IMPLEMENTATION",
-    "REASON",
-    "choose",
-    "configure",
-    "speedups",
-    "truncated_error",
-]
+__all__ = ["ENV", "IMPLEMENTATION", "REASON", "choose", "speedups"]
 
 ENV = "UDSCOMPAT_SPEEDUPS"
 
@@ -63,56 +52,7 @@ def choose(value: str) -> Tuple[Optional[ModuleType], str]:
     return compiled, "compiled udscompat._speedups (one system call per send or receive)"
 
 
-#: Room for the most descriptors the kernel puts in one message, so the kernel itself never
-#: truncates (CPython's recv_fds uses CMSG_LEN and loses fds on FreeBSD, #111675; macOS leaks
-#: what does not fit, #80931).  Where the cap is unknown, room for 256.
-FD_ROOM = backend.MAX_FDS_PER_MESSAGE or 256
-
-
-def truncated_error(
-    reason: str, data: Optional[bytes], closed: int, maxfds: int
-) -> ControlTruncatedError:
-    """The error for a receive whose descriptors were all closed, by ``reason``.
-
-    ``"ctrunc"``: the kernel set MSG_CTRUNC; ``"excess"``: more than ``maxfds``
-    arrived; ``"emsgsize"``: recvmsg failed with EMSGSIZE (OpenBSD, DragonFly).
-    Both implementations raise what this builds.
-    """
-    if reason == "excess":
-        message = (
-            f"{closed} descriptors arrived but at most {maxfds} were asked for; all were closed"
-        )
-    elif reason == "ctrunc":
-        # The buffer had room for the kernel's own per-message cap, so the usual cause is a
-        # full descriptor table in this process.
-        message = (
-            f"control data truncated (MSG_CTRUNC): {closed} received descriptors closed; the "
-            "kernel dropped the rest (is this process out of descriptors?)"
-        )
-    else:
-        message = (
-            "recvmsg failed with EMSGSIZE: the kernel discarded the descriptors "
-            "(control data did not fit)"
-        )
-    return ControlTruncatedError(message, data or b"", closed)
-
-
 #: The compiled module in use, or None where the pure-Python path runs.
 speedups, REASON = choose(os.environ.get(ENV, ""))
 #: ``"compiled"`` or ``"pure-python"``.
 IMPLEMENTATION = "compiled" if speedups is not None else "pure-python"
-
-
-def configure(module: ModuleType) -> ModuleType:
-    """Give the compiled module this platform's facts and the shared error builder."""
-    module.configure(
-        FD_ROOM,
-        backend.MESSAGE_MARKER[2] if backend.MESSAGE_MARKER is not None else None,
-        backend.FD_CARRYING_CMSG_TYPES,
-        truncated_error,
-    )
-    return module
-
-
-if speedups is not None:
-    configure(speedups)

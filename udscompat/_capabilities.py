@@ -9,7 +9,7 @@ import socket
 import tempfile
 from typing import Any, Dict, NamedTuple, Optional
 
-from udscompat import _fdpass, _probes
+from udscompat import _accel, _fdpass, _probes
 from udscompat._platform import backend
 
 __all__ = ["Capabilities", "Feature", "capabilities"]
@@ -45,7 +45,9 @@ def capabilities() -> Capabilities:
     """Probe this kernel once per process and report what udscompat can do here.
 
     Features: ``abstract_addresses``, ``fd_passing``, ``seqpacket``,
-    ``peer_credentials``.  Quirks: ``msg_cmsg_cloexec``,
+    ``peer_credentials``, ``speedups`` (``native``: the compiled accelerator
+    runs the system calls; ``unavailable``: pure Python, with the reason).
+    Quirks: ``msg_cmsg_cloexec``,
     ``max_fds_per_message``, ``max_path_bytes``, ``ctrunc``,
     ``close_after_send_safe``, ``holds_sent_fds``,
     ``same_process_fd_reuse``, ``seqpacket_short_read``,
@@ -65,6 +67,9 @@ def capabilities() -> Capabilities:
     else:
         features["seqpacket"] = Feature("emulated", f"framed over SOCK_STREAM: {seq.reason}")
     features["peer_credentials"] = _credentials_feature()
+    features["speedups"] = Feature(
+        "native" if _accel.speedups is not None else "unavailable", _accel.REASON
+    )
     cloexec = _probes.cmsg_cloexec_flag()
     quirks: Dict[str, Any] = {
         "msg_cmsg_cloexec": cloexec is not None,

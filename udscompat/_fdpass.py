@@ -16,7 +16,19 @@ import os
 import socket
 import threading
 import weakref
-from typing import Any, Deque, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from udscompat import _io, _probes
 from udscompat._bind import sendmsg_to
@@ -31,6 +43,7 @@ __all__ = [
     "send_fds",
 ]
 
+T = TypeVar("T")
 Buffers = Union[bytes, bytearray, memoryview, Iterable[Any]]
 
 _HOLD_ENV = "UDSCOMPAT_HOLD_SENT_FDS"
@@ -283,13 +296,20 @@ def send_fds(
     numbers = _io.check_fds(fds)
     if numbers and not _has_payload(buffers) and _raw_type(sock) & 0xF == socket.SOCK_STREAM:
         raise ValueError("descriptors need at least one payload byte on a stream socket")
-    ancdata = _io.rights(sock, numbers)
     # Held before the send, so a full descriptor table fails it before anything went out.
     batch = REGISTRY.hold(sock, numbers) if numbers and hold_sent_fds() else None
     try:
         if address is None:
-            return sock.sendmsg(buffers, ancdata, flags)
-        return sendmsg_to(sock, buffers, ancdata, flags, address)
+            try:
+                return _io.send_with_fds(sock, buffers, numbers, flags)
+            except BlockingIOError:
+                timeout = sock.gettimeout()
+                if not timeout:
+                    raise
+                return _within_timeout(
+                    sock, timeout, True, lambda: _io.send_with_fds(sock, buffers, numbers, flags)
+                )
+        return sendmsg_to(sock, buffers, _io.rights(sock, numbers), flags, address)
     except OSError:
         if batch is not None:
             REGISTRY.unhold(sock, batch)
@@ -324,10 +344,36 @@ def recv_fds(
     _check_unix(sock)
     if type(bufsize) is not int or type(maxfds) is not int or bufsize < 0 or maxfds < 0:
         bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
-    data, fds, msg_flags, address, _ = _io.recv_with_fds(sock, bufsize, maxfds, flags)
+    try:
+        data, fds, msg_flags, address, _ = _io.recv_with_fds(sock, bufsize, maxfds, flags)
+    except BlockingIOError:
+        timeout = sock.gettimeout()
+        if not timeout:
+            raise
+        data, fds, msg_flags, address, _ = _within_timeout(
+            sock, timeout, False, lambda: _io.recv_with_fds(sock, bufsize, maxfds, flags)
+        )
     if fds and REGISTRY.originals:
         fds = guard_reused(fds)
     return data, fds, msg_flags, address
+
+
+def _within_timeout(
+    sock: socket.socket, timeout: float, write: bool, operation: Callable[[], T]
+) -> T:
+    """Retry ``operation`` within ``sock``'s own timeout, as the socket's methods would.
+
+    The compiled wrappers make one system call on the descriptor, and a socket
+    in timeout mode is non-blocking underneath, so they fail with
+    BlockingIOError where ``sock.recvmsg`` would wait; this waits as it would
+    (the pure-Python wrappers call the socket's methods, which wait themselves).
+    """
+    return _io.call(
+        operation,
+        lambda w, deadline: _io.wait_ready(sock, write=w, deadline=deadline),
+        write=write,
+        deadline=_io.deadline(timeout),
+    )
 
 
 def guard_reused(fds: List[int]) -> List[int]:

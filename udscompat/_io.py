@@ -21,6 +21,7 @@ values with the same words, before any system call.
 
 from __future__ import annotations
 
+import _socket
 import array
 import contextlib
 import errno
@@ -33,7 +34,7 @@ import termios
 import time
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
-from udscompat import _probes
+from udscompat import _accel, _probes
 from udscompat._errors import ControlTruncatedError
 from udscompat._platform import backend
 
@@ -185,14 +186,15 @@ def check_timeout(timeout: Any) -> Optional[float]:
 # -- the innermost wrappers (an accelerator replaces these) -------------------------------
 
 
-def send_with_fds(
+def pure_send_with_fds(
     sock: socket.socket,
     buffers: Sequence[Any],
     fds: array.array[int],
     flags: int = 0,
     address: Any = None,
 ) -> int:
-    """One ``sendmsg`` carrying ``fds`` in exactly one SCM_RIGHTS message (see ``rights``)."""
+    """One ``sendmsg`` carrying ``fds`` in exactly one SCM_RIGHTS message (pure Python; see
+    ``rights``)."""
     ancdata = rights(sock, fds)
     if address is None:
         return sock.sendmsg(buffers, ancdata, flags)
@@ -214,8 +216,8 @@ def rights(sock: socket.socket, fds: array.array[int]) -> List[Tuple[int, int, A
     return [(_SOL_SOCKET, _SCM_RIGHTS, fds)]
 
 
-def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0) -> Received:
-    """One ``recvmsg``; like ``socket.recv_fds``, but nothing can leak.
+def pure_recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0) -> Received:
+    """One ``recvmsg``; like ``socket.recv_fds``, but nothing can leak (pure Python).
 
     Returns ``(data, fds, msg_flags, address, marked)``.  Received
     descriptors are close-on-exec (MSG_CMSG_CLOEXEC where the kernel honours
@@ -281,12 +283,37 @@ def recvmsg(sock: socket.socket, bufsize: int, flags: int) -> Tuple[bytes, List[
         raise
 
 
+def truncation_error(
+    reason: str, data: Optional[bytes], closed: int, maxfds: int
+) -> ControlTruncatedError:
+    """What a receive raises once every descriptor it got is closed, for both implementations.
+
+    ``reason``: ``"ctrunc"`` (the kernel set MSG_CTRUNC), ``"excess"`` (more
+    than ``maxfds`` arrived) or ``"emsgsize"`` (recvmsg failed with EMSGSIZE,
+    OpenBSD and DragonFly: no payload came with it).
+    """
+    if reason == "ctrunc":
+        # The buffer had room for the kernel's own per-message cap, so the usual cause is a
+        # full descriptor table in this process.
+        message = (
+            f"control data truncated (MSG_CTRUNC): {closed} received descriptors closed; the "
+            "kernel dropped the rest (is this process out of descriptors?)"
+        )
+    elif reason == "excess":
+        message = (
+            f"{closed} descriptors arrived but at most {maxfds} were asked for; all were closed"
+        )
+    else:
+        message = (
+            "recvmsg failed with EMSGSIZE: the kernel discarded the descriptors "
+            "(control data did not fit)"
+        )
+    return ControlTruncatedError(message, data or b"", closed)
+
+
 def emsgsize_error() -> ControlTruncatedError:
     """What a recvmsg that failed with EMSGSIZE raises (no payload came with it)."""
-    return ControlTruncatedError(
-        "recvmsg failed with EMSGSIZE: the kernel discarded the descriptors "
-        "(control data did not fit)"
-    )
+    return truncation_error("emsgsize", None, 0, 0)
 
 
 def collect_fds(
@@ -314,14 +341,7 @@ def collect_fds(
             close_fds(_ints(payload))
     if msg_flags & _MSG_CTRUNC:
         close_fds(fds)
-        # The buffer had room for the kernel's own per-message cap, so the usual cause is a
-        # full descriptor table in this process.
-        raise ControlTruncatedError(
-            f"control data truncated (MSG_CTRUNC): {len(fds)} received descriptors closed; the "
-            "kernel dropped the rest (is this process out of descriptors?)",
-            data,
-            len(fds),
-        )
+        raise truncation_error("ctrunc", data, len(fds), maxfds)
     if len(fds) > maxfds:
         refuse_excess_fds(fds, maxfds, data)
     if fds and set_cloexec:
@@ -340,11 +360,7 @@ def refuse_excess_fds(fds: Sequence[int], maxfds: int, data: bytes) -> None:
     """Close all of ``fds`` and raise if there are more than the caller accepts."""
     if len(fds) > maxfds:
         close_fds(fds)
-        raise ControlTruncatedError(
-            f"{len(fds)} descriptors arrived but at most {maxfds} were asked for; all were closed",
-            data,
-            len(fds),
-        )
+        raise truncation_error("excess", data, len(fds), maxfds)
 
 
 def close_fds(fds: Sequence[int]) -> None:
@@ -352,6 +368,78 @@ def close_fds(fds: Sequence[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+# -- the compiled accelerator (udscompat/_speedups.c; _accel chooses it once) --------------
+
+
+def configure_compiled(module: Any) -> Any:
+    """Give the compiled module this OS's facts and ``truncation_error``; returns it."""
+    module.configure(FD_ROOM, MARKER_TYPE, _FD_CMSGS, truncation_error)
+    return module
+
+
+#: Socket types whose methods the compiled calls may stand in for.  A subclass that
+#: overrides ``recvmsg``/``sendmsg`` (a test's stand-in for another kernel, a user's
+#: wrapper) keeps the pure-Python path, which calls its methods.
+PLAIN_SOCKETS = (socket.socket, _socket.socket)
+# The C attribute, a plain int (socket.socket.type builds an IntEnum on every access).
+_raw_type = _socket.socket.type.__get__
+_SOCK_STREAM = socket.SOCK_STREAM
+
+_speedups = _accel.speedups
+if _speedups is not None:
+    configure_compiled(_speedups)
+    _c_sendmsg = _speedups.sendmsg
+    _c_recvmsg = _speedups.recvmsg
+
+
+def _c_send_with_fds(
+    sock: socket.socket,
+    buffers: Sequence[Any],
+    fds: array.array[int],
+    flags: int = 0,
+    address: Any = None,
+) -> int:
+    """``send_with_fds`` compiled: one sendmsg.
+
+    An addressed send, a socket whose methods are overridden, and a stream
+    send that must pad its control data (NetBSD, see ``rights``) stay in Python.
+    """
+    if (
+        address is not None
+        or type(sock) not in PLAIN_SOCKETS
+        or (fds and _raw_type(sock) & 0xF == _SOCK_STREAM and _probes.fd_control_padding())
+    ):
+        return pure_send_with_fds(sock, buffers, fds, flags, address)
+    sent: int = _c_sendmsg(sock, buffers, fds, flags)
+    return sent
+
+
+def _c_recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0) -> Received:
+    """``recv_with_fds`` compiled: one recvmsg that returns every descriptor or closes them all."""
+    if type(sock) not in PLAIN_SOCKETS:
+        return pure_recv_with_fds(sock, bufsize, maxfds, flags)
+    try:
+        cloexec = _probes.cmsg_cloexec_flag()  # cached after the first answer
+    except OSError:
+        cloexec = None  # the probe could not run: the C call sets FD_CLOEXEC itself
+    received: Received = _c_recvmsg(sock, bufsize, maxfds, flags | (cloexec or 0), True)
+    return received
+
+
+#: The innermost wrappers every socket kind calls: compiled where ``_accel`` chose it.
+send_with_fds: Callable[..., int] = (
+    _c_send_with_fds if _speedups is not None else pure_send_with_fds
+)
+recv_with_fds: Callable[..., Received] = (
+    _c_recv_with_fds if _speedups is not None else pure_recv_with_fds
+)
+#: The compiled receive itself for hot paths that pass their own MSG_CMSG_CLOEXEC:
+#: ``(sock, bufsize, maxfds, flags) -> Received`` (address None), or None in pure Python.
+compiled_recvmsg: Optional[Callable[[socket.socket, int, int, int], Received]] = (
+    _c_recvmsg if _speedups is not None else None
+)
 
 
 def queued_bytes(sock: socket.socket) -> int:

@@ -84,6 +84,8 @@ _READS_PER_CALL = 16
 #: A native receive with a larger ``bufsize`` sizes its buffer by what is queued (FIONREAD)
 #: instead of allocating all of it.
 _LARGE_BUFSIZE = 262144
+#: The compiled receive where udscompat._accel chose it, else None (see _io.compiled_recvmsg).
+_COMPILED_RECV = _io.compiled_recvmsg
 _NO_LIMIT = 1 << 30  # the decoder, not collect_fds, limits a chunk's descriptors
 _NO_WAIT = (False,)
 _DATA_HEADER = _framing.HEADER.pack
@@ -421,6 +423,7 @@ class _NativeConn(SeqpacketConn):
         self._flags = backend.SEQPACKET_SEND_FLAGS | _NOSIGNAL
         self._message_flags = backend.MSG_EOR | backend.MSG_TRUNC
         cloexec = _io.cloexec_flag()
+        self._compiled_recv = _COMPILED_RECV if type(sock) in _io.PLAIN_SOCKETS else None
         self._recv_flags = cloexec or 0
         self._set_cloexec = cloexec is None
         #: Inline the common receive (property-tested equal to ``_receive_once``); off while
@@ -478,7 +481,26 @@ class _NativeConn(SeqpacketConn):
             bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
         if self._eof:
             return None
-        if self._fast and bufsize <= _LARGE_BUFSIZE:
+        if self._fast and bufsize <= _LARGE_BUFSIZE and self._compiled_recv is not None:
+            # The compiled receive (udscompat/_speedups.c): one call hands back the message's
+            # descriptors all or none, so only the contract's checks remain here.
+            try:
+                data, fds, flags, _, marked = self._compiled_recv(
+                    self._sock, bufsize, maxfds, self._recv_flags
+                )
+            except BlockingIOError:
+                if self._timeout == 0.0:
+                    raise
+            else:
+                if (
+                    data
+                    and not fds
+                    and not flags & _TRUNCATIONS
+                    and (len(data) < bufsize or not self._partial_records)
+                ):
+                    return Message(data, [], False)
+                return self._message(data, fds, flags, marked, bufsize)
+        elif self._fast and bufsize <= _LARGE_BUFSIZE:
             # _receive_once's common case inline: a whole message, no descriptors, at most the
             # marker (tests/test_fastpaths.py drives both with the same input).
             try:
