@@ -423,8 +423,9 @@ def test_values_are_frozen_typed_and_pickle() -> None:
         udscompat.pass_credentials(b)
         a.send(b"v")
         message = udscompat.recv_ancillary(b, 8)
-    with pytest.raises(FrozenInstanceError):
+    with pytest.raises(AttributeError):
         message.data = b""  # type: ignore[misc]
+    assert isinstance(message, udscompat.Message)
     assert pickle.loads(pickle.dumps(message)) == message
     assert "credentials=ReceivedCredentials(" in repr(message)
 

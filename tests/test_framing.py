@@ -240,7 +240,7 @@ def test_receive_and_next_fast_path_keeps_fd_offsets() -> None:
         decoder = FrameDecoder()
         assert decoder.receive_and_next(ENC.encode(b"plain")) == Message(b"plain")
         event = decoder.receive_and_next(ENC.encode(b"with", nfds=1), [r])
-        assert isinstance(event, Message) and event.data == b"with" and event.fds == [r]
+        assert isinstance(event, Message) and event.data == b"with" and event.fds == (r,)
     finally:
         os.close(w)
         os.close(r)
@@ -265,7 +265,7 @@ def test_idle_means_nothing_held() -> None:
         assert not decoder.idle and decoder.next_event() is NEED_DATA and not decoder.idle
         decoder.receive_data(ENC.encode(b"fd", nfds=1)[3:])
         event = decoder.next_event()
-        assert isinstance(event, Message) and event.fds == [r] and decoder.idle
+        assert isinstance(event, Message) and event.fds == (r,) and decoder.idle
     finally:
         os.close(w)
         os.close(r)

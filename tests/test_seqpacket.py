@@ -60,7 +60,7 @@ def test_one_send_is_one_message_with_its_own_fds(pair: Pair, pipe: Tuple[int, i
     assert a.send(b"third", [pipe[1], pipe[0]]) == 5
     m1, m2, m3 = (b.recv_message(maxfds=2) for _ in range(3))
     assert m1 is not None and m2 is not None and m3 is not None
-    assert (m1.data, m1.fds, m1.truncated) == (b"first", [], False)
+    assert (m1.data, m1.fds, m1.truncated) == (b"first", (), False)
     assert m2.data == b"second" and len(m2.fds) == 1
     assert m3.data == b"third" and len(m3.fds) == 2
     assert all(not os.get_inheritable(fd) for fd in m2.fds + m3.fds)
@@ -86,7 +86,7 @@ def test_zero_length_messages_are_not_end_of_stream(pair: Pair, pipe: Tuple[int,
     a.send(b"")
     a.close()
     m = b.recv_message(maxfds=1)
-    assert m is not None and m.data == b"" and m.fds == []
+    assert m is not None and m.data == b"" and m.fds == ()
     m = b.recv_message(maxfds=1)
     assert m is not None and m.data == b"" and len(m.fds) == 1
     _close(m.fds)

@@ -30,8 +30,7 @@ import errno
 import functools
 import os
 import socket
-from dataclasses import dataclass
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from udscompat import _fdpass, _io, _probes
 from udscompat._address import AddressArg, UnixSocketAddr
@@ -39,6 +38,7 @@ from udscompat._bind import sendmsg_to
 from udscompat._errors import UnsupportedError
 from udscompat._msgcreds import ReceivedCredentials, SendCredentials
 from udscompat._platform import backend
+from udscompat._records import Message, _checked_fields, tuplegetter
 
 __all__ = [
     "AncillaryMessage",
@@ -60,45 +60,63 @@ _SCM_RIGHTS = backend.SCM_RIGHTS
 ANCILLARY_ROOM = _io.ANCBUF_SIZE + backend.CREDENTIALS_ROOM
 
 
-@dataclass(frozen=True)
-class AncillaryMessage:
-    """One ``recv_ancillary``: payload, descriptors, credentials, flags, source.
+class AncillaryMessage(Message):
+    """One ``recv_ancillary``: a ``Message`` plus the ``msg_flags`` and the sender's address.
+
+    A ``Message`` (``data``, ``fds``, ``truncated``, ``credentials``, in that
+    order) with two more fields, so code that takes a ``Message`` takes this.
 
     Attributes:
         data: the payload, at most the ``bufsize`` asked for (``b""`` with
             nothing else: end-of-stream on a stream socket).
         fds: descriptors that came with it: new, close-on-exec, the caller's
             to close.
+        truncated: the kernel cut the payload to ``bufsize`` (MSG_TRUNC).
         credentials: the sender's credentials where the kernel attached them
             (``pass_credentials``, or a sender that attached its own), else
             ``None``; also ``None`` when one read of a stream spans sends
             made under different identities (no single answer is true).
         flags: the ``msg_flags`` recvmsg returned.
         address: the sender's address (datagrams); unnamed otherwise.
-        truncated: the kernel cut the payload to ``bufsize`` (MSG_TRUNC).
     """
 
-    __slots__ = ("address", "credentials", "data", "fds", "flags", "truncated")
+    __slots__ = ()
+    _fields = (*Message._fields, "flags", "address")
 
-    data: bytes
-    fds: Tuple[int, ...]
-    credentials: Optional[ReceivedCredentials]
-    flags: int
-    address: UnixSocketAddr
-    truncated: bool
+    if TYPE_CHECKING:
+
+        @property
+        def flags(self) -> int: ...
+        @property
+        def address(self) -> UnixSocketAddr: ...
+
+    else:
+        flags = tuplegetter(4, "the msg_flags recvmsg returned")
+        address = tuplegetter(5, "the sender's address (unnamed where it has none)")
+
+    def __new__(  # a Message with two more fields
+        cls,
+        data: bytes,
+        fds: Iterable[int] = (),
+        truncated: bool = False,
+        credentials: Optional[ReceivedCredentials] = None,
+        flags: int = 0,
+        address: Optional[UnixSocketAddr] = None,
+    ) -> AncillaryMessage:
+        """Build one, checking every field (the library's own use skips the checks)."""
+        fields = _checked_fields(cls, data, fds, truncated, credentials)
+        if type(flags) is not int:
+            raise TypeError(f"AncillaryMessage.flags must be an int, not {type(flags).__name__}")
+        if address is None:
+            address = UnixSocketAddr.unnamed()
+        elif not isinstance(address, UnixSocketAddr):
+            raise TypeError(
+                f"AncillaryMessage.address must be a UnixSocketAddr, not {type(address).__name__}"
+            )
+        return tuple.__new__(cls, (*fields, flags, address))
 
     def __repr__(self) -> str:
-        shown = self.data if len(self.data) <= 32 else self.data[:32] + b"..."
-        return (
-            f"AncillaryMessage(data={shown!r}, fds={self.fds!r}, credentials={self.credentials!r},"
-            f" flags={self.flags:#x}, address={self.address!r}, truncated={self.truncated!r})"
-        )
-
-    def __reduce__(self) -> Tuple[Any, ...]:
-        return (
-            AncillaryMessage,
-            (self.data, self.fds, self.credentials, self.flags, self.address, self.truncated),
-        )
+        return f"{Message.__repr__(self)[:-1]}, flags={self.flags:#x}, address={self.address!r})"
 
 
 def pass_credentials(sock: socket.socket, enable: bool = True) -> None:
@@ -251,13 +269,16 @@ def recv_ancillary(
         raise
     if fds and _fdpass.REGISTRY.originals:
         fds = _fdpass.guard_reused(fds)
-    return AncillaryMessage(
-        data,
-        tuple(fds),
-        creds,
-        msg_flags & ~added,
-        UnixSocketAddr.from_sockaddr(source),
-        bool(msg_flags & backend.MSG_TRUNC),
+    return tuple.__new__(
+        AncillaryMessage,
+        (
+            data,
+            tuple(fds),
+            bool(msg_flags & backend.MSG_TRUNC),
+            creds,
+            msg_flags & ~added,
+            UnixSocketAddr.from_sockaddr(source),
+        ),
     )
 
 

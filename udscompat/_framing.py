@@ -29,7 +29,7 @@ from collections import deque
 from typing import Deque, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from udscompat._errors import FramingError
-from udscompat._records import Message
+from udscompat._records import Message, new_message
 
 __all__ = [
     "DEFAULT_MAX_FDS",
@@ -266,7 +266,7 @@ class FrameDecoder:
             if not rest and length == len(data) - _HEADER_SIZE and length <= self.max_message_size:
                 # Idle before and after: nothing to store (the stream offsets only place
                 # descriptors, and none are held).
-                return Message(data[_HEADER_SIZE:], [])
+                return new_message((data[_HEADER_SIZE:], (), False, None))
         self.receive_data(data, fds)
         return self.next_event()
 
@@ -324,7 +324,7 @@ class FrameDecoder:
             self.ack_requests += 1
         if lost >= 0:
             return DescriptorsLost(data, lost)
-        return Message(data, fds)
+        return new_message((data, tuple(fds), False, None))
 
     def close(self) -> None:
         """Close every descriptor still held; the decoder can no longer be used."""

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Tuple
+import operator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, NamedTuple, Optional, Tuple
 
-__all__ = ["ConnCredentials", "Message"]
+from udscompat._msgcreds import ReceivedCredentials
+
+__all__ = ["ConnCredentials", "Message", "new_message"]
+
+
+def tuplegetter(index: int, doc: str) -> Any:
+    """A read-only attribute for item ``index`` of a tuple subclass."""
+    return property(operator.itemgetter(index), doc=doc)
+
+
+if not TYPE_CHECKING:
+    # The C accessor namedtuple uses (CPython 3.8+): reading a field costs no Python call.
+    try:
+        from collections import _tuplegetter as tuplegetter
+    except ImportError:  # pragma: no cover
+        pass
+
+_MAX_FD = 2**31 - 1
 
 
 class ConnCredentials(NamedTuple):
@@ -28,39 +46,105 @@ class ConnCredentials(NamedTuple):
     groups: Optional[Tuple[int, ...]] = None
 
 
-class Message:
-    """One SOCK_SEQPACKET message: payload, descriptors and truncation.
+class Message(Tuple[Any, ...]):
+    """One message: payload, descriptors, truncation and the sender's credentials.
+
+    Immutable (a named tuple: ``data, fds, truncated, credentials = message``
+    works), so a message handed to several consumers cannot be changed by
+    one of them.
 
     Attributes:
         data: the payload, at most the ``bufsize`` asked for.
-        fds: descriptors that came with this message.  They are new,
-            close-on-exec descriptors owned by the caller, who must close them.
+        fds: descriptors that came with this message, as a tuple.  They are
+            new, close-on-exec descriptors owned by the caller, who must
+            close them.
         truncated: ``True`` when the message was longer than ``bufsize`` and
-            the rest was discarded.
+            the rest was discarded (for ``peek``: will be, if received with
+            that ``bufsize``).
+        credentials: the sender's credentials as the *kernel* attached them
+            to this message (see ``pass_credentials``), else ``None``.  Never
+            built from bytes a peer wrote: on an emulated connection they are
+            the credentials the kernel attached to every write that carried
+            a byte of this message, and ``None`` if those writes did not all
+            carry the same ones.
     """
 
-    __slots__ = ("data", "fds", "truncated")
+    __slots__ = ()
+    _fields: ClassVar[Tuple[str, ...]] = ("data", "fds", "truncated", "credentials")
 
-    data: bytes
-    fds: List[int]
-    truncated: bool
+    if TYPE_CHECKING:
 
-    def __init__(self, data: bytes, fds: Optional[List[int]] = None, truncated: bool = False):
-        self.data = data
-        self.fds = [] if fds is None else fds
-        self.truncated = truncated
+        @property
+        def data(self) -> bytes: ...
+        @property
+        def fds(self) -> Tuple[int, ...]: ...
+        @property
+        def truncated(self) -> bool: ...
+        @property
+        def credentials(self) -> Optional[ReceivedCredentials]: ...
+
+    else:
+        data = tuplegetter(0, "the payload")
+        fds = tuplegetter(1, "descriptors that came with the message (the caller's to close)")
+        truncated = tuplegetter(2, "the message was longer than bufsize; the rest was discarded")
+        credentials = tuplegetter(3, "the sender's credentials as the kernel attached them")
+
+    def __new__(
+        cls,
+        data: bytes,
+        fds: Iterable[int] = (),
+        truncated: bool = False,
+        credentials: Optional[ReceivedCredentials] = None,
+    ) -> Message:
+        """Build a message, checking every field (the library's own use skips the checks)."""
+        return tuple.__new__(cls, _checked_fields(cls, data, fds, truncated, credentials))
+
+    def __getnewargs__(self) -> Tuple[Any, ...]:
+        return tuple(self)
 
     def __repr__(self) -> str:
         shown = self.data if len(self.data) <= 32 else self.data[:32] + b"..."
-        return f"Message(data={shown!r}, fds={self.fds!r}, truncated={self.truncated!r})"
+        return (
+            f"{type(self).__name__}(data={shown!r}, fds={self.fds!r}, "
+            f"truncated={self.truncated!r}, credentials={self.credentials!r})"
+        )
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Message):
-            return NotImplemented
-        return (self.data, self.fds, self.truncated) == (other.data, other.fds, other.truncated)
 
-    __hash__ = None  # type: ignore[assignment]  # fds is a mutable list
+def _checked_fields(
+    cls: type, data: Any, fds: Any, truncated: Any, credentials: Any
+) -> Tuple[bytes, Tuple[int, ...], bool, Optional[ReceivedCredentials]]:
+    name = cls.__name__
+    if not isinstance(data, bytes):
+        raise TypeError(f"{name}.data must be bytes, not {type(data).__name__}")
+    numbers = tuple(fds)
+    for fd in numbers:
+        if type(fd) is not int:
+            raise TypeError(f"{name}.fds must hold ints, not {type(fd).__name__}")
+        if not 0 <= fd <= _MAX_FD:
+            raise ValueError(f"{name}.fds: invalid file descriptor {fd}")
+    if type(truncated) is not bool:
+        raise TypeError(f"{name}.truncated must be a bool, not {type(truncated).__name__}")
+    if credentials is not None and not isinstance(credentials, ReceivedCredentials):
+        raise TypeError(
+            f"{name}.credentials must be a ReceivedCredentials or None, "
+            f"not {type(credentials).__name__}"
+        )
+    return bytes(data), numbers, truncated, credentials
 
+
+def _new_message(fields: Tuple[bytes, Tuple[int, ...], bool, Any]) -> Message:
+    """A ``Message`` from ``(data, fds, truncated, credentials)``, unchecked (hot paths)."""
+    return tuple.__new__(Message, fields)
+
+
+if not TYPE_CHECKING:
+    # The same, as one C call: the receive paths build a Message per message.
+    import functools
+
+    _new_message = functools.partial(tuple.__new__, Message)
+
+#: Build a ``Message`` from a ``(data, fds, truncated, credentials)`` tuple without checks.
+new_message = _new_message
 
 ConnCredentials.__module__ = "udscompat"
 Message.__module__ = "udscompat"

@@ -56,7 +56,7 @@ from udscompat._bind import (
 )
 from udscompat._errors import ControlTruncatedError, FramingError, UnsupportedError
 from udscompat._platform import backend
-from udscompat._records import ConnCredentials, Message
+from udscompat._records import ConnCredentials, Message, new_message
 
 __all__ = [
     "SeqpacketConn",
@@ -519,7 +519,7 @@ class _NativeConn(SeqpacketConn):
                     and (not ancdata or (len(ancdata) == 1 and ancdata[0][1] == _MARKER_TYPE))
                     and (len(data) < bufsize or not self._partial_records)
                 ):
-                    return Message(data, [], False)
+                    return new_message((data, (), False, None))
                 fds, marked = _io.collect_fds(data, ancdata, flags, maxfds, self._set_cloexec)
                 return self._message(data, fds, flags, marked, bufsize)
         return _io.call(
@@ -573,7 +573,7 @@ class _NativeConn(SeqpacketConn):
                 pass  # the rest has not arrived yet: the next receive goes on discarding
         if fds and _fdpass.REGISTRY.originals:
             fds = _fdpass.guard_reused(fds)
-        return Message(data, fds, truncated)
+        return new_message((data, tuple(fds), truncated, None))
 
     def _discard_rest_of_record(self) -> None:
         while self._discarding:
@@ -864,7 +864,7 @@ class _EmulatedConn(SeqpacketConn):
             if decoder.ack_requests != self._acks_sent:
                 self._acknowledge()
             if len(event.data) > bufsize:
-                return Message(event.data[:bufsize], [], True)
+                return new_message((event.data[:bufsize], (), True, None))
             return event
 
     def _receive(self, bufsize: int, maxfds: int, event: Any) -> Optional[Message]:
@@ -1048,9 +1048,10 @@ def _fit(message: Message, bufsize: int, maxfds: int) -> Message:
     if message.fds:
         _io.refuse_excess_fds(message.fds, maxfds, message.data[:bufsize])
         if _fdpass.REGISTRY.originals:
-            message = Message(message.data, _fdpass.guard_reused(message.fds))
+            fds = tuple(_fdpass.guard_reused(list(message.fds)))
+            message = new_message((message.data, fds, False, message.credentials))
     if len(message.data) > bufsize:
-        return Message(message.data[:bufsize], message.fds, True)
+        return new_message((message.data[:bufsize], message.fds, True, message.credentials))
     return message
 
 

@@ -104,7 +104,7 @@ def test_zero_length_vs_eof(observe: Observer, seqpacket_implementation: str) ->
         with_fd = b.recv_message(maxfds=1)
         end = b.recv_message()
         again = b.recv_message()
-    assert empty is not None and empty.data == b"" and empty.fds == []
+    assert empty is not None and empty.data == b"" and empty.fds == ()
     assert with_fd is not None and with_fd.data == b"" and len(with_fd.fds) == 1
     close_all(with_fd.fds)
     assert end is None and again is None
