@@ -498,7 +498,7 @@ class _NativeConn(SeqpacketConn):
                     and not flags & _TRUNCATIONS
                     and (len(data) < bufsize or not self._partial_records)
                 ):
-                    return Message(data, [], False)
+                    return new_message((data, (), False, None))
                 return self._message(data, fds, flags, marked, bufsize)
         elif self._fast and bufsize <= _LARGE_BUFSIZE:
             # _receive_once's common case inline: a whole message, no descriptors, at most the
