@@ -394,3 +394,28 @@ def test_truncated_control_data_reports_that_message_and_keeps_the_stream(
     assert info.value.data == b"lost"
     message = conn.recv_message()
     assert message is not None and message.data == b"next"
+
+
+class _DrippingSocket(socket.socket):
+    """Stand-in for a peer that drips faster than we read (a second process writing a byte
+    at a time can do this, but not reliably on a loaded machine): every read finds one byte
+    of a frame that declares 1 MiB, so no read ever waits.  The socket itself is real."""
+
+    def recvmsg(self, *args: object) -> Tuple[bytes, list, int, object]:  # type: ignore[override]
+        self._sent = getattr(self, "_sent", -1) + 1
+        if self._sent == 0:
+            return HEADER.pack(1 << 20, 0, 0, 0), [], 0, None
+        return b"d", [], 0, None
+
+
+def test_a_receive_that_never_waits_still_ends_at_its_deadline() -> None:
+    raw, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with raw:
+        stand_in = _DrippingSocket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=other.detach())
+        with SeqpacketConn.from_socket(stand_in) as conn:
+            conn.settimeout(0.2)
+            start = time.monotonic()
+            with pytest.raises(TimeoutError):
+                conn.recv_message()
+            took = time.monotonic() - start
+    assert took < 0.5, f"a 0.2 s timeout took {took:.3f} s"

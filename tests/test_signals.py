@@ -288,3 +288,47 @@ def test_lock_is_never_left_held_by_an_interrupt(storm: List[bool]) -> None:
 
         threading.Thread(target=use).start()
         assert done.wait(5), "the send lock was left held"
+
+
+def test_an_interrupt_while_waiting_loses_nothing_and_aborts_nothing() -> None:
+    """Waiting (poll) is the safe place: most Ctrl-C land there, and the connection goes on."""
+    from udscompat._framing import FrameEncoder
+
+    raw, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = udscompat.SeqpacketConn.from_socket(other)
+    frame = FrameEncoder().encode(b"whole")
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupt
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        with raw, conn:
+            raw.sendall(frame[:5])  # half a header: the receive reads it, then waits
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            with pytest.raises(Interrupt):
+                conn.recv_message()
+            raw.sendall(frame[5:] + FrameEncoder().encode(b"after"))
+            first = conn.recv_message()
+            second = conn.recv_message()
+            assert first is not None and first.data == b"whole"
+            assert second is not None and second.data == b"after"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_holding_never_leaves_its_lock_held(storm: List[bool]) -> None:
+    """The try-acquire used for acknowledgements and close, under 20,000 interrupts."""
+    from udscompat._seqpacket import _holding
+
+    lock = threading.Lock()
+    for _ in range(20000):
+        try:
+            storm[0] = True
+            _holding(lock, lambda: None)
+        except Interrupt:
+            pass
+        finally:
+            storm[0] = False
+    assert not lock.locked(), "an interrupt left the lock held"
