@@ -294,7 +294,9 @@ class AsyncSeqpacketConn:
             await self._send_turn.wait_for_turn()
         conn = self._conn
         try:
-            await self._fair_turn()
+            if self._streak >= _STREAK:  # inline, not a coroutine: this runs per message
+                self._streak = 0
+                await asyncio.sleep(0)  # yield once: other connections get their turn
             writable = self._writable
             if writable.ready:  # try at once, without a coroutine: the usual case
                 try:
@@ -309,16 +311,13 @@ class AsyncSeqpacketConn:
             else:
                 sent = await writable.run(lambda: conn.send(data, fds))
             if self._framed:
-                await self._drain()
+                try:
+                    self._flush()  # nothing left over: the usual case, without a coroutine
+                except BlockingIOError:
+                    await asyncio.shield(self._start_flushing())
             return sent
         finally:
             self._send_turn.release()
-
-    async def _fair_turn(self) -> None:
-        """Yield to the loop once after ``_STREAK`` operations that never had to wait."""
-        if self._streak >= _STREAK:
-            self._streak = 0
-            await asyncio.sleep(0)
 
     async def _drain(self) -> None:
         """Finish a partly sent frame in a task that cancelling the caller does not stop."""
@@ -350,7 +349,9 @@ class AsyncSeqpacketConn:
             if self._kept:
                 message = self._kept.pop(0)
             else:
-                await self._fair_turn()
+                if self._streak >= _STREAK:
+                    self._streak = 0
+                    await asyncio.sleep(0)  # yield once: other connections get their turn
                 readable = self._readable
                 if self._framed and not readable.ready and self._pending():
                     readable.ready = True  # decoded frames wait; the socket may be empty
@@ -361,8 +362,9 @@ class AsyncSeqpacketConn:
                 message = await readable.run(self._recv_once, self._keep)
         finally:
             self._recv_turn.release()
-        if self._framed and not self._send_turn.busy:
-            # An acknowledgement the receive could not push out at once (the socket was full).
+        if self._framed and message is not None and message.fds and not self._send_turn.busy:
+            # An acknowledgement the receive could not push out at once (the socket was full);
+            # only messages with descriptors ask for one.
             try:
                 self._flush()
             except BlockingIOError:
