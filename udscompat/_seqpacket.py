@@ -986,12 +986,10 @@ class _EmulatedConn(SeqpacketConn):
     # -- state -----------------------------------------------------------------------------
 
     def pending(self) -> bool:
-        return (
-            self._closed
-            or self._broken is not None
-            or self._receiving
-            or self._decoder.has_message()
-        )
+        decoder = self._decoder
+        if decoder.idle and not self._receiving:
+            return self._closed  # nothing held (closed and broken decoders are not idle)
+        return self._closed or self._broken is not None or self._receiving or decoder.has_message()
 
     def _break(self, error: OSError) -> None:
         """Close the connection after ``error`` (receive lock held)."""

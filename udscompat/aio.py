@@ -305,10 +305,12 @@ class AsyncSeqpacketConn:
                     sent = conn.send(data, fds)
                 except BlockingIOError:
                     writable.ready = False
+                    self._streak = 0  # this one waits on the loop: a turn for the others
                     sent = await writable.run(lambda: conn.send(data, fds))
                 else:
                     self._streak += 1
             else:
+                self._streak = 0
                 sent = await writable.run(lambda: conn.send(data, fds))
             if self._framed:
                 try:
@@ -357,9 +359,9 @@ class AsyncSeqpacketConn:
                     readable.ready = True  # decoded frames wait; the socket may be empty
                 if self._recv_once.args != (bufsize, maxfds):
                     self._recv_once = functools.partial(self._conn.recv_message, bufsize, maxfds)
-                if readable.ready:
-                    self._streak += 1
                 message = await readable.run(self._recv_once, self._keep)
+                # Still "ready": it completed without waiting on the loop.
+                self._streak = self._streak + 1 if readable.ready else 0
         finally:
             self._recv_turn.release()
         if self._framed and message is not None and message.fds and not self._send_turn.busy:
