@@ -296,3 +296,37 @@ def test_kernel_runs_refuse_options_that_do_not_apply(capsys: pytest.CaptureFixt
             cli.main(argv)
         assert exited.value.code == 2
     assert "--check compares a --kernel run" in capsys.readouterr().err
+
+
+def test_one_process_per_case_id_with_all_its_items(tmp_path: Path) -> None:
+    """A case run on both seqpacket implementations is two pytest items and one case: both
+    items go to one process (else each process records the other as "did not run")."""
+    script = tmp_path / "fake_pytest.py"
+    script.write_text(
+        "import json, sys\n"
+        "out = [a.split('=', 1)[1] for a in sys.argv if a.startswith('--udscompat-results=')][0]\n"
+        "items = [a for a in sys.argv[1:] if '::' in a]\n"
+        "json.dump({'items': items}, open(out, 'w'))\n"
+    )
+    cases = [
+        {"nodeid": "t.py::test_a[@native]", "meta": _meta("shim.x.a", "shim")},
+        {"nodeid": "t.py::test_a[@emulated]", "meta": _meta("shim.x.a", "shim")},
+        {"nodeid": "t.py::test_b", "meta": _meta("os.x.b")},
+    ]
+    runs = columns.run_each(
+        cases,
+        tmp_path,
+        tmp_path / "work",
+        command=[sys.executable, str(script)],
+        extra=[],
+        env=dict(os.environ),
+        timeout=30,
+        server=None,
+        progress=False,
+    )
+    seen = [json.loads(run.result_file.read_text())["items"] for run in runs]
+    assert seen == [
+        [str(tmp_path / "t.py::test_a[@native]"), str(tmp_path / "t.py::test_a[@emulated]")],
+        [str(tmp_path / "t.py::test_b")],
+    ]
+    assert [run.meta["id"] for run in runs] == ["shim.x.a", "os.x.b"]
