@@ -21,8 +21,17 @@ from typing import Iterator, Tuple
 import pytest
 
 import udscompat
-from tests.conftest import c_compiler, needs_c_compiler, only_on, other_user, python_peer
+from tests.conftest import (
+    c_compiler,
+    needs_c_compiler,
+    only_on,
+    open_fds,
+    other_user,
+    python_peer,
+    same_file,
+)
 from udscompat import _ancillary
+from udscompat._fdpass import REGISTRY
 
 pytestmark = only_on("Linux", "SCM_CREDENTIALS carries one uid and one gid")
 
@@ -137,6 +146,107 @@ def test_peek_clones_fds_the_caller_owns(pipe: Tuple[int, int]) -> None:
         finally:
             for fd in peeked.fds + taken.fds:
                 os.close(fd)
+
+
+@pytest.mark.parametrize("call", ["recv_ancillary", "recv_fds"])
+def test_a_peek_never_reads_descriptors_the_kernel_did_not_install(
+    monkeypatch: pytest.MonkeyPatch, pipe: Tuple[int, int], call: str
+) -> None:
+    """Stand-in for FreeBSD/NetBSD/macOS (kernel pointers or zeros where the fds would be).
+
+    Linux installs copies anyway; the test closes exactly those, and checks that
+    the library reported none of them and left every other descriptor alone.
+    """
+    monkeypatch.setattr(_ancillary._probes, "peek_installs_fds", lambda: False)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        udscompat.send_ancillary(a, b"peeked", [pipe[0]])
+        before = open_fds()
+        if call == "recv_ancillary":
+            data, fds = udscompat.recv_ancillary(b, 8, 1, socket.MSG_PEEK)[:2]
+        else:
+            data, fds = udscompat.recv_fds(b, 8, 1, socket.MSG_PEEK)[:2]
+        appeared = open_fds() - before
+        for fd in appeared:  # what Linux installed for the peek: nothing of ours saw it
+            assert same_file(fd, pipe[0])
+            os.close(fd)
+        assert (data, tuple(fds)) == (b"peeked", ())
+        with pytest.raises(udscompat.UnsupportedError, match="descriptors on a peek"):
+            before = open_fds()
+            try:
+                _ancillary.receive(b, 8, 1, socket.MSG_PEEK, refuse_peeked_fds=True)
+            finally:
+                for fd in open_fds() - before:
+                    os.close(fd)
+        taken = udscompat.recv_ancillary(b, 8, 1)  # the receive itself is untouched
+        assert taken.data == b"peeked" and len(taken.fds) == 1
+        os.close(taken.fds[0])
+
+
+def test_out_of_descriptors_fails_send_ancillary_before_anything_went_out(
+    hold_env: pytest.MonkeyPatch,
+) -> None:
+    """Sent descriptors are held before sendmsg: EMFILE there means nothing went out (child)."""
+    code = r"""
+import os, resource, socket, udscompat
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+free = os.dup(0); os.close(free)
+resource.setrlimit(resource.RLIMIT_NOFILE, (free, hard))
+try:
+    udscompat.send_ancillary(a, b"x", [r], udscompat.send_credentials())
+    print("sent")
+except OSError as exc:
+    b.setblocking(False)
+    try:
+        b.recv(10)
+        print("error but sent", exc.errno)
+    except BlockingIOError:
+        print("refused before sending", exc.errno)
+"""
+    hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
+    child = python_peer(code)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    assert out.decode().split() == ["refused", "before", "sending", str(errno.EMFILE)]
+
+
+def test_a_failed_send_ancillary_holds_nothing(
+    hold_env: pytest.MonkeyPatch, pipe: Tuple[int, int]
+) -> None:
+    hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        b.close()
+        with pytest.raises(OSError):
+            udscompat.send_ancillary(a, b"x", [pipe[0]])  # ECONNREFUSED: the peer is gone
+        assert REGISTRY.held(a) == 0
+
+
+def test_several_buffers_are_one_message(pair: Tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    sent = udscompat.send_ancillary(a, (b"one ", bytearray(b"two "), memoryview(b"three")))
+    assert sent == 13
+    assert udscompat.recv_ancillary(b, 64).data == b"one two three"
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "words"),
+    [
+        ("text", TypeError, "data: expected a bytes-like object"),
+        ([b"a", 3], TypeError, "data: expected a bytes-like object"),
+        ([b"a"] * 5000, ValueError, "data: 5000 buffers in one message"),
+    ],
+)
+def test_bad_buffers_are_refused_before_sending(data: object, error: type, words: str) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        with pytest.raises(error, match=words):
+            udscompat.send_ancillary(a, data)  # type: ignore[arg-type]
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            b.recv(1)
 
 
 def test_sender_address_of_a_datagram(short_tmp: Path) -> None:

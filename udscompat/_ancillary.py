@@ -26,6 +26,7 @@ the same; ``SendCredentials::{Real, Effective, Custom}`` ->
 
 from __future__ import annotations
 
+import array
 import errno
 import functools
 import os
@@ -51,11 +52,13 @@ __all__ = [
     "send_credentials",
 ]
 
-#: What ``send_ancillary`` takes as ``data``: one bytes-like object or several.
-Buffers = Union[bytes, bytearray, memoryview, Sequence[Any]]
+#: What ``send_ancillary`` and the connections' ``send`` take as ``data``: one bytes-like
+#: object, or a list or tuple of them sent as one message.
+Buffers = Union[bytes, bytearray, memoryview, List[Any], Tuple[Any, ...]]
 
 _SOL_SOCKET = backend.SOL_SOCKET
-_SCM_RIGHTS = backend.SCM_RIGHTS
+_MSG_PEEK = socket.MSG_PEEK
+_FD_CMSG_TYPES = frozenset({backend.SCM_RIGHTS, *backend.FD_CARRYING_CMSG_TYPES})
 #: Room for the kernel's descriptor cap, the marker and this kernel's credential messages.
 ANCILLARY_ROOM = _io.ANCBUF_SIZE + backend.CREDENTIALS_ROOM
 
@@ -200,8 +203,40 @@ def send_ancillary(
             sender may not claim).
     """
     _fdpass._check_unix(sock)
-    buffers = _buffers(data)
+    buffers, _ = as_buffers(data)
     numbers = _io.check_fds(fds)
+    ancdata = ancillary_data(sock, numbers, credentials)
+    if (
+        ancdata
+        and _fdpass._raw_type(sock) & 0xF == socket.SOCK_STREAM
+        and not _fdpass._has_payload(buffers)
+    ):
+        raise ValueError("ancillary data need at least one payload byte on a stream socket")
+    # Held before the send (a full descriptor table fails it before anything went out, and
+    # an acknowledgement can never arrive before its batch is held).
+    batch = _fdpass.REGISTRY.hold(sock, numbers) if numbers and _fdpass.hold_sent_fds() else None
+    try:
+        if address is None:
+            return sock.sendmsg(buffers, ancdata, flags)
+        return sendmsg_to(sock, buffers, ancdata, flags, address)
+    except OSError:
+        if batch is not None:
+            _fdpass.REGISTRY.unhold(sock, batch)
+        raise
+
+
+def ancillary_data(
+    sock: socket.socket, numbers: array.array[int], credentials: Optional[SendCredentials]
+) -> List[Tuple[int, int, Any]]:
+    """The control messages of one send: the credentials (if any), then the descriptors.
+
+    Raises:
+        TypeError: ``credentials`` is not a ``SendCredentials``.
+        UnsupportedError: no ancillary credentials here; ids other than this
+            process's own where the kernel fills in the truth; credentials
+            together with descriptors where the kernel reads only one control
+            message (DragonFly).
+    """
     ancdata: List[Tuple[int, int, Any]] = []
     if credentials is not None:
         cmsg = _credentials_cmsg(credentials)
@@ -213,20 +248,75 @@ def send_ancillary(
                     "the kernel reads only the first control message of a send",
                 )
             ancdata.append(cmsg)
-    ancdata.extend(_io.rights(sock, numbers))
-    if (
-        ancdata
-        and _fdpass._raw_type(sock) & 0xF == socket.SOCK_STREAM
-        and not _fdpass._has_payload(buffers)
-    ):
-        raise ValueError("ancillary data need at least one payload byte on a stream socket")
-    if address is None:
-        sent = sock.sendmsg(buffers, ancdata, flags)
-    else:
-        sent = sendmsg_to(sock, buffers, ancdata, flags, address)
-    if numbers and _fdpass.hold_sent_fds():
-        _fdpass.REGISTRY.hold(sock, numbers)
-    return sent
+    if numbers:
+        ancdata += _io.rights(sock, numbers)
+    return ancdata
+
+
+#: One receive with room for credentials: ``(data, fds, msg_flags, address, marked,
+#: credentials)``; ``msg_flags`` without the MSG_CMSG_CLOEXEC udscompat added.
+Received = Tuple[bytes, List[int], int, Any, bool, Optional[ReceivedCredentials]]
+
+
+def receive(
+    sock: socket.socket,
+    bufsize: int,
+    maxfds: int,
+    flags: int = 0,
+    *,
+    refuse_peeked_fds: bool = False,
+) -> Received:
+    """One ``recvmsg`` with room for the credentials; like ``_io.recv_with_fds`` otherwise.
+
+    The receive of every path that reports credentials (``recv_ancillary``,
+    ``UnixDatagram``, seqpacket connections after ``pass_credentials``, and
+    the native seqpacket ``peek``).  A ``MSG_PEEK`` reads descriptors only
+    where the kernel installed copies for the peeker
+    (``_probes.peek_installs_fds``); elsewhere the control data holds kernel
+    pointers or zeros, which are never read as descriptors: they are left
+    out, or with ``refuse_peeked_fds`` the peek raises ``UnsupportedError``.
+
+    Raises:
+        ControlTruncatedError: as ``recv_with_fds``; every descriptor closed first.
+        UnsupportedError: (``refuse_peeked_fds``) the peeked message carries
+            descriptors and the kernel installed no copies of them.
+        OSError: ``EPROTO`` for a credential message that cannot be what the
+            kernel's headers say (descriptors closed first).
+    """
+    cloexec = _io.cloexec_flag()
+    added = (cloexec or 0) & ~flags  # reported back in msg_flags; not the caller's
+    try:
+        data, ancdata, msg_flags, source = sock.recvmsg(bufsize, ANCILLARY_ROOM, flags | added)
+    except OSError as exc:
+        if exc.errno == errno.EMSGSIZE:
+            raise _io.emsgsize_error() from exc
+        raise
+    if flags & _MSG_PEEK and ancdata and not _probes.peek_installs_fds():
+        ancdata = _uninstalled_peek(ancdata, refuse_peeked_fds)
+    fds, marked = _io.collect_fds(data, ancdata, msg_flags, maxfds, cloexec is None)
+    try:
+        creds = backend.credentials_from_cmsgs(ancdata)
+    except BaseException:
+        _io.close_fds(fds)
+        raise
+    if fds and _fdpass.REGISTRY.originals:
+        fds = _fdpass.guard_reused(fds)
+    return data, fds, msg_flags & ~added, source, marked, creds
+
+
+def _uninstalled_peek(
+    ancdata: List[Tuple[int, int, Any]], refuse: bool
+) -> List[Tuple[int, int, Any]]:
+    """A peek's control data without the descriptor messages the kernel did not install."""
+    kept = [c for c in ancdata if not (c[0] == _SOL_SOCKET and c[1] in _FD_CMSG_TYPES)]
+    if refuse and len(kept) != len(ancdata):
+        raise UnsupportedError(
+            "descriptors on a peek",
+            backend.OS_NAME,
+            "the kernel installs no copies of a peeked message's descriptors (its control "
+            "data holds kernel pointers or zeros); receive the message to get them",
+        )
+    return kept
 
 
 def recv_ancillary(
@@ -238,8 +328,11 @@ def recv_ancillary(
         sock: an AF_UNIX socket.
         bufsize: most payload bytes to receive.
         maxfds: most descriptors the caller accepts.
-        flags: ``recvmsg`` flags (``MSG_PEEK``: on Linux a peek clones the
-            descriptors, which the caller then owns and must close).
+        flags: ``recvmsg`` flags.  ``MSG_PEEK``: where the kernel installs
+            copies of the descriptors for a peek (Linux) the caller owns and
+            must close them; where it does not (FreeBSD, NetBSD, macOS copy
+            out kernel pointers or zeros, OpenBSD leaves them out) the peek
+            reports no descriptors, as ``recv_fds`` does.
 
     Raises:
         ControlTruncatedError: control data truncated, or more than
@@ -249,26 +342,8 @@ def recv_ancillary(
         ValueError: negative ``bufsize`` or ``maxfds``, or not AF_UNIX.
     """
     _fdpass._check_unix(sock)
-    _io.check_sizes(bufsize, maxfds)
-    try:
-        cloexec = _probes.cmsg_cloexec_flag()
-    except OSError:
-        cloexec = None  # the probe could not run (EMFILE?): set FD_CLOEXEC by hand
-    added = (cloexec or 0) & ~flags  # reported back in msg_flags; not the caller's
-    try:
-        data, ancdata, msg_flags, source = sock.recvmsg(bufsize, ANCILLARY_ROOM, flags | added)
-    except OSError as exc:
-        if exc.errno == errno.EMSGSIZE:
-            raise _io.emsgsize_error() from exc
-        raise
-    fds, _ = _io.collect_fds(data, ancdata, msg_flags, maxfds, cloexec is None)
-    try:
-        creds = backend.credentials_from_cmsgs(ancdata)
-    except BaseException:
-        _io.close_fds(fds)
-        raise
-    if fds and _fdpass.REGISTRY.originals:
-        fds = _fdpass.guard_reused(fds)
+    bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
+    data, fds, msg_flags, source, _, creds = receive(sock, bufsize, maxfds, flags)
     return tuple.__new__(
         AncillaryMessage,
         (
@@ -276,7 +351,7 @@ def recv_ancillary(
             tuple(fds),
             bool(msg_flags & backend.MSG_TRUNC),
             creds,
-            msg_flags & ~added,
+            msg_flags,
             UnixSocketAddr.from_sockaddr(source),
         ),
     )
@@ -388,10 +463,48 @@ def _credentials_cmsg(creds: SendCredentials) -> Optional[Tuple[int, int, bytes]
     return cmsg
 
 
-def _buffers(data: Buffers) -> List[Any]:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return [data]
-    return list(data)
+def as_buffers(data: Buffers) -> Tuple[List[Any], int]:
+    """``data`` as the buffer list of one ``sendmsg``, and the number of bytes in it.
+
+    One bytes-like object, or a list or tuple of them (several buffers, one
+    message).
+
+    Raises:
+        TypeError: ``data`` (or one of its items) is not bytes-like.
+        ValueError: more buffers than one ``sendmsg`` takes (IOV_MAX).
+    """
+    if type(data) is bytes:
+        return [data], len(data)
+    if isinstance(data, (list, tuple)):
+        if _IOV_MAX is not None and len(data) > _IOV_MAX:
+            raise ValueError(
+                f"data: {len(data)} buffers in one message; sendmsg takes at most {_IOV_MAX}"
+            )
+        size = 0
+        for item in data:
+            size += _nbytes(item)
+        return list(data), size
+    return [data], _nbytes(data)
+
+
+def _nbytes(item: Any) -> int:
+    try:
+        return memoryview(item).nbytes
+    except TypeError:
+        raise TypeError(
+            f"data: expected a bytes-like object or a list of them, not {type(item).__name__}"
+        ) from None
+
+
+def _iov_max() -> Optional[int]:
+    try:
+        value = os.sysconf("SC_IOV_MAX")
+    except (ValueError, OSError):
+        return None  # the kernel's own EMSGSIZE then
+    return value if value > 0 else None
+
+
+_IOV_MAX = _iov_max()
 
 
 AncillaryMessage.__module__ = "udscompat"

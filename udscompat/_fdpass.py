@@ -344,14 +344,17 @@ def recv_fds(
     _check_unix(sock)
     if type(bufsize) is not int or type(maxfds) is not int or bufsize < 0 or maxfds < 0:
         bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
+    # A peek takes the pure path, which reads descriptors only where the kernel installed
+    # copies for the peeker (_probes.peek_installs_fds).
+    receive = _io.pure_recv_with_fds if flags & _MSG_PEEK else _io.recv_with_fds
     try:
-        data, fds, msg_flags, address, _ = _io.recv_with_fds(sock, bufsize, maxfds, flags)
+        data, fds, msg_flags, address, _ = receive(sock, bufsize, maxfds, flags)
     except BlockingIOError:
         timeout = sock.gettimeout()
         if not timeout:
             raise
         data, fds, msg_flags, address, _ = _within_timeout(
-            sock, timeout, False, lambda: _io.recv_with_fds(sock, bufsize, maxfds, flags)
+            sock, timeout, False, lambda: receive(sock, bufsize, maxfds, flags)
         )
     if fds and REGISTRY.originals:
         fds = guard_reused(fds)
@@ -417,6 +420,7 @@ _raw_type = _socket.socket.type.__get__
 _AF_UNIX = socket.AF_UNIX
 _SOL_SOCKET = backend.SOL_SOCKET
 _SCM_RIGHTS = backend.SCM_RIGHTS
+_MSG_PEEK = socket.MSG_PEEK
 
 
 def _check_unix(sock: socket.socket) -> None:
