@@ -574,3 +574,25 @@ def test_bench_limit_program_compiles_and_runs() -> None:
         pytest.skip(note)
     assert {"fdpass1", "fdpass16", "emu64", "emu65536"} <= results.keys()
     assert all(0 < seconds < 0.01 for seconds in results.values())
+
+
+@needs_compiled
+def test_a_peek_where_the_kernel_installs_nothing_takes_the_pure_path(
+    pipe: Tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NetBSD, FreeBSD and macOS copy out numbers that are not descriptors of ours on MSG_PEEK;
+    # the compiled call would hand them back (and a truncation would close them), so such a
+    # peek goes the pure way, which drops them.  Linux installs real ones: stand in for the others.
+    monkeypatch.setattr(_probes, "peek_installs_fds", lambda: False)
+    if _io.recv_with_fds is _io.pure_recv_with_fds:
+        pytest.skip("the compiled wrappers are not in use (UDSCOMPAT_SPEEDUPS=0)")
+    a, b = socket.socketpair()
+    with a, b:
+        SPEEDUPS.sendmsg(a, b"x", [pipe[0]], 0)
+        before = open_fds()
+        data, fds, _, _, _ = _io.recv_with_fds(b, 1, 1, socket.MSG_PEEK)
+        _io.close_fds(sorted(open_fds() - before))  # Linux did install them: the stand-in's cost
+        assert (data, fds) == (b"x", [])
+        data, fds, _, _, _ = _io.recv_with_fds(b, 1, 1)
+        assert data == b"x" and len(fds) == 1
+        _io.close_fds(fds)
