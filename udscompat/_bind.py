@@ -62,7 +62,7 @@ import socket
 import stat
 import time
 import weakref
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 from udscompat._address import AddressArg, UnixSocketAddr, as_address
 from udscompat._errors import UnsupportedError
@@ -83,9 +83,9 @@ __all__ = [
 # A datagram connect's answers: no socket bound to the file (illumos reports a socket
 # file without a socket as EDESTADDRREQ to a datagram socket, socksubr.c so_ux_lookup) ...
 _STALE = {errno.ECONNREFUSED, errno.ENOENT, errno.EDESTADDRREQ}
-# ... and a socket bound there: of another type, one connected elsewhere, or one we may
-# not reach (what cannot be checked is not removed).
-_LIVE = {errno.EPROTOTYPE, errno.EPERM, errno.EACCES, errno.EAGAIN, errno.EISCONN}
+# ... and a socket bound there: of another type, or a datagram socket connected elsewhere
+# (EACCES -- we may not connect -- tells nothing either way).
+_LIVE = {errno.EPROTOTYPE, errno.EPERM, errno.EAGAIN, errno.EISCONN}
 _SEARCH = getattr(os, "O_PATH", 0) or getattr(os, "O_SEARCH", 0) or os.O_RDONLY
 _DIRECTORY = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | _SEARCH
 _MAX_LINKS = 40  # as the kernels' own path walks (Linux MAXSYMLINKS)
@@ -324,7 +324,10 @@ def connect_error(
     """
     message = f"{exc.strerror}: cannot connect to {address}"
     if sock is not None and exc.errno in (errno.EPROTOTYPE, errno.ECONNREFUSED):
-        found = _explain_refusal(exc.errno, address, sock.type)
+        try:
+            found = _explain_refusal(exc.errno, address, sock.type)
+        except (OSError, ValueError):
+            found = ""  # what could not be looked at is not described
         if found:
             message += f" ({found})"
     return OSError(exc.errno, message)
@@ -357,46 +360,61 @@ def _explain_refusal(code: int, address: UnixSocketAddr, sock_type: int) -> str:
             )
         return "nothing listens on that abstract name"
     if address.kind != "path" or code != errno.EPROTOTYPE:
-        return _explain_path_refusal(address, table) if code == errno.ECONNREFUSED else ""
+        return _explain_path_refusal(address) if code == errno.ECONNREFUSED else ""
     found = _sockets_at(address, table)
-    kinds = sorted({_TYPE_NAMES.get(s.type, str(s.type)) for s in found or []})
+    kinds = sorted({_TYPE_NAMES.get(s.type, str(s.type)) for s in found})
     what = f"a {' and a '.join(kinds)} socket" if kinds else "a socket of another type"
     return f"{what} is bound there, and this one is {ours} ({implementations})"
 
 
-def _explain_path_refusal(address: UnixSocketAddr, table: Optional[List[BoundSocket]]) -> str:
-    found = _sockets_at(address, table)
-    if found is None:
-        return ""
-    if not found:
+def _explain_path_refusal(address: UnixSocketAddr) -> str:
+    """What is at a path that refused a connect with ECONNREFUSED (Linux answers so for
+    a file that is not a socket, too)."""
+    assert address.path_bytes is not None
+    st = os.stat(address.path_bytes)  # through symbolic links, as connect() went
+    if not stat.S_ISSOCK(st.st_mode):
+        return f"not a socket: {_file_kind(st.st_mode)} is there"
+    with _Reach(address) as target:
+        bound = _probe_at(target)
+    if bound is False:
         return "a stale socket file: no socket is bound to it"
-    if not any(s.listening for s in found):
+    if bound:
         return "a socket is bound there but does not listen (yet)"
     return ""
 
 
-def _sockets_at(
-    address: UnixSocketAddr, table: Optional[List[BoundSocket]]
-) -> Optional[List[BoundSocket]]:
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return f"a file of type {stat.S_IFMT(mode):#o}"
+
+
+def _sockets_at(address: UnixSocketAddr, table: Optional[List[BoundSocket]]) -> List[BoundSocket]:
     if table is None or address.path_bytes is None:
-        return None
-    try:
-        st = os.stat(address.path_bytes)
-    except OSError:
-        return None
-    return _answering(table, st)
+        return []
+    return _answering(table, os.stat(address.path_bytes))
 
 
 class _Reach:
-    """The sockaddr for a path CPython will not pass (it fills sun_path): through its directory."""
+    """The sockaddr for a path: as given, or through its directory where CPython will not
+    pass it (it fills sun_path)."""
 
     def __init__(self, address: UnixSocketAddr) -> None:
         path = address.path_bytes or b""
-        self._head, self._name = _split(path)
         self._path = path
         self._fd = -1
 
-    def __enter__(self) -> bytes:
+    def __enter__(self) -> Union[str, bytes]:
+        if len(self._path) < backend.SUN_PATH_SIZE:
+            return self._path
+        self._head, self._name = _split(self._path)
         limit = backend.SUN_PATH_SIZE - 1
         if backend.FD_PATH is None:
             raise ValueError(
@@ -416,7 +434,8 @@ class _Reach:
         return via
 
     def __exit__(self, *exc_info: object) -> None:
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
 
 
 def _fd_path(fd: int, path: bytes) -> bytes:
@@ -642,6 +661,16 @@ def _is_live(directory: _Directory, name: bytes, st: os.stat_result) -> bool:
         target = directory.reach(name)
     except (ValueError, UnsupportedError):
         return True  # cannot be checked: not removed
+    return _probe_at(target) is not False  # what cannot be checked is not removed
+
+
+def _probe_at(target: Union[str, bytes]) -> Optional[bool]:
+    """Is a socket bound to the socket file at ``target``?  ``None``: the probe may not tell.
+
+    A datagram connect: every kernel read finds the socket bound to the file and
+    refuses a socket of another type (``EPROTOTYPE``), or answers ``ECONNREFUSED``
+    when none is bound, before it would queue a connection -- no listener sees it.
+    """
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
         probe.setblocking(False)
         try:
@@ -651,6 +680,8 @@ def _is_live(directory: _Directory, name: bytes, st: os.stat_result) -> bool:
                 return False
             if exc.errno in _LIVE:
                 return True
+            if exc.errno == errno.EACCES:
+                return None
             raise
         return True  # a bound datagram socket
 
