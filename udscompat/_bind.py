@@ -17,18 +17,20 @@ very directory opened; kernels without such a path refuse.
 
 *Stale means no socket is bound to the file.*  A file left by a closed
 socket is removed before binding; a live one never, nor anything that is
-not a socket.  A socket that is bound but not yet listening is alive.  On
-Linux the kernel's socket table (sock_diag) says whether a socket is bound
-to the file's inode; nothing touches the socket.  Where there is no table
-(every other kernel), or the table does not list the file (a socket bound
-from another network namespace, which this namespace's table does not
-show), a *datagram* socket connects to the file: every kernel read finds
-the socket bound to the file and refuses a socket of another type with
-``EPROTOTYPE`` (or ``ECONNREFUSED`` when none is bound) before it would
-queue a connection, so unlike a stream probe this leaves no closed client
-in a live listener's accept queue, and it tells a bound socket that is not
-listening yet from a stale file.  (A bound datagram socket accepts the
-probe's connect, which sends nothing.)
+not a socket.  A socket that is bound but not yet listening is alive.  A
+*datagram* socket connects to the file: every kernel read finds the socket
+bound to the file and refuses a socket of another type with ``EPROTOTYPE``
+(or ``ECONNREFUSED`` when none is bound) before it would queue a
+connection, so unlike a stream probe this leaves no closed client in a
+live listener's accept queue, and it tells a bound socket that is not
+listening yet from a stale file -- in one system call, on every kernel,
+for sockets of every network namespace.  (A bound datagram socket accepts
+the probe's connect, which sends nothing.)  Linux's socket table
+(sock_diag) is read only where the probe cannot answer (``EACCES``: a
+file whose mode keeps us out) or where it must say *which* socket is
+bound: a dump costs ~12 us per socket on the host, and any local user can
+add sockets.  It is matched by inode number alone: on btrfs it reports the
+superblock's device, not the subvolume's ``st_dev``.
 
 *Removal decides on the entry it unlinks.*  The entry is looked at, at
 once renamed aside to a random name (whatever is at the name then moves),
@@ -43,11 +45,13 @@ successor starting meanwhile.
 file with the socket inode's own mode less the umask (``unix_bind_bsd``),
 so ``fchmod`` on the unbound socket gives it at most ``mode`` from the
 start; bits the umask took are added afterwards, through
-``/proc/self/fd/N`` of an ``O_PATH`` descriptor, once sock_diag shows the
-file is this socket's.  Other kernels take the mode from the umask alone,
-which is process-wide and so not thread-safe: there the socket is bound in
-a private 0700 directory, chmodded there, made to listen (``backlog=``)
-and only then linked into place (``link`` never replaces).  Its
+``/proc/self/fd/N`` of an ``O_PATH`` descriptor, once the file is shown to
+be this socket's: in a directory only root and this user may change, by
+that alone; elsewhere by sock_diag.  Other kernels take the mode from the
+umask alone, which is process-wide and so not thread-safe: there the
+socket is bound in a private 0700 directory, chmodded there, made to
+listen (``backlog=``) and only then linked into place (``link`` never
+replaces).  Its
 ``getsockname()`` then names the private directory, as it names
 ``/proc/self/fd/N`` for a socket bound through a descriptor:
 ``SocketFile.address`` and the listeners' ``local_addr`` give the path.
@@ -164,10 +168,18 @@ class SocketFile:
         ours = self._socket()
         if ours is not None and ours.fileno() >= 0:
             return False  # ours is open, so the inode cannot have been reused
+        bound = _probe(directory, name)
+        if bound is False:
+            return False  # no socket is bound to it at all
         table = backend.bound_unix_sockets()
-        if table is not None:
-            return not {s.inode for s in _answering(table, st)} <= {self._socket_inode}
-        return _is_live(directory, name, st)
+        if table is None:
+            return True  # a socket is bound (or may be), and nothing tells whose
+        there = {s.inode for s in _bound_to_inode(table, st)}
+        if not there:
+            # Bound, yet not in the table: a socket of another network namespace (this
+            # one's table lists only its own), so not ours.
+            return bool(bound)
+        return not there <= {self._socket_inode}
 
     def __repr__(self) -> str:
         return f"SocketFile({os.fsdecode(self.path)!r}, dev={self.dev}, ino={self.ino})"
@@ -274,10 +286,10 @@ def close_listener(sock: Any, socket_file: Optional[SocketFile]) -> None:
 def is_live_socket_file(path: bytes) -> bool:
     """Is a socket bound to the socket file at ``path`` (listening or not yet)?
 
-    On Linux the kernel's socket table answers; elsewhere, or for a file
-    that table does not list, a datagram connect that no listener sees:
-    refused means stale; success, a socket of another type or a permission
-    error mean live (what cannot be checked is not removed).
+    A datagram connect that no listener sees: refused means stale; success
+    or a socket of another type mean live.  Where we may not connect, the
+    kernel's socket table (Linux) answers, else live (what cannot be checked
+    is not removed).
     """
     head, name = _split(path)
     with _open_directory(head) as directory:
@@ -399,7 +411,8 @@ def _file_kind(mode: int) -> str:
 def _sockets_at(address: UnixSocketAddr, table: Optional[List[BoundSocket]]) -> List[BoundSocket]:
     if table is None or address.path_bytes is None:
         return []
-    return _answering(table, os.stat(address.path_bytes))
+    st = os.stat(address.path_bytes)
+    return _answering(table, st) or _bound_to_inode(table, st)
 
 
 class _Reach:
@@ -601,6 +614,21 @@ def _answering(table: List[BoundSocket], st: os.stat_result) -> List[BoundSocket
     return [s for s in table if s.answers_at_name and s.is_bound_to(st.st_dev, st.st_ino)]
 
 
+def _bound_to_inode(table: List[BoundSocket], st: os.stat_result) -> List[BoundSocket]:
+    """``_answering``, by inode number alone.
+
+    sock_diag reports the device of a file's superblock, which is not always the
+    ``st_dev`` stat reports (btrfs gives each subvolume its own), so the device is
+    not compared; a file of another filesystem with the same inode number only
+    makes the answer more careful (bound, so kept).
+    """
+    return [
+        s
+        for s in table
+        if s.answers_at_name and s.file is not None and s.file[1] == st.st_ino & s.file_ino_mask
+    ]
+
+
 def _cannot_be_replaced(directory: os.stat_result, entry: os.stat_result, euid: int) -> bool:
     """Can only root and this user rename or replace ``entry`` in ``directory``?
 
@@ -651,17 +679,28 @@ def _remove_stale(directory: _Directory, name: bytes) -> None:
 
 
 def _is_live(directory: _Directory, name: bytes, st: os.stat_result) -> bool:
-    """Is a socket bound to ``st``, the socket file at ``name`` in ``directory``?"""
+    """Is a socket bound to ``st``, the socket file at ``name`` in ``directory``?
+
+    The datagram probe answers in one system call, on every kernel, for sockets of
+    every network namespace.  The kernel's table -- a dump whose cost grows with
+    every socket on the host, ~12 us each, and any local user can add sockets --
+    only where the probe may not connect (a file whose mode keeps us out).
+    """
+    bound = _probe(directory, name)
+    if bound is not None:
+        return bound
     table = backend.bound_unix_sockets()
-    if table is not None and _answering(table, st):
-        return True  # bound (listening or not yet) in this network namespace
-    # No table here, or a socket bound from another network namespace (the table lists
-    # this one's only).  A datagram connect: refused before anything is queued.
+    if table is None:
+        return True  # cannot be checked: not removed
+    return bool(_bound_to_inode(table, st))
+
+
+def _probe(directory: _Directory, name: bytes) -> Optional[bool]:
     try:
         target = directory.reach(name)
     except (ValueError, UnsupportedError):
-        return True  # cannot be checked: not removed
-    return _probe_at(target) is not False  # what cannot be checked is not removed
+        return None
+    return _probe_at(target)
 
 
 def _probe_at(target: Union[str, bytes]) -> Optional[bool]:
@@ -814,17 +853,15 @@ def _add_masked_bits(
         st = os.fstat(fd)
         if stat.S_IMODE(st.st_mode) == mode:
             return
-        table = backend.bound_unix_sockets()
-        if table is None or backend.FD_PATH is None:
+        if backend.FD_PATH is None:
             raise UnsupportedError(
                 "socket file modes the umask does not allow",
                 backend.OS_NAME,
                 f"the umask took {stat.S_IMODE(st.st_mode) ^ mode:#o} from mode {mode:#o} at "
-                f"{address}, and without sock_diag and /proc udscompat cannot prove the file "
-                "is this socket's before widening it; use a umask that keeps those bits",
+                f"{address}, and without /proc/self/fd udscompat cannot change the mode of "
+                "that very file; use a umask that keeps those bits",
             )
-        inode = os.fstat(sock.fileno()).st_ino
-        if not any(s.inode == inode and s.is_bound_to(st.st_dev, st.st_ino) for s in table):
+        if not _provably_ours(directory, st, sock, address):
             raise OSError(
                 errno.EBUSY,
                 f"the socket file at {address} was replaced as soon as it was bound; its mode "
@@ -833,6 +870,41 @@ def _add_masked_bits(
         os.chmod(backend.FD_PATH.format(fd), mode)  # this inode: no path walk, no link
     finally:
         os.close(fd)
+
+
+def _provably_ours(
+    directory: _Directory, st: os.stat_result, sock: socket.socket, address: UnixSocketAddr
+) -> bool:
+    """Is ``st``, the entry at our name just after we bound there, our socket's file?
+
+    In a directory only root and this user may change, no one else can have
+    replaced it.  Elsewhere the kernel's table says which file our socket is
+    bound to, compared by inode number within the directory's filesystem (its
+    device number is not the one sock_diag reports on btrfs).
+
+    Raises:
+        UnsupportedError: there is no table to ask, or it did not answer.
+    """
+    if not stat.S_ISSOCK(st.st_mode):
+        return False
+    where = os.fstat(directory.fd)
+    if st.st_dev != where.st_dev:
+        return False  # not an entry of that filesystem: a mount point
+    if _cannot_be_replaced(where, st, os.geteuid()):
+        return True
+    table = backend.bound_unix_sockets()
+    if table is None:
+        raise UnsupportedError(
+            "socket files proved to be a socket's own in directories others may change",
+            backend.OS_NAME,
+            f"the kernel's socket table (sock_diag) did not answer for {address}, so "
+            "udscompat cannot tell its own socket file from one put in its place",
+        )
+    inode = os.fstat(sock.fileno()).st_ino
+    return any(
+        s.inode == inode and s.file is not None and s.file[1] == st.st_ino & s.file_ino_mask
+        for s in table
+    )
 
 
 def _bind_privately(

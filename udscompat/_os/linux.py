@@ -192,6 +192,7 @@ ALL_STATES = 0xFFFFFFFF
 _KDEV_MINOR_BITS = 20
 _VFS_INO_MASK = 0xFFFFFFFF
 _DUMP_TIMEOUT = 5.0  # seconds; the kernel answers a dump at once
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 def unix_diag_request(seq: int = 1) -> bytes:
@@ -275,10 +276,16 @@ def bound_unix_sockets() -> Optional[List[BoundSocket]]:
 
     ``None`` when the kernel will not answer (no ``unix_diag``, netlink
     refused by a sandbox): callers fall back to what they would do without.
+
+    Raises:
+        OSError: no descriptor or memory for the netlink socket (``EMFILE``,
+            ``ENFILE``, ``ENOBUFS``, ``ENOMEM``) -- not a kernel without the table.
     """
     try:
         diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
-    except OSError:
+    except OSError as exc:
+        if exc.errno in _OUT_OF_RESOURCES:
+            raise
         return None
     with diag:
         try:
