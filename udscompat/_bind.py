@@ -41,6 +41,14 @@ is missing from its path for the microseconds this takes.  A listener
 removes its file *before* closing, so its file never looks stale to a
 successor starting meanwhile.
 
+*A call that raises leaves nothing behind* -- also when a signal handler
+raises right after any system call: no descriptor is lost or closed twice
+(``_Descriptors``), an entry renamed aside is put back before the exception
+leaves, a private directory is removed, and a ``bind`` that fails after the
+kernel bound the socket removes the file it made.  (SIGKILL between a
+rename aside and its put-back leaves the entry at its ``.udscompat-*``
+name: no process can finish what a killed one began.)
+
 *``mode=`` never follows a link and leaves no window.*  Linux creates the
 file with the socket inode's own mode less the umask (``unix_bind_bsd``),
 so ``fchmod`` on the unbound socket gives it at most ``mode`` from the
@@ -59,7 +67,10 @@ replaces).  Its
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
+import functools
 import os
 import secrets
 import socket
@@ -254,19 +265,26 @@ def bind(
             target = directory.reach(name, path)
         if remove_stale:
             _remove_stale(directory, name)
-        if private:
-            _bind_privately(sock, directory, name, mode, backlog, address)
-        else:
-            assert target is not None
-            if mode is not None:
-                os.fchmod(sock.fileno(), mode)  # the new file gets this less the umask
-            _call(address, sock.bind, target)
-            if mode is not None:
-                _add_masked_bits(directory, name, sock, mode, address)
-            if backlog is not None:
-                sock.listen(backlog)
-        st = _bound_file(directory, name, address)
-    return SocketFile(path, st.st_dev, st.st_ino, st.st_ctime_ns, stamp=_stamp(st), sock=sock)
+        unbound = sock.getsockname()
+        try:
+            if private:
+                _bind_privately(sock, directory, name, mode, backlog, address)
+            else:
+                assert target is not None
+                if mode is not None:
+                    os.fchmod(sock.fileno(), mode)  # the new file gets this less the umask
+                _call(address, sock.bind, target)
+                if mode is not None:
+                    _add_masked_bits(directory, name, sock, mode, address)
+                if backlog is not None:
+                    sock.listen(backlog)
+            st = _bound_file(directory, name, address)
+            return SocketFile(
+                path, st.st_dev, st.st_ino, st.st_ctime_ns, stamp=_stamp(st), sock=sock
+            )
+        except BaseException:
+            _undo_bind(directory, name, sock, unbound)
+            raise
 
 
 def close_listener(sock: Any, socket_file: Optional[SocketFile]) -> None:
@@ -422,12 +440,11 @@ class _Reach:
     def __init__(self, address: UnixSocketAddr) -> None:
         path = address.path_bytes or b""
         self._path = path
-        self._fd = -1
+        self._held = _Descriptors()
 
     def __enter__(self) -> Union[str, bytes]:
         if len(self._path) < backend.SUN_PATH_SIZE:
             return self._path
-        self._head, self._name = _split(self._path)
         limit = backend.SUN_PATH_SIZE - 1
         if backend.FD_PATH is None:
             raise ValueError(
@@ -435,20 +452,16 @@ class _Reach:
                 f"at most {limit} fit in sun_path on {backend.OS_NAME}, which has no "
                 f"/proc/self/fd to reach the file through its directory"
             )
+        head, name = _split(self._path)
         # connect and sendto follow symbolic links anyway: open the directory as they would.
-        self._fd = os.open(self._head, os.O_DIRECTORY | os.O_CLOEXEC | _SEARCH)
-        try:
-            via = _fd_path(self._fd, self._path) + b"/" + self._name
-            if len(via) > limit:
-                raise ValueError(_too_long_via(self._path, self._name, via, limit))
-        except BaseException:
-            os.close(self._fd)
-            raise
+        fd = self._held.open(head, os.O_DIRECTORY | os.O_CLOEXEC | _SEARCH)
+        via = _fd_path(fd, self._path) + b"/" + name
+        if len(via) > limit:
+            raise ValueError(_too_long_via(self._path, name, via, limit))
         return via
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
+        self._held.close()
 
 
 def _fd_path(fd: int, path: bytes) -> bytes:
@@ -478,15 +491,64 @@ def _too_long_via(path: bytes, name: bytes, via: bytes, limit: int) -> str:
 # -- the directory, opened once --------------------------------------------------------------------
 
 
+class _Descriptors:
+    """The descriptors one call holds, kept safe from a signal handler that raises.
+
+    CPython runs a pending Python signal handler right after a call returns and before
+    its result is stored, so ``fd = os.open(...)`` can lose the descriptor, and
+    ``os.close(fd)`` followed by forgetting ``fd`` can close it twice (the second time,
+    perhaps, another thread's new descriptor).  Here an open and its recording, and a
+    close and its forgetting, each happen inside one call made from C (``list.extend``
+    over ``map``; a ``deque`` draining ``map``), where no handler runs.  Whatever is
+    still held when the object goes away is closed.
+    """
+
+    __slots__ = ("_fds",)
+
+    def __init__(self) -> None:
+        self._fds: List[int] = []
+
+    def open(self, path: bytes, flags: int, dir_fd: Optional[int] = None) -> int:
+        self._fds.extend(map(functools.partial(os.open, dir_fd=dir_fd), (path,), (flags,)))
+        return self._fds[-1]
+
+    @property
+    def first(self) -> int:
+        return self._fds[0]
+
+    @property
+    def last(self) -> int:
+        return self._fds[-1]
+
+    def close_first(self) -> None:
+        collections.deque(map(os.close, map(self._fds.pop, (0,))), maxlen=0)
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, []  # no call between: nothing can run in between
+        collections.deque(map(os.close, fds), maxlen=0)
+
+    def __del__(self) -> None:
+        try:
+            held = self._fds
+        except AttributeError:
+            return  # __init__ never ran
+        if held:
+            self.close()
+
+
 class _Directory:
     """An open directory, the path it was reached by, and whether others can change that path."""
 
-    __slots__ = ("fd", "fixed", "path")
+    __slots__ = ("_held", "fixed", "path")
 
-    def __init__(self, fd: int, path: bytes, fixed: bool) -> None:
-        self.fd = fd
+    def __init__(self, held: _Descriptors, path: bytes, fixed: bool) -> None:
+        self._held = held
         self.path = path
         self.fixed = fixed
+
+    @property
+    def fd(self) -> int:
+        return self._held.first
 
     def reach(self, name: bytes, given: Optional[bytes] = None) -> bytes:
         """The path to hand ``bind`` for ``name`` here: the kernel walks it again.
@@ -521,7 +583,7 @@ class _Directory:
         )
 
     def close(self) -> None:
-        os.close(self.fd)
+        self._held.close()
 
     def __enter__(self) -> _Directory:
         return self
@@ -550,39 +612,37 @@ def _open_directory(path: bytes) -> _Directory:
             f"Python's os lacks dir_fd for {', '.join(missing)}",
         )
     euid = os.geteuid()
-    fd = os.open(b"/" if path.startswith(b"/") else b".", _DIRECTORY)
-    todo = [part for part in reversed(path.split(b"/")) if part not in (b"", b".")]
-    fixed = True
-    links = 0
+    held = _Descriptors()
     try:
+        held.open(b"/" if path.startswith(b"/") else b".", _DIRECTORY)
+        todo = [part for part in reversed(path.split(b"/")) if part not in (b"", b".")]
+        fixed = True
+        links = 0
         while todo:
             part = todo.pop()
-            here = os.fstat(fd)
+            here = os.fstat(held.last)
             try:
-                next_fd = os.open(part, _DIRECTORY, dir_fd=fd)
+                held.open(part, _DIRECTORY, held.last)
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
-                target, link = _read_link(fd, part, euid, path, exc)
+                target, link = _read_link(held.last, part, euid, path, exc)
                 links += 1
                 if links > _MAX_LINKS:
                     raise OSError(errno.ELOOP, f"more than {_MAX_LINKS} symbolic links") from None
                 fixed = fixed and _cannot_be_replaced(here, link, euid)
                 if target.startswith(b"/"):
-                    os.close(fd)
-                    fd = -1
-                    fd = os.open(b"/", _DIRECTORY)
+                    held.close()
+                    held.open(b"/", _DIRECTORY)
                 todo.extend(p for p in reversed(target.split(b"/")) if p not in (b"", b"."))
                 continue
             if part != b"..":  # the parent of a directory no one else can move stays put
-                fixed = fixed and _cannot_be_replaced(here, os.fstat(next_fd), euid)
-            os.close(fd)
-            fd = next_fd
+                fixed = fixed and _cannot_be_replaced(here, os.fstat(held.last), euid)
+            held.close_first()
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
+        held.close()
         raise
-    return _Directory(fd, path, fixed)
+    return _Directory(held, path, fixed)
 
 
 def _read_link(
@@ -736,10 +796,12 @@ def _remove_entry(directory: _Directory, name: bytes, key: _FileKey, keep: _Keep
 
     The entry is looked at just before it is renamed aside to a random name
     (atomic: whatever is at the name then moves), judged again there, and
-    only then unlinked or linked back.  Something else at the name is left
+    only then unlinked or put back.  Something else at the name is left
     alone, and one that arrived between the look and the rename is put back
-    at once.  (Only someone who may change the directory could swap the
-    random name, and they could unlink anything in it themselves.)
+    at once.  Whatever interrupts after the rename -- a failed check, a signal
+    handler that raises -- puts the entry back before the call ends.  (Only
+    someone who may change the directory could swap the random name, and they
+    could unlink anything in it themselves.)
     """
     aside = _PRIVATE_PREFIX + secrets.token_hex(8).encode()
     try:
@@ -747,36 +809,55 @@ def _remove_entry(directory: _Directory, name: bytes, key: _FileKey, keep: _Keep
         if not stat.S_ISSOCK(now.st_mode) or _key(now) != key:
             return False  # not that file (any more): someone else's, untouched
         os.rename(name, aside, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
-    except FileNotFoundError:
-        return False
-    taken = os.stat(aside, dir_fd=directory.fd, follow_symlinks=False)
-    # The rename moved its change time; an inode number reused since the look above is
-    # caught by the birth time where there is one, else by ``keep``.
-    same = _key(taken)[:2] == key[:2] and _birth(taken) in (None, key[2])
-    try:
-        judged_keep = not same or keep(taken, directory, aside)
-    except BaseException:
+        taken = os.stat(aside, dir_fd=directory.fd, follow_symlinks=False)
+        # The rename moved its change time; an inode number reused since the look above is
+        # caught by the birth time where there is one, else by ``keep``.
+        same = _key(taken)[:2] == key[:2] and _birth(taken) in (None, key[2])
+        if not same or keep(taken, directory, aside):
+            _put_back(directory, aside, name)
+            return False
+        os.unlink(aside, dir_fd=directory.fd)
+        return True
+    except BaseException as exc:
         _put_back(directory, aside, name)
+        if isinstance(exc, FileNotFoundError):
+            return False  # the name, or the entry aside, was gone
         raise
-    if judged_keep:
-        _put_back(directory, aside, name)
-        return False
-    os.unlink(aside, dir_fd=directory.fd)
-    return True
 
 
 def _put_back(directory: _Directory, aside: bytes, name: bytes) -> None:
-    """Link ``aside`` back at ``name`` (never replacing anything), then drop ``aside``."""
+    """Return the entry at ``aside`` to ``name``, never replacing what is there now.
+
+    Idempotent (an interrupted put-back is finished by calling it again); a
+    name taken meanwhile keeps its new entry, and ours stays beside it as
+    ``.name.displaced-XXXX``.
+    """
+    fd = directory.fd
     try:
-        os.link(
-            aside, name, src_dir_fd=directory.fd, dst_dir_fd=directory.fd, follow_symlinks=False
-        )
+        taken = os.stat(aside, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return  # unlinked, or put back already
+    try:
+        os.link(aside, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
     except FileExistsError:
-        # Someone took the name in the moment it was empty: keep the entry beside it.
-        spare = b"." + name + b".displaced-" + secrets.token_hex(4).encode()
-        os.rename(aside, spare, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
-        return
-    os.unlink(aside, dir_fd=directory.fd)
+        if not _same_inode(fd, name, taken):
+            _displace(fd, aside, name)
+            return
+    os.unlink(aside, dir_fd=fd)
+
+
+def _displace(fd: int, aside: bytes, name: bytes) -> None:
+    """Someone took the name while it was empty: keep our entry beside it."""
+    spare = b"." + name + b".displaced-" + secrets.token_hex(4).encode()
+    os.rename(aside, spare, src_dir_fd=fd, dst_dir_fd=fd)
+
+
+def _same_inode(fd: int, name: bytes, st: os.stat_result) -> bool:
+    try:
+        there = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _key(st: os.stat_result) -> _FileKey:
@@ -792,20 +873,30 @@ class _PrivateDirectory(_Directory):
     def __init__(self, parent: _Directory) -> None:
         self._parent = parent
         self._name = _PRIVATE_PREFIX + secrets.token_hex(6).encode()
-        os.mkdir(self._name, 0o700, dir_fd=parent.fd)
-        fd = os.open(self._name, _DIRECTORY, dir_fd=parent.fd)
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            os.close(fd)
-            raise OSError(errno.EPERM, "the private directory udscompat made was replaced")
-        super().__init__(fd, _join(parent.path, self._name), parent.fixed)
+        held = _Descriptors()
+        try:
+            os.mkdir(self._name, 0o700, dir_fd=parent.fd)
+            fd = held.open(self._name, _DIRECTORY, parent.fd)
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                raise OSError(errno.EPERM, "the private directory udscompat made was replaced")
+        except FileExistsError:
+            raise  # a name of 48 random bits taken: not ours to remove
+        except BaseException:
+            held.close()
+            self._remove()
+            raise
+        super().__init__(held, _join(parent.path, self._name), parent.fixed)
 
-    def close(self) -> None:
-        super().close()
+    def _remove(self) -> None:
         try:
             os.rmdir(self._name, dir_fd=self._parent.fd)
         except OSError:
             pass  # not empty (an entry could not be put back) or already gone
+
+    def close(self) -> None:
+        self._remove()  # by name, while the descriptor still pins this directory
+        super().close()
 
     def __enter__(self) -> _PrivateDirectory:
         return self
@@ -848,8 +939,9 @@ def _add_masked_bits(
     directory: _Directory, name: bytes, sock: socket.socket, mode: int, address: UnixSocketAddr
 ) -> None:
     """Give the file the bits of ``mode`` the umask removed, if it is provably this socket's."""
-    fd = os.open(name, os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_PATH", 0), dir_fd=directory.fd)
+    held = _Descriptors()
     try:
+        fd = held.open(name, os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_PATH", 0), directory.fd)
         st = os.fstat(fd)
         if stat.S_IMODE(st.st_mode) == mode:
             return
@@ -869,7 +961,7 @@ def _add_masked_bits(
             )
         os.chmod(backend.FD_PATH.format(fd), mode)  # this inode: no path walk, no link
     finally:
-        os.close(fd)
+        held.close()
 
 
 def _provably_ours(
@@ -907,6 +999,22 @@ def _provably_ours(
     )
 
 
+def _undo_bind(directory: _Directory, name: bytes, sock: socket.socket, unbound: Any) -> None:
+    """A bind() that raises leaves no socket file: remove the one our socket made, if any.
+
+    ``unbound`` is what ``getsockname()`` said before binding; what cannot be
+    looked at is left alone (the exception being raised says what failed).
+    """
+    try:
+        if sock.getsockname() == unbound:
+            return  # the kernel bound nothing: whatever is at the name is not ours
+        st = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+        if _provably_ours(directory, st, sock, UnixSocketAddr.from_sockaddr(name)):
+            _remove_entry(directory, name, _key(st), lambda *_: False)
+    except (OSError, ValueError):
+        pass
+
+
 def _bind_privately(
     sock: socket.socket,
     directory: _Directory,
@@ -917,8 +1025,8 @@ def _bind_privately(
 ) -> None:
     """Bind in a private directory, set the mode and listen there, then link into place."""
     with _PrivateDirectory(directory) as private:
-        _call(address, sock.bind, private.reach(name))
         try:
+            _call(address, sock.bind, private.reach(name))
             if mode is not None:
                 os.chmod(name, mode, dir_fd=private.fd)  # our own 0700 directory: nothing to swap
             if backlog is not None:
@@ -936,7 +1044,8 @@ def _bind_privately(
                     OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE)), "cannot bind", address
                 ) from exc
         finally:
-            os.unlink(name, dir_fd=private.fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=private.fd)
 
 
 # -- small helpers ---------------------------------------------------------------------------------
