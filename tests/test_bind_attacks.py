@@ -365,3 +365,15 @@ def test_emfile_while_widening_the_mode_is_reported_as_emfile(
     assert outcomes[-1] == "bound"
     for exc in outcomes[:-1]:
         assert isinstance(exc, OSError) and exc.errno == errno.EMFILE, outcomes
+
+
+# -- a bind that fails leaves nothing ----------------------------------------------------------
+
+
+def test_backlog_out_of_range_is_refused_before_anything_is_bound(short_tmp: Path) -> None:
+    path = short_tmp / "b"
+    with socket.socket(socket.AF_UNIX) as sock:
+        with pytest.raises(OverflowError, match="backlog"):
+            udscompat.bind(sock, path, backlog=2**40)
+        assert sock.getsockname() == ""
+    assert not path.exists()

@@ -106,6 +106,7 @@ _DIRECTORY = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | _SEARCH
 _MAX_LINKS = 40  # as the kernels' own path walks (Linux MAXSYMLINKS)
 _PRIVATE_PREFIX = b".udscompat-"
 _SETTLE_TIME = 0.02  # seconds a just-bound file may be held aside by another's check
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1  # listen()'s backlog is a C int
 _NEEDS_DIR_FD = (os.open, os.stat, os.mkdir, os.rmdir, os.rename, os.link, os.unlink, os.readlink)
 _TYPE_NAMES = {
     backend.SOCK_STREAM: "SOCK_STREAM",
@@ -227,6 +228,7 @@ def bind(
 
     Raises:
         TypeError: ``mode`` or ``backlog`` is not an int, before anything is bound.
+        OverflowError: ``backlog`` does not fit in a C int, before anything is bound.
         ValueError: ``mode`` is outside 0..0o7777 or given for an address
             that is not a path; the path cannot be handed to the kernel
             (the message names the limit).
@@ -238,8 +240,7 @@ def bind(
             is named in every message.
     """
     mode = _check_mode(mode)
-    if backlog is not None and (not isinstance(backlog, int) or isinstance(backlog, bool)):
-        raise TypeError(f"backlog must be an int or None, not {type(backlog).__name__}")
+    backlog = _check_backlog(backlog)
     address = as_address(addr)
     path = address.path_bytes
     if path is None:
@@ -933,6 +934,16 @@ def _check_mode(mode: Optional[int]) -> Optional[int]:
     if not 0 <= mode <= 0o7777:
         raise ValueError(f"mode must be permission bits between 0 and 0o7777, not {mode:#o}")
     return mode
+
+
+def _check_backlog(backlog: Optional[int]) -> Optional[int]:
+    if backlog is None:
+        return None
+    if not isinstance(backlog, int) or isinstance(backlog, bool):
+        raise TypeError(f"backlog must be an int or None, not {type(backlog).__name__}")
+    if not _INT_MIN <= backlog <= _INT_MAX:
+        raise OverflowError(f"backlog must fit in a C int, not {backlog}")
+    return backlog
 
 
 def _add_masked_bits(
