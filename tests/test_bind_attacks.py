@@ -377,3 +377,47 @@ def test_backlog_out_of_range_is_refused_before_anything_is_bound(short_tmp: Pat
             udscompat.bind(sock, path, backlog=2**40)
         assert sock.getsockname() == ""
     assert not path.exists()
+
+
+# -- an instance descheduled while it holds a successor's file aside ------------------------------
+
+
+def test_bind_survives_another_instance_holding_its_file_aside_for_a_while(
+    short_tmp: Path,
+) -> None:
+    """Another instance's stale-file removal renamed our freshly bound file aside (we bound
+    between its look and its rename) and is descheduled for 100 ms before putting it back --
+    a 2-core machine at load average 10 does that.  Our bind() must still succeed.  Stand-in:
+    the other instance is a timer thread, and the rename happens when bind() first looks."""
+    import threading
+
+    path = str(short_tmp / "svc")
+    aside = str(short_tmp / ".udscompat-heldaside00")
+    state: List[str] = []
+    timers: List[threading.Timer] = []
+
+    def put_back() -> None:
+        os.link(aside, path)
+        os.unlink(aside)
+
+    def other_instance(frame: Any, event: str, arg: Any) -> None:
+        name = getattr(arg, "__name__", "")
+        if event == "c_return" and name == "bind" and not state:
+            state.append("bound")
+        elif event == "c_call" and name == "stat" and state == ["bound"]:
+            state.append("held")
+            os.rename(path, aside)
+            timers.append(threading.Timer(0.1, put_back))
+            timers[0].start()
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sys.setprofile(other_instance)
+        try:
+            file = udscompat.bind(sock, path, backlog=1)
+        finally:
+            sys.setprofile(None)
+            for timer in timers:
+                timer.join()
+        assert state == ["bound", "held"]
+        assert file is not None and os.lstat(path).st_ino == file.ino
+        assert file.remove()

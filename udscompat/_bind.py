@@ -105,7 +105,9 @@ _SEARCH = getattr(os, "O_PATH", 0) or getattr(os, "O_SEARCH", 0) or os.O_RDONLY
 _DIRECTORY = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | _SEARCH
 _MAX_LINKS = 40  # as the kernels' own path walks (Linux MAXSYMLINKS)
 _PRIVATE_PREFIX = b".udscompat-"
-_SETTLE_TIME = 0.02  # seconds a just-bound file may be held aside by another's check
+# Seconds a just-bound file may be missing, held aside by another instance's stale-file check
+# (microseconds, unless that instance loses the CPU meanwhile).
+_SETTLE_TIME = 1.0
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1  # listen()'s backlog is a C int
 _NEEDS_DIR_FD = (os.open, os.stat, os.mkdir, os.rmdir, os.rename, os.link, os.unlink, os.readlink)
 _TYPE_NAMES = {
@@ -907,15 +909,20 @@ class _PrivateDirectory(_Directory):
 
 
 def _bound_file(directory: _Directory, name: bytes, address: UnixSocketAddr) -> os.stat_result:
-    """The socket file just bound at ``name``."""
+    """The socket file just bound at ``name``.
+
+    Another instance's stale-file check may hold it aside for a moment -- longer
+    when that instance loses the CPU there -- so a missing file is waited for.
+    """
     deadline = time.monotonic() + _SETTLE_TIME
+    pause = 0.0005
     while True:
         try:
             st = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
         except FileNotFoundError:
-            # Another instance's stale-file check may hold it aside for microseconds.
             if time.monotonic() < deadline:
-                time.sleep(_SETTLE_TIME / 20)
+                time.sleep(pause)
+                pause = min(pause * 2, 0.02)
                 continue
             st = None
         if st is None or not stat.S_ISSOCK(st.st_mode):
