@@ -13,9 +13,11 @@ import contextlib
 import errno
 import os
 import resource
+import shutil
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import weakref
 from pathlib import Path
@@ -24,10 +26,12 @@ from typing import Any, Iterator, List, Optional
 import pytest
 
 import udscompat
-from tests.conftest import open_fds
+from tests.conftest import open_fds, other_user
 from udscompat import _bind
 from udscompat._os import BoundSocket
 from udscompat._platform import backend
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _table_or_skip() -> List[BoundSocket]:
@@ -221,6 +225,112 @@ def _interrupted_once(scenario: str, directory: Path, nth: int) -> int:
     return calls
 
 
+# -- non-root instances of two users in a shared directory ----------------------------------------
+
+
+def _python_for(user: Any) -> Optional[str]:
+    """A Python interpreter ``user`` may run that imports this checkout's udscompat."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # The test's own interpreter may sit in a home only its user can enter: try the
+    # python3 of every PATH directory too, and the usual system ones.
+    directories = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/local/bin", "/usr/bin"]
+    found = [shutil.which("python3", path=d) for d in directories if d]
+    for candidate in dict.fromkeys([sys.executable, *(f for f in found if f)]):
+        try:
+            done = subprocess.run(
+                [candidate, "-c", "import udscompat"],
+                user=user.pw_uid,
+                group=user.pw_gid,
+                extra_groups=[],
+                env=env,
+                capture_output=True,
+                timeout=30,
+                cwd="/",
+            )
+        except OSError:
+            continue
+        if done.returncode == 0:
+            return candidate
+    return None
+
+
+# The non-root instance: binds (mode 0o666, so the other user can judge its file), closes,
+# then remove()s.  When remove() is about to rename, it asks the test (over two FIFOs) to
+# start the other instance, which removes the stale file and binds its own socket.
+NONROOT_INSTANCE = r"""
+import os, socket, sys
+import udscompat
+path, go, done = sys.argv[1:4]
+sock = socket.socket(socket.AF_UNIX)
+file = udscompat.bind(sock, path, mode=0o666, backlog=1)
+sock.close()
+asked = []
+def hook(frame, event, arg):
+    if event == "c_call" and getattr(arg, "__name__", "") == "rename" and not asked:
+        asked.append(1)
+        with open(go, "w") as fifo:
+            fifo.write("go")
+        with open(done) as fifo:
+            fifo.read()
+sys.setprofile(hook)
+try:
+    print("removed" if file.remove() else "kept", flush=True)
+except OSError as exc:
+    print("raised", exc.errno, flush=True)
+"""
+
+
+@pytest.mark.root("the test starts an instance as another user")
+def test_removal_by_an_instance_without_permission_to_link_puts_the_successor_back(
+    short_tmp: Path,
+) -> None:
+    """Linux's protected_hardlinks (on by default) forbids a user to hard-link a file it does
+    not own.  nobody's remove() renames root's freshly bound socket aside (it took the name
+    between nobody's look and rename) and must put it back without ``link``.  One
+    deterministic interleaving (nobody's process asks root to start at that moment)."""
+    nobody = other_user()
+    python = _python_for(nobody)
+    if python is None:
+        pytest.skip("no Python interpreter that nobody may run imports udscompat here")
+    path = str(short_tmp / "svc")
+    go, done = str(short_tmp / "go"), str(short_tmp / "done")
+    for fifo in (go, done):
+        os.mkfifo(fifo, 0o666)
+        os.chmod(fifo, 0o666)
+    instance = subprocess.Popen(
+        [python, "-c", NONROOT_INSTANCE, path, go, done],
+        user=nobody.pw_uid,
+        group=nobody.pw_gid,
+        extra_groups=[],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd="/",
+    )
+    try:
+        with open(go) as fifo:
+            assert fifo.read() == "go"
+        with socket.socket(socket.AF_UNIX) as successor:
+            file = udscompat.bind(successor, path, backlog=1)  # removes nobody's stale file
+            assert file is not None
+            ino = os.lstat(path).st_ino
+            with open(done, "w") as fifo:
+                fifo.write("done")
+            out, err = instance.communicate(timeout=30)
+            assert instance.returncode == 0, err.decode()
+            assert out.decode().split()[0] in ("kept", "raised")
+            left = sorted(e for e in os.listdir(short_tmp) if e not in ("go", "done"))
+            assert left == ["svc"], left
+            assert os.lstat(path).st_ino == ino
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(path)
+            assert file.remove()
+    finally:
+        if instance.poll() is None:
+            instance.kill()
+        instance.communicate()
+
+
 # -- the kernel's socket table: what it does not show, and what it costs --------------------------
 
 
@@ -248,6 +358,17 @@ def test_removal_keeps_a_reused_inode_a_socket_from_another_namespace_is_bound_t
             assert os.lstat(path).st_ino == st.st_ino
             with socket.socket(socket.AF_UNIX) as client:
                 client.connect(path)
+
+
+def test_a_socket_file_built_from_its_stat_removes_it(short_tmp: Path) -> None:
+    """``SocketFile(path, dev, ino, ctime_ns)`` -- the public constructor -- compared its
+    integer change time with the float stamp a look computes, so remove() never removed."""
+    path = short_tmp / "svc"
+    _stale(str(path))
+    st = os.lstat(path)
+    file = udscompat.SocketFile(bytes(path), st.st_dev, st.st_ino, st.st_ctime_ns)
+    assert file.remove()
+    assert not path.exists()
 
 
 def _other_device(table: List[BoundSocket]) -> List[BoundSocket]:

@@ -125,7 +125,7 @@ class SocketFile:
     ``remove()`` runs.
     """
 
-    __slots__ = ("_socket", "_socket_inode", "_stamp", "ctime_ns", "dev", "ino", "path")
+    __slots__ = ("_birth", "_socket", "_socket_inode", "ctime_ns", "dev", "ino", "path")
 
     def __init__(
         self,
@@ -134,14 +134,14 @@ class SocketFile:
         ino: int,
         ctime_ns: int,
         *,
-        stamp: Optional[float] = None,
+        birth: Optional[float] = None,
         sock: Optional[socket.socket] = None,
     ) -> None:
         self.path = path
         self.dev = dev
         self.ino = ino
         self.ctime_ns = ctime_ns
-        self._stamp = ctime_ns if stamp is None else stamp
+        self._birth = birth  # st_birthtime where the OS records one
         # The socket that made it, to tell ours from a stranger bound to a reused inode.
         self._socket = None if sock is None else weakref.ref(sock)
         self._socket_inode = None if sock is None else os.fstat(sock.fileno()).st_ino
@@ -150,7 +150,7 @@ class SocketFile:
     def at(cls, path: bytes) -> SocketFile:
         """The socket file now at ``path``."""
         st = os.lstat(path)
-        return cls(path, st.st_dev, st.st_ino, st.st_ctime_ns, stamp=_stamp(st))
+        return cls(path, st.st_dev, st.st_ino, st.st_ctime_ns, birth=_birth(st))
 
     @property
     def address(self) -> UnixSocketAddr:
@@ -172,15 +172,20 @@ class SocketFile:
                 return False
             raise
         with directory:
-            key = (self.dev, self.ino, self._stamp)
+            # While our socket is open its file's inode cannot be reused: the inode number
+            # is enough, and a change time moved by another instance's rename-and-put-back
+            # does not stop us removing our own file.
+            ctime = None if self._socket_is_open() else self.ctime_ns
+            key = (self.dev, self.ino, ctime, self._birth)
             return _remove_entry(directory, name, key, self._bound_elsewhere)
+
+    def _socket_is_open(self) -> bool:
+        ours = None if self._socket is None else self._socket()
+        return ours is not None and ours.fileno() >= 0
 
     def _bound_elsewhere(self, st: os.stat_result, directory: _Directory, name: bytes) -> bool:
         """Is a socket other than ours bound to ``st`` -- our inode number, reused?"""
-        if self._socket is None:
-            return False
-        ours = self._socket()
-        if ours is not None and ours.fileno() >= 0:
+        if self._socket is None or self._socket_is_open():
             return False  # ours is open, so the inode cannot have been reused
         bound = _probe(directory, name)
         if bound is False:
@@ -283,7 +288,7 @@ def bind(
                     sock.listen(backlog)
             st = _bound_file(directory, name, address)
             return SocketFile(
-                path, st.st_dev, st.st_ino, st.st_ctime_ns, stamp=_stamp(st), sock=sock
+                path, st.st_dev, st.st_ino, st.st_ctime_ns, birth=_birth(st), sock=sock
             )
         except BaseException:
             _undo_bind(directory, name, sock, unbound)
@@ -790,8 +795,9 @@ def _probe_at(target: Union[str, bytes]) -> Optional[bool]:
 
 #: ``keep(entry's lstat, the directory it is now in, its name there)``: leave it?
 _Keep = Callable[[os.stat_result, "_Directory", bytes], bool]
-#: What identifies one socket file over time: device, inode and ``_stamp``.
-_FileKey = Tuple[int, int, float]
+#: What identifies one socket file over time: device, inode, change time (ns; None: do not
+#: compare) and birth time where the OS records one.
+_FileKey = Tuple[int, int, Optional[int], Optional[float]]
 
 
 def _remove_entry(directory: _Directory, name: bytes, key: _FileKey, keep: _Keep) -> bool:
@@ -809,14 +815,13 @@ def _remove_entry(directory: _Directory, name: bytes, key: _FileKey, keep: _Keep
     aside = _PRIVATE_PREFIX + secrets.token_hex(8).encode()
     try:
         now = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
-        if not stat.S_ISSOCK(now.st_mode) or _key(now) != key:
+        if not stat.S_ISSOCK(now.st_mode) or not _looks_same(now, key):
             return False  # not that file (any more): someone else's, untouched
         os.rename(name, aside, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
         taken = os.stat(aside, dir_fd=directory.fd, follow_symlinks=False)
         # The rename moved its change time; an inode number reused since the look above is
         # caught by the birth time where there is one, else by ``keep``.
-        same = _key(taken)[:2] == key[:2] and _birth(taken) in (None, key[2])
-        if not same or keep(taken, directory, aside):
+        if not _same_after_rename(taken, key) or keep(taken, directory, aside):
             _put_back(directory, aside, name)
             return False
         os.unlink(aside, dir_fd=directory.fd)
@@ -846,13 +851,38 @@ def _put_back(directory: _Directory, aside: bytes, name: bytes) -> None:
         if not _same_inode(fd, name, taken):
             _displace(fd, aside, name)
             return
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+        # Not ours to link (Linux's protected_hardlinks: another user's file), or no
+        # hard links here: move it back.  rename() replaces, so only onto a free name;
+        # an entry arriving in the microseconds between this look and the rename is
+        # replaced -- narrower than leaving the entry aside for good.
+        if _exists(fd, name):
+            _displace(fd, aside, name)
+        else:
+            os.rename(aside, name, src_dir_fd=fd, dst_dir_fd=fd)
+        return
     os.unlink(aside, dir_fd=fd)
+
+
+#: ``link`` refused for the file, not for the name: no permission to link it (EPERM),
+#: too many links, no hard links on this filesystem.
+_NO_LINK = {errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 def _displace(fd: int, aside: bytes, name: bytes) -> None:
     """Someone took the name while it was empty: keep our entry beside it."""
     spare = b"." + name + b".displaced-" + secrets.token_hex(4).encode()
     os.rename(aside, spare, src_dir_fd=fd, dst_dir_fd=fd)
+
+
+def _exists(fd: int, name: bytes) -> bool:
+    try:
+        os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _same_inode(fd: int, name: bytes, st: os.stat_result) -> bool:
@@ -864,7 +894,27 @@ def _same_inode(fd: int, name: bytes, st: os.stat_result) -> bool:
 
 
 def _key(st: os.stat_result) -> _FileKey:
-    return (st.st_dev, st.st_ino, _stamp(st))
+    return (st.st_dev, st.st_ino, st.st_ctime_ns, _birth(st))
+
+
+def _looks_same(st: os.stat_result, key: _FileKey) -> bool:
+    """Is ``st`` the file ``key`` was taken from (before anything renamed it)?
+
+    The birth time where the OS records one; else the change time, which also
+    moves on a chmod or a link made or removed -- after which udscompat leaves
+    the file alone, the safe side.
+    """
+    dev, ino, ctime_ns, birth = key
+    if (st.st_dev, st.st_ino) != (dev, ino):
+        return False
+    if birth is not None:
+        return _birth(st) == birth
+    return ctime_ns is None or st.st_ctime_ns == ctime_ns
+
+
+def _same_after_rename(st: os.stat_result, key: _FileKey) -> bool:
+    dev, ino, _, birth = key
+    return (st.st_dev, st.st_ino) == (dev, ino) and birth in (None, _birth(st))
 
 
 class _PrivateDirectory(_Directory):
@@ -1078,17 +1128,6 @@ def _call(address: UnixSocketAddr, bind_call: Callable[[Any], None], target: Any
 
 def _with_address(exc: OSError, what: str, address: UnixSocketAddr) -> OSError:
     return OSError(exc.errno, f"{exc.strerror}: {what} {address}")
-
-
-def _stamp(st: os.stat_result) -> float:
-    """What tells a file from a later one that got its freed inode number (ext4 reuses them).
-
-    The creation time where it is recorded (the BSDs, macOS); else the change
-    time, which also moves on a chmod or a link made or removed -- after which
-    udscompat leaves the file alone, the safe side.
-    """
-    birth = _birth(st)
-    return float(st.st_ctime_ns) if birth is None else birth
 
 
 def _birth(st: os.stat_result) -> Optional[float]:
