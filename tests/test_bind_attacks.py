@@ -488,6 +488,71 @@ def test_emfile_while_widening_the_mode_is_reported_as_emfile(
         assert isinstance(exc, OSError) and exc.errno == errno.EMFILE, outcomes
 
 
+# -- the kernel walks the path again: what if that walk goes elsewhere ----------------------------
+
+
+@pytest.mark.root("another user has to own the working directory")
+def test_relative_path_above_the_working_directory_is_not_handed_over_as_given(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """root's working directory is nobody's (a daemon serving a user's tree); it binds
+    ``../../../svc``, in root's own directory, where another daemon listens.  nobody moves
+    its directory deeper just before the kernel walks the path (one interleaving, chosen:
+    nobody's ``mv`` runs when root's bind() is called), so the walk ends in nobody's
+    directory, and moves it back before root closes.  The bind must not succeed elsewhere
+    and leave root holding -- and removing at close -- the other daemon's live socket."""
+    nobody = other_user()
+    mover = shutil.which("mv")
+    if mover is None:
+        pytest.skip("no mv")
+    rootdir = short_tmp / "root"
+    rootdir.mkdir(mode=0o755)
+    os.chmod(rootdir, 0o755)
+    home = rootdir / "home"
+    for d in (home, home / "a", home / "a" / "b", home / "deeper"):
+        d.mkdir()
+        os.chown(d, nobody.pw_uid, nobody.pw_gid)
+    live_path = str(rootdir / "svc")
+    with socket.socket(socket.AF_UNIX) as other_daemon:
+        other_daemon.bind(live_path)
+        other_daemon.listen()
+        live_ino = os.lstat(live_path).st_ino
+        monkeypatch.chdir(home / "a" / "b")
+        moved: List[int] = []
+
+        def nobody_mv(source: Path, destination: Path) -> None:
+            subprocess.run(
+                [mover, str(source), str(destination)],
+                user=nobody.pw_uid,
+                group=nobody.pw_gid,
+                extra_groups=[],
+                check=True,
+            )
+
+        def nobody_moves(frame: Any, event: str, arg: Any) -> None:
+            if event == "c_call" and getattr(arg, "__name__", "") == "bind" and not moved:
+                moved.append(1)
+                nobody_mv(home / "a", home / "deeper" / "a")
+
+        with socket.socket(socket.AF_UNIX) as sock:
+            sys.setprofile(nobody_moves)
+            refused: List[Optional[int]] = []
+            try:
+                file = udscompat.bind(sock, "../../../svc", backlog=1)
+            except OSError as exc:
+                file = None
+                refused.append(exc.errno)
+            finally:
+                sys.setprofile(None)
+            assert refused in ([], [errno.EADDRINUSE], [errno.EBUSY]), refused
+            if file is not None:
+                # ... and moves it back before root closes (root's remove() walks again).
+                nobody_mv(home / "deeper" / "a", home / "a")
+                _bind.close_listener(sock, file)
+        assert moved
+        assert _inode_at(live_path) == live_ino, "the other daemon's socket was removed"
+
+
 # -- a bind that fails leaves nothing ----------------------------------------------------------
 
 

@@ -605,6 +605,9 @@ def _open_directory(path: bytes) -> _Directory:
 
     Each component is opened with ``O_NOFOLLOW`` relative to the last; a
     symbolic link is read and followed only if root or this user owns it.
+    A relative path that climbs above the working directory (``..``) is
+    never handed to the kernel as given: whoever may move the working
+    directory chooses what its ``..`` is when the kernel walks it again.
 
     Raises:
         OSError: as ``open`` would (``ENOENT``, ``ENOTDIR``, ``EACCES``);
@@ -620,12 +623,13 @@ def _open_directory(path: bytes) -> _Directory:
             f"Python's os lacks dir_fd for {', '.join(missing)}",
         )
     euid = os.geteuid()
+    at_root = path.startswith(b"/")
     held = _Descriptors()
     try:
-        held.open(b"/" if path.startswith(b"/") else b".", _DIRECTORY)
+        held.open(b"/" if at_root else b".", _DIRECTORY)
         todo = [part for part in reversed(path.split(b"/")) if part not in (b"", b".")]
         fixed = True
-        links = 0
+        links = depth = 0
         while todo:
             part = todo.pop()
             here = os.fstat(held.last)
@@ -642,10 +646,16 @@ def _open_directory(path: bytes) -> _Directory:
                 if target.startswith(b"/"):
                     held.close()
                     held.open(b"/", _DIRECTORY)
+                    at_root, depth = True, 0
                 todo.extend(p for p in reversed(target.split(b"/")) if p not in (b"", b"."))
                 continue
-            if part != b"..":  # the parent of a directory no one else can move stays put
+            if part != b"..":
+                depth += 1
                 fixed = fixed and _cannot_be_replaced(here, os.fstat(held.last), euid)
+            elif depth:  # back up to a directory walked here, which no one else can move
+                depth -= 1
+            elif not at_root:
+                fixed = False  # the working directory's parent: not walked, not checked
             held.close_first()
     except BaseException:
         held.close()
