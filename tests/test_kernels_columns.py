@@ -217,7 +217,14 @@ def _netbsd_matrix(tmp_path: Path) -> Dict[str, Any]:
         "gvisor.json": _result(
             {"release": "4.4.0"},
             {"kernel": "gvisor"},
-            [{"id": "os.seqpacket.exists", "outcome": "observed", "observed": "ok"}],
+            [
+                {"id": "os.seqpacket.exists", "outcome": "observed", "observed": "ok"},
+                {
+                    "id": "os.address.autobind",
+                    "outcome": "observed",
+                    "observed": {"bind": "EINVAL"},
+                },
+            ],
         ),
     }
     paths = []
@@ -225,6 +232,14 @@ def _netbsd_matrix(tmp_path: Path) -> Dict[str, Any]:
         (tmp_path / name).write_text(json.dumps(data))
         paths.append(tmp_path / name)
     claims = [
+        {
+            "case": "os.address.autobind",
+            "os": "Linux",
+            "says": "autobind",
+            "expect": {"path": ["bind"], "equals": "ok"},
+            "source": "t",
+            "reference": None,
+        },
         {
             "case": "os.address.longest_path",
             "os": "NetBSD",
@@ -268,6 +283,8 @@ def test_the_compat_column_is_labelled_and_its_translations_marked(tmp_path: Pat
     assert by_case["os.address.longest_path"]["status"] == "confirmed"
     assert [e["observed"] for e in by_case["os.address.longest_path"]["evidence"]] == [253]
     assert by_case["os.creds.mechanism"]["status"] == "unverified"
+    # gVisor answers as Linux but is not Linux's kernel: no evidence for a Linux claim.
+    assert by_case["os.address.autobind"]["status"] == "unverified"
     markdown = report.render_markdown(built)
     assert "Linux ABI via compat_linux" in markdown
     assert "107†" in markdown and "ABI translation: differs from the native-ABI column" in markdown

@@ -53,6 +53,9 @@ KERNEL_VARIANTS = {
 }
 #: The kernel whose cells are ABI translations of another column's kernel, and that column.
 TRANSLATING_KERNELS = {"netbsd-rump-linux": "netbsd-rump"}
+#: Kernels that report an OS's name without being that OS's kernel: gVisor answers as
+#: "Linux", but what it does says nothing about Linux, so it is no evidence for Linux claims.
+IMPERSONATING_KERNELS = {"gvisor"}
 
 
 class ResultError(ValueError):
@@ -386,6 +389,8 @@ def check_claim(claim: Dict[str, Any], matrix: Dict[str, Any]) -> Dict[str, Any]
     evidence = []
     for column in matrix["columns"]:
         if column["os"] != claim["os"] or not column["evidence"] or row is None:
+            continue
+        if column.get("kernel") in IMPERSONATING_KERNELS:
             continue
         cell = row["cells"].get(column["key"])
         if cell is None or cell["outcome"] not in ("observed", "pass", "fail"):
