@@ -268,6 +268,8 @@ def test_the_compat_column_is_labelled_and_its_translations_marked(tmp_path: Pat
         "netbsd-rump-linux": "rump kernel, Linux ABI via compat_linux",
         "gvisor": "gVisor",
     }
+    # The native-ABI column comes first: the compat one is read against it.
+    assert [c["kernel"] for c in built["columns"]] == ["gvisor", "netbsd-rump", "netbsd-rump-linux"]
     compat = next(c["key"] for c in built["columns"] if c["kernel"] == "netbsd-rump-linux")
     rows = {r["id"]: r["cells"] for r in built["rows"]}
     # Differs from the native column: marked as compat_linux's, with the native value.
@@ -289,7 +291,7 @@ def test_the_compat_column_is_labelled_and_its_translations_marked(tmp_path: Pat
     assert "Linux ABI via compat_linux" in markdown
     assert "107†" in markdown and "ABI translation: differs from the native-ABI column" in markdown
     assert "| hang" in markdown or " hang[" in markdown
-    assert "† the value went through an ABI translation" in markdown
+    assert "† the value crossed an ABI translation" in markdown
     assert "td.abi" in report.render_html(built) and 'class="o-error hang"' in report.render_html(
         built
     )

@@ -144,9 +144,14 @@ def column_of(result: Dict[str, Any]) -> Dict[str, Any]:
 def _column_sort_key(column: Dict[str, Any]) -> Tuple[Any, ...]:
     os_rank = _OS_ORDER.index(column["os"]) if column["os"] in _OS_ORDER else len(_OS_ORDER)
     variant_rank = 0 if column["variant"] == "native" else 1
+    # The machine's own kernels first, then the run --kernel columns in KERNEL_VARIANTS order.
+    kernel = column.get("kernel")
+    kernels = list(KERNEL_VARIANTS)
+    kernel_rank = -1 if not kernel else kernels.index(kernel) if kernel in kernels else len(kernels)
     return (
         os_rank,
         column["os"],
+        kernel_rank,
         _version_key(column["release"]),
         column["machine"],
         variant_rank,

@@ -184,6 +184,12 @@ def summary_markdown(matrix: Dict[str, Any]) -> str:
         }
         shim_line.append(", ".join(f"{n} {label}" for label, n in counts.items() if n) or "·")
     lines.append("| **udscompat contract** | " + " | ".join(shim_line) + " |")
+    if any(cell.get("abi_note") for row in matrix["rows"] for cell in row["cells"].values()):
+        lines += [
+            "",
+            "† the value crossed an ABI translation (NetBSD's compat_linux) and is not evidence "
+            "about the kernel; the native-ABI column has the kernel's own.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -204,15 +210,6 @@ def render_markdown(matrix: Dict[str, Any]) -> str:
         "## Summary",
         "",
         summary_markdown(matrix),
-        *(
-            [
-                "† the value went through an ABI translation (NetBSD's compat_linux) and is not "
-                "evidence about the kernel; the native-ABI column has the kernel's own.",
-                "",
-            ]
-            if any(cell.get("abi_note") for row in matrix["rows"] for cell in row["cells"].values())
-            else []
-        ),
         "## Columns",
         "",
         "| Column | Kernel | Machine | Python | udscompat | Run | Files |",
