@@ -191,6 +191,7 @@ def _netbsd_matrix(tmp_path: Path) -> Dict[str, Any]:
             [
                 {"id": "os.address.longest_path", "outcome": "observed", "observed": 253},
                 {"id": "os.seqpacket.exists", "outcome": "observed", "observed": "ok"},
+                {"id": "os.seqpacket.zero_length", "outcome": "observed", "observed": "lost"},
             ],
         ),
         "compat.json": _result(
@@ -280,6 +281,8 @@ def test_the_compat_column_is_labelled_and_its_translations_marked(tmp_path: Pat
     assert rows["os.seqpacket.exists"][compat]["abi_note"] is None  # the same: NetBSD's own
     assert rows["os.creds.mechanism"][compat]["abi_note"] == "SO_PEERCRED by the project's patch"
     assert rows["os.seqpacket.zero_length"][compat]["hang"] is True
+    # A hang has no value a translation could have changed: not marked (it is NetBSD's).
+    assert rows["os.seqpacket.zero_length"][compat]["abi_note"] is None
     # Claims take the native column and never a translated cell.
     by_case = {c["case"]: c for c in built["claims"]}
     assert by_case["os.address.longest_path"]["status"] == "confirmed"
