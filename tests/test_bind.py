@@ -676,7 +676,10 @@ def test_mode_never_follows_a_link_planted_over_the_socket(
     )
     assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
     assert secret.read_bytes() == b"root only"
-    assert bound > 0 and planted > 0
+    # Every planted link was a chance to chmod the secret.  A bind succeeds only while
+    # nobody's racer is off the CPU, so some runs have none (main's code too: 0 of 19 once);
+    # test_mode_is_exact_whatever_the_umask covers the binds that succeed.
+    assert planted > 0
 
 
 @pytest.mark.root("the peer has to be another user")
