@@ -19,6 +19,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
@@ -355,7 +356,9 @@ def test_removal_keeps_a_reused_inode_a_socket_from_another_namespace_is_bound_t
             ours.close()
             monkeypatch.setattr(backend, "bound_unix_sockets", lambda: [])
             assert not file.remove()
-            assert os.lstat(path).st_ino == st.st_ino
+            after = os.lstat(path)
+            assert after.st_ino == st.st_ino
+            assert after.st_ctime_ns == st.st_ctime_ns  # not even renamed aside and back
             with socket.socket(socket.AF_UNIX) as client:
                 client.connect(path)
 
@@ -573,8 +576,10 @@ def test_bind_survives_another_instance_holding_its_file_aside_for_a_while(
 ) -> None:
     """Another instance's stale-file removal renamed our freshly bound file aside (we bound
     between its look and its rename) and is descheduled for 100 ms before putting it back --
-    a 2-core machine at load average 10 does that.  Our bind() must still succeed.  Stand-in:
-    the other instance is a timer thread, and the rename happens when bind() first looks."""
+    a 2-core machine at load average 10 does that.  It holds the directory's lock, so our
+    bind() goes on without it after 50 ms, and must still succeed.  Stand-in: the other
+    instance is this test's lock and a timer thread; the rename happens when bind() looks."""
+    import fcntl
     import threading
 
     path = str(short_tmp / "svc")
@@ -596,7 +601,9 @@ def test_bind_survives_another_instance_holding_its_file_aside_for_a_while(
             timers.append(threading.Timer(0.1, put_back))
             timers[0].start()
 
+    lock = os.open(short_tmp, os.O_RDONLY | os.O_DIRECTORY)
     with socket.socket(socket.AF_UNIX) as sock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         sys.setprofile(other_instance)
         try:
             file = udscompat.bind(sock, path, backlog=1)
@@ -604,6 +611,97 @@ def test_bind_survives_another_instance_holding_its_file_aside_for_a_while(
             sys.setprofile(None)
             for timer in timers:
                 timer.join()
+            os.close(lock)
         assert state == ["bound", "held"]
         assert file is not None and os.lstat(path).st_ino == file.ino
         assert file.remove()
+
+
+# -- three instances: none binds into a name another holds empty ----------------------------------
+
+
+def test_third_instance_never_binds_into_a_name_held_aside(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B removes a stale file; C starts when B is about to rename it aside (C removes it
+    first and binds, so B's rename takes C's live file); D starts right after B's rename,
+    while the name is empty.  Exactly one of the three may come up, reachable, and nothing
+    may be left at a ``.displaced`` name.  Stand-in for the scheduler: B's profile hook
+    starts C and D (real threads) at those two calls and lets each run up to 50 ms."""
+    import threading
+
+    monkeypatch.setattr(_bind, "_LOCK_WAIT", 5.0, raising=False)  # the protocol, not the bound
+    path = str(short_tmp / "svc")
+    _stale(path)
+    sockets = {name: socket.socket(socket.AF_UNIX) for name in "BCD"}
+    outcome: dict = {}
+
+    def start(name: str) -> threading.Thread:
+        def run() -> None:
+            try:
+                udscompat.bind(sockets[name], path, backlog=1)
+                outcome[name] = "won"
+            except OSError as exc:
+                outcome[name] = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(0.05)  # B goes on after 50 ms, whether or not the other finished
+        return thread
+
+    started: List[threading.Thread] = []
+    renamed: List[bool] = []
+
+    def instance_b(frame: Any, event: str, arg: Any) -> None:
+        name = getattr(arg, "__name__", "")
+        if event != "c_call" or frame.f_globals.get("__name__") != "udscompat._bind":
+            return
+        if name == "rename" and not started:
+            started.append(start("C"))
+        elif name == "stat" and started and not renamed and len(started) == 1:
+            renamed.append(True)
+            started.append(start("D"))
+
+    sys.setprofile(instance_b)
+    try:
+        udscompat.bind(sockets["B"], path, backlog=1)
+        outcome["B"] = "won"
+    except OSError as exc:
+        outcome["B"] = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    finally:
+        sys.setprofile(None)
+        for thread in started:
+            thread.join()
+    try:
+        left = sorted(os.listdir(short_tmp))
+        winners = [name for name, result in outcome.items() if result == "won"]
+        assert len(started) == 2, outcome
+        assert left == ["svc"], (left, outcome)
+        assert len(winners) == 1, outcome
+        assert set(outcome.values()) <= {"won", "EADDRINUSE"}, outcome
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)
+            sockets[winners[0]].settimeout(5)
+            accepted, _ = sockets[winners[0]].accept()
+            accepted.close()
+    finally:
+        for sock in sockets.values():
+            sock.close()
+
+
+def test_a_directory_lock_held_by_someone_else_only_delays_bind(short_tmp: Path) -> None:
+    """Anyone who may read a directory can hold its flock -- nobody on /tmp or /run -- so
+    udscompat waits for it a bounded time (``_LOCK_WAIT``) and then goes on unlocked."""
+    import fcntl
+
+    fd = os.open(short_tmp, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with socket.socket(socket.AF_UNIX) as sock:
+            file = udscompat.bind(sock, short_tmp / "svc", backlog=1)
+            assert file is not None
+            assert file.remove()
+        assert time.monotonic() - started < 5  # a deadline, not a speed target: no hang
+    finally:
+        os.close(fd)

@@ -37,9 +37,13 @@ once renamed aside to a random name (whatever is at the name then moves),
 examined again there, and unlinked only if it is still the stale file (or,
 for ``SocketFile.remove``, still ours); otherwise it is linked back.  A
 successor that bound between our look and our rename keeps its socket; it
-is missing from its path for the microseconds this takes.  A listener
-removes its file *before* closing, so its file never looks stale to a
-successor starting meanwhile.
+is missing from its path for the microseconds this takes.  Every udscompat
+bind and removal in a directory holds the directory's ``flock`` meanwhile,
+so no third instance binds into the name while it is empty (the put-back
+would then find it taken and leave a listener unreachable); anyone who can
+read the directory can hold that lock too, so it is waited for at most
+50 ms and then done without.  A listener removes its file *before*
+closing, so its file never looks stale to a successor starting meanwhile.
 
 *A call that raises leaves nothing behind* -- also when a signal handler
 raises right after any system call: no descriptor is lost or closed twice
@@ -70,6 +74,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import fcntl
 import functools
 import os
 import secrets
@@ -77,7 +82,7 @@ import socket
 import stat
 import time
 import weakref
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 from udscompat._address import AddressArg, UnixSocketAddr, as_address
 from udscompat._errors import UnsupportedError
@@ -106,9 +111,12 @@ _DIRECTORY = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | _SEARCH
 _MAX_LINKS = 40  # as the kernels' own path walks (Linux MAXSYMLINKS)
 _PRIVATE_PREFIX = b".udscompat-"
 # Seconds a just-bound file may be missing, held aside by another instance's stale-file check
-# (microseconds, unless that instance loses the CPU meanwhile).
+# (microseconds, unless that instance loses the CPU meanwhile) when we bound without the lock.
 _SETTLE_TIME = 1.0
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1  # listen()'s backlog is a C int
+# Seconds to wait for the directory's lock: udscompat holds it for microseconds (a sock_diag
+# dump, milliseconds); anyone else who can read the directory could hold it forever.
+_LOCK_WAIT = 0.05
 _NEEDS_DIR_FD = (os.open, os.stat, os.mkdir, os.rmdir, os.rename, os.link, os.unlink, os.readlink)
 _TYPE_NAMES = {
     backend.SOCK_STREAM: "SOCK_STREAM",
@@ -171,34 +179,52 @@ class SocketFile:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 return False
             raise
-        with directory:
-            # While our socket is open its file's inode cannot be reused: the inode number
-            # is enough, and a change time moved by another instance's rename-and-put-back
-            # does not stop us removing our own file.
-            ctime = None if self._socket_is_open() else self.ctime_ns
-            key = (self.dev, self.ino, ctime, self._birth)
-            return _remove_entry(directory, name, key, self._bound_elsewhere)
+        with directory, directory.exclusive():
+            if self._socket_is_open():
+                # Our socket pins its file's inode: the inode number alone is ours, and a
+                # change time moved by another instance's rename-and-put-back does not stop us.
+                pinned = (self.dev, self.ino, None, self._birth)
+                return _remove_entry(directory, name, pinned, _never)
+            key = (self.dev, self.ino, self.ctime_ns, self._birth)
+            if self._socket is None:
+                return _remove_entry(directory, name, key, _never)
+            # Whose socket is bound there is judged now, while nothing is hidden (the kernel's
+            # table is slow to read).  Once the entry is aside, only a newcomer bound to a
+            # reused inode number could be there instead of ours, which one datagram connect
+            # shows; the name is empty for no longer than that.
+            try:
+                st = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            if not stat.S_ISSOCK(st.st_mode) or not _looks_same(st, key):
+                return False
+            whose = self._whose(st, directory, name)
+            if whose == "another's":
+                return False
+            return _remove_entry(directory, name, key, _never if whose == "ours" else _newcomer)
 
     def _socket_is_open(self) -> bool:
         ours = None if self._socket is None else self._socket()
         return ours is not None and ours.fileno() >= 0
 
-    def _bound_elsewhere(self, st: os.stat_result, directory: _Directory, name: bytes) -> bool:
-        """Is a socket other than ours bound to ``st`` -- our inode number, reused?"""
-        if self._socket is None or self._socket_is_open():
-            return False  # ours is open, so the inode cannot have been reused
+    def _whose(self, st: os.stat_result, directory: _Directory, name: bytes) -> str:
+        """Is a socket bound to ``st``, our file, now that our socket is closed here?
+
+        ``"none"``; ``"ours"`` (still open in another process, a forked child); or
+        ``"another's"``: a stranger's bound to our inode number, reused.
+        """
         bound = _probe(directory, name)
         if bound is False:
-            return False  # no socket is bound to it at all
+            return "none"
         table = backend.bound_unix_sockets()
         if table is None:
-            return True  # a socket is bound (or may be), and nothing tells whose
+            return "another's"  # a socket is bound (or may be), and nothing tells whose
         there = {s.inode for s in _bound_to_inode(table, st)}
         if not there:
             # Bound, yet not in the table: a socket of another network namespace (this
             # one's table lists only its own), so not ours.
-            return bool(bound)
-        return not there <= {self._socket_inode}
+            return "another's" if bound else "none"
+        return "ours" if there <= {self._socket_inode} else "another's"
 
     def __repr__(self) -> str:
         return f"SocketFile({os.fsdecode(self.path)!r}, dev={self.dev}, ino={self.ino})"
@@ -264,7 +290,7 @@ def bind(
         raise
     except OSError as exc:
         raise _with_address(exc, "cannot bind", address) from exc
-    with directory:
+    with directory, directory.exclusive() as locked:
         private = mode is not None and not backend.BIND_MODE_FROM_SOCKET
         if private:  # only checks that some path reaches it, before anything is touched
             directory.reach(_PRIVATE_PREFIX + b"0" * 12 + b"/" + name)
@@ -286,7 +312,8 @@ def bind(
                     _add_masked_bits(directory, name, sock, mode, address)
                 if backlog is not None:
                     sock.listen(backlog)
-            st = _bound_file(directory, name, address)
+            # Locked, no udscompat instance holds our new file aside: missing is gone.
+            st = _bound_file(directory, name, address, 0.0 if locked else _SETTLE_TIME)
             return SocketFile(
                 path, st.st_dev, st.st_ino, st.st_ctime_ns, birth=_birth(st), sock=sock
             )
@@ -590,6 +617,32 @@ class _Directory:
             f"{limit} fit in sun_path on {backend.OS_NAME}"
         )
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[bool]:
+        """Hold the directory's ``flock`` while udscompat changes a name in it.
+
+        Every udscompat bind and removal here, in any thread or process, takes
+        it, so none binds into a name another holds empty for a moment (an
+        entry renamed aside to be judged) -- the put-back would find the name
+        taken and a listener would be left unreachable.  Anyone who may read
+        the directory can hold the lock too, so it is waited for at most
+        ``_LOCK_WAIT`` seconds; then, or where the directory cannot be read
+        or locked, the work goes on unlocked, which the removal protocol
+        keeps safe, only not free of that rare displacement.  Yields whether
+        the lock is held.
+        """
+        held = _Descriptors()
+        try:
+            try:
+                fd = held.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, self.fd)
+            except OSError:
+                locked = False  # not readable by us: unlocked
+            else:
+                locked = _lock(fd)
+            yield locked
+        finally:
+            held.close()  # releases the lock
+
     def close(self) -> None:
         self._held.close()
 
@@ -598,6 +651,23 @@ class _Directory:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _lock(fd: int) -> bool:
+    """``flock(fd, LOCK_EX)``, waiting at most ``_LOCK_WAIT`` seconds; False if not taken."""
+    deadline = time.monotonic() + _LOCK_WAIT
+    pause = 0.0001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False  # no flock on this directory (EBADF, ENOLCK, EINVAL)
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.005)
 
 
 def _open_directory(path: bytes) -> _Directory:
@@ -748,12 +818,7 @@ def _remove_stale(directory: _Directory, name: bytes) -> None:
         return  # bind() will fail with EADDRINUSE, which is the truth
     # A file once stale stays stale (binding makes a new one); the second look only
     # guards against its inode number being reused by a new socket meanwhile.
-    _remove_entry(
-        directory,
-        name,
-        _key(seen),
-        lambda taken, private, taken_name: _is_live(private, taken_name, taken),
-    )
+    _remove_entry(directory, name, _key(seen), _newcomer)
 
 
 def _is_live(directory: _Directory, name: bytes, st: os.stat_result) -> bool:
@@ -805,6 +870,17 @@ def _probe_at(target: Union[str, bytes]) -> Optional[bool]:
 
 #: ``keep(entry's lstat, the directory it is now in, its name there)``: leave it?
 _Keep = Callable[[os.stat_result, "_Directory", bytes], bool]
+
+
+def _never(taken: os.stat_result, directory: _Directory, name: bytes) -> bool:
+    return False
+
+
+def _newcomer(taken: os.stat_result, directory: _Directory, name: bytes) -> bool:
+    """A socket bound to an entry that was stale when judged: a newcomer on its inode number."""
+    return _is_live(directory, name, taken)
+
+
 #: What identifies one socket file over time: device, inode, change time (ns; None: do not
 #: compare) and birth time where the OS records one.
 _FileKey = Tuple[int, int, Optional[int], Optional[float]]
@@ -968,13 +1044,16 @@ class _PrivateDirectory(_Directory):
 # -- mode -----------------------------------------------------------------------------------------
 
 
-def _bound_file(directory: _Directory, name: bytes, address: UnixSocketAddr) -> os.stat_result:
+def _bound_file(
+    directory: _Directory, name: bytes, address: UnixSocketAddr, settle: float
+) -> os.stat_result:
     """The socket file just bound at ``name``.
 
-    Another instance's stale-file check may hold it aside for a moment -- longer
-    when that instance loses the CPU there -- so a missing file is waited for.
+    Unless we hold the directory's lock, another instance's stale-file check may
+    hold it aside for a moment -- longer when that instance loses the CPU there --
+    so a missing file is waited for, ``settle`` seconds at most.
     """
-    deadline = time.monotonic() + _SETTLE_TIME
+    deadline = time.monotonic() + settle
     pause = 0.0005
     while True:
         try:
@@ -1088,7 +1167,7 @@ def _undo_bind(directory: _Directory, name: bytes, sock: socket.socket, unbound:
             return  # the kernel bound nothing: whatever is at the name is not ours
         st = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
         if _provably_ours(directory, st, sock, UnixSocketAddr.from_sockaddr(name)):
-            _remove_entry(directory, name, _key(st), lambda *_: False)
+            _remove_entry(directory, name, _key(st), _never)
     except (OSError, ValueError):
         pass
 
