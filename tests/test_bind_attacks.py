@@ -705,3 +705,47 @@ def test_a_directory_lock_held_by_someone_else_only_delays_bind(short_tmp: Path)
         assert time.monotonic() - started < 5  # a deadline, not a speed target: no hang
     finally:
         os.close(fd)
+
+
+def test_a_chdir_in_another_thread_during_a_relative_bind_removes_nothing(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel walks a relative path from the working directory of the moment: a careless
+    thread's chdir() between udscompat's walk and the kernel's bind made the socket land in
+    the new directory while bind() took another daemon's live socket at the name in the old
+    one for its own file -- and close_listener() removed it.  One chosen interleaving: the
+    chdir runs (in another thread) when bind() calls the kernel's bind."""
+    import threading
+
+    first, second = short_tmp / "first", short_tmp / "second"
+    first.mkdir()
+    second.mkdir()
+    with socket.socket(socket.AF_UNIX) as other_daemon:
+        other_daemon.bind(str(first / "svc"))
+        other_daemon.listen()
+        live_ino = os.lstat(first / "svc").st_ino
+        monkeypatch.chdir(first)
+        moved: List[bool] = []
+
+        def careless_thread(frame: Any, event: str, arg: Any) -> None:
+            if event == "c_call" and getattr(arg, "__name__", "") == "bind" and not moved:
+                moved.append(True)
+                thread = threading.Thread(target=os.chdir, args=(second,))
+                thread.start()
+                thread.join()
+
+        with socket.socket(socket.AF_UNIX) as sock:
+            sys.setprofile(careless_thread)
+            try:
+                file = udscompat.bind(sock, "svc", backlog=1)
+            except OSError as exc:
+                file = None
+                refused = exc.errno
+            finally:
+                sys.setprofile(None)
+            os.chdir(first)
+            if file is not None:
+                _bind.close_listener(sock, file)
+        assert moved
+        assert _inode_at(str(first / "svc")) == live_ino, "the other daemon's socket was removed"
+        assert file is None and refused == errno.EBUSY

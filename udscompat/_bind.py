@@ -249,7 +249,9 @@ def bind(
             abstract; see ``as_address``).
         mode: permission bits for the socket file, in place before any
             peer can reach it and applied without following a symbolic link
-            (see the module documentation for how, per OS).
+            (see the module documentation for how, per OS).  As with
+            ``chmod``, a default ACL on the directory still grants its named
+            entries, limited by the group bits (the ACL mask).
         remove_stale: first remove a socket file no socket is bound to.
         backlog: if given, ``listen(backlog)`` too -- before the file
             appears at the path where the kernel has no socket table to
@@ -269,8 +271,10 @@ def bind(
             can change, and this kernel cannot bind through a descriptor.
         OSError: ``EADDRINUSE`` when a live socket, or anything that is not
             a socket, is at the path (nothing is removed); ``ELOOP`` for a
-            symbolic link on the way that another user owns.  The address
-            is named in every message.
+            symbolic link on the way that another user owns; ``EBUSY`` when
+            the file was replaced as soon as it was bound, or the working
+            directory changed (another thread's ``chdir``) while a relative
+            path was bound.  The address is named in every message.
     """
     mode = _check_mode(mode)
     backlog = _check_backlog(backlog)
@@ -308,6 +312,7 @@ def bind(
                 if mode is not None:
                     os.fchmod(sock.fileno(), mode)  # the new file gets this less the umask
                 _call(address, sock.bind, target)
+                directory.check_start(address)
                 if mode is not None:
                     _add_masked_bits(directory, name, sock, mode, address)
                 if backlog is not None:
@@ -317,9 +322,15 @@ def bind(
             return SocketFile(
                 path, st.st_dev, st.st_ino, st.st_ctime_ns, birth=_birth(st), sock=sock
             )
+        except _BoundElsewhere:
+            raise  # what is at our name is not ours: leave it
         except BaseException:
             _undo_bind(directory, name, sock, unbound)
             raise
+
+
+class _BoundElsewhere(OSError):
+    """The kernel's walk of a relative path started from another working directory."""
 
 
 def close_listener(sock: Any, socket_file: Optional[SocketFile]) -> None:
@@ -574,12 +585,35 @@ class _Descriptors:
 class _Directory:
     """An open directory, the path it was reached by, and whether others can change that path."""
 
-    __slots__ = ("_held", "fixed", "path")
+    __slots__ = ("_held", "fixed", "path", "start")
 
-    def __init__(self, held: _Descriptors, path: bytes, fixed: bool) -> None:
+    def __init__(
+        self,
+        held: _Descriptors,
+        path: bytes,
+        fixed: bool,
+        start: Optional[Tuple[int, int]] = None,
+    ) -> None:
         self._held = held
         self.path = path
         self.fixed = fixed
+        #: The working directory (st_dev, st_ino) a relative path was walked from.
+        self.start = start
+
+    def check_start(self, address: UnixSocketAddr) -> None:
+        """Raise if the working directory changed since the walk (another thread's chdir):
+        the kernel then walked a relative path from elsewhere, and what is at our name
+        here is not our socket's file.  (The socket stays bound, wherever that was.)"""
+        if self.start is None:
+            return
+        now = os.stat(".")
+        if (now.st_dev, now.st_ino) != self.start:
+            raise _BoundElsewhere(
+                errno.EBUSY,
+                f"the working directory changed while binding {address}: the socket was "
+                "bound relative to another directory; bind relative paths without a "
+                "concurrent chdir(), or bind an absolute path",
+            )
 
     @property
     def fd(self) -> int:
@@ -697,6 +731,11 @@ def _open_directory(path: bytes) -> _Directory:
     held = _Descriptors()
     try:
         held.open(b"/" if at_root else b".", _DIRECTORY)
+        if at_root:
+            start = None
+        else:
+            cwd = os.fstat(held.last)
+            start = (cwd.st_dev, cwd.st_ino)
         todo = [part for part in reversed(path.split(b"/")) if part not in (b"", b".")]
         fixed = True
         links = depth = 0
@@ -730,7 +769,7 @@ def _open_directory(path: bytes) -> _Directory:
     except BaseException:
         held.close()
         raise
-    return _Directory(held, path, fixed)
+    return _Directory(held, path, fixed, start)
 
 
 def _read_link(
@@ -1025,7 +1064,7 @@ class _PrivateDirectory(_Directory):
             held.close()
             self._remove()
             raise
-        super().__init__(held, _join(parent.path, self._name), parent.fixed)
+        super().__init__(held, _join(parent.path, self._name), parent.fixed, parent.start)
 
     def _remove(self) -> None:
         try:
@@ -1184,6 +1223,7 @@ def _bind_privately(
     with _PrivateDirectory(directory) as private:
         try:
             _call(address, sock.bind, private.reach(name))
+            private.check_start(address)
             if mode is not None:
                 os.chmod(name, mode, dir_fd=private.fd)  # our own 0700 directory: nothing to swap
             if backlog is not None:
