@@ -749,3 +749,32 @@ def test_a_chdir_in_another_thread_during_a_relative_bind_removes_nothing(
         assert moved
         assert _inode_at(str(first / "svc")) == live_ino, "the other daemon's socket was removed"
         assert file is None and refused == errno.EBUSY
+
+
+def test_every_emfile_while_binding_names_the_address(short_tmp: Path, low_nofile: None) -> None:
+    """bind() promises the address in every error; running out of descriptors at the stale
+    file's probe said only "Too many open files".  Each number of free descriptors from 0
+    up to what bind needs, with a stale file to replace: EMFILE naming the path, then bound."""
+    path = short_tmp / "svc"
+    outcomes: List[Any] = []
+    for free in range(8):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        _stale(str(path))
+        with socket.socket(socket.AF_UNIX) as sock:
+            held = _fill_descriptors(free)
+            try:
+                file = udscompat.bind(sock, path, backlog=1)
+                outcomes.append("bound")
+            except OSError as exc:
+                outcomes.append(exc)
+            finally:
+                for fd in held:
+                    os.close(fd)
+            if outcomes[-1] == "bound":
+                assert file is not None and file.remove()
+                break
+    assert outcomes[-1] == "bound", outcomes
+    for exc in outcomes[:-1]:
+        assert isinstance(exc, OSError) and exc.errno == errno.EMFILE, outcomes
+        assert str(path) in str(exc), outcomes

@@ -295,38 +295,60 @@ def bind(
     except OSError as exc:
         raise _with_address(exc, "cannot bind", address) from exc
     with directory, directory.exclusive() as locked:
-        private = mode is not None and not backend.BIND_MODE_FROM_SOCKET
-        if private:  # only checks that some path reaches it, before anything is touched
-            directory.reach(_PRIVATE_PREFIX + b"0" * 12 + b"/" + name)
-            target = None
-        else:
-            target = directory.reach(name, path)
-        if remove_stale:
-            _remove_stale(directory, name)
-        unbound = sock.getsockname()
         try:
-            if private:
-                _bind_privately(sock, directory, name, mode, backlog, address)
-            else:
-                assert target is not None
-                if mode is not None:
-                    os.fchmod(sock.fileno(), mode)  # the new file gets this less the umask
-                _call(address, sock.bind, target)
-                directory.check_start(address)
-                if mode is not None:
-                    _add_masked_bits(directory, name, sock, mode, address)
-                if backlog is not None:
-                    sock.listen(backlog)
-            # Locked, no udscompat instance holds our new file aside: missing is gone.
-            st = _bound_file(directory, name, address, 0.0 if locked else _SETTLE_TIME)
-            return SocketFile(
-                path, st.st_dev, st.st_ino, st.st_ctime_ns, birth=_birth(st), sock=sock
+            return _bind_path(
+                sock, directory, name, path, address, mode, backlog, remove_stale, locked
             )
-        except _BoundElsewhere:
-            raise  # what is at our name is not ours: leave it
-        except BaseException:
-            _undo_bind(directory, name, sock, unbound)
+        except UnsupportedError:
             raise
+        except OSError as exc:
+            if str(address) in str(exc):
+                raise
+            raise _with_address(exc, "cannot bind", address) from exc
+
+
+def _bind_path(
+    sock: socket.socket,
+    directory: _Directory,
+    name: bytes,
+    path: bytes,
+    address: UnixSocketAddr,
+    mode: Optional[int],
+    backlog: Optional[int],
+    remove_stale: bool,
+    locked: bool,
+) -> SocketFile:
+    """``bind``'s work in the opened (and, where it could be, locked) directory."""
+    private = mode is not None and not backend.BIND_MODE_FROM_SOCKET
+    if private:  # only checks that some path reaches it, before anything is touched
+        directory.reach(_PRIVATE_PREFIX + b"0" * 12 + b"/" + name)
+        target = None
+    else:
+        target = directory.reach(name, path)
+    if remove_stale:
+        _remove_stale(directory, name)
+    unbound = sock.getsockname()
+    try:
+        if private:
+            _bind_privately(sock, directory, name, mode, backlog, address)
+        else:
+            assert target is not None
+            if mode is not None:
+                os.fchmod(sock.fileno(), mode)  # the new file gets this less the umask
+            _call(address, sock.bind, target)
+            directory.check_start(address)
+            if mode is not None:
+                _add_masked_bits(directory, name, sock, mode, address)
+            if backlog is not None:
+                sock.listen(backlog)
+        # Locked, no udscompat instance holds our new file aside: missing is gone.
+        st = _bound_file(directory, name, address, 0.0 if locked else _SETTLE_TIME)
+        return SocketFile(path, st.st_dev, st.st_ino, st.st_ctime_ns, birth=_birth(st), sock=sock)
+    except _BoundElsewhere:
+        raise  # what is at our name is not ours: leave it
+    except BaseException:
+        _undo_bind(directory, name, sock, unbound)
+        raise
 
 
 class _BoundElsewhere(OSError):
