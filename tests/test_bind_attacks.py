@@ -445,6 +445,18 @@ def _fill_descriptors(free: int) -> List[int]:
     return held
 
 
+def _bind_with_only(free: int, sock: socket.socket, path: Path, **kwargs: Any) -> Any:
+    """bind() with only ``free`` descriptors left: the SocketFile, or the OSError raised."""
+    held = _fill_descriptors(free)
+    try:
+        return udscompat.bind(sock, path, **kwargs)
+    except OSError as exc:
+        return exc
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
 @pytest.fixture
 def low_nofile() -> Iterator[None]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -467,26 +479,18 @@ def test_emfile_while_widening_the_mode_is_reported_as_emfile(
     directory.mkdir(mode=0o777)
     os.chmod(directory, 0o777)  # others may write: the file has to be proved ours
     old = os.umask(0o022)
-    outcomes = []
+    outcomes: List[Any] = []
     try:
         for free in range(1, 6):
             with socket.socket(socket.AF_UNIX) as sock:
-                held = _fill_descriptors(free)
-                try:
-                    udscompat.bind(sock, directory / "m", mode=0o666)
-                    outcomes.append("bound")
-                except OSError as exc:
-                    outcomes.append(exc)
-                finally:
-                    for fd in held:
-                        os.close(fd)
+                outcomes.append(_bind_with_only(free, sock, directory / "m", mode=0o666))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(directory / "m")
-            if outcomes[-1] == "bound":
+            if not isinstance(outcomes[-1], OSError):
                 break
     finally:
         os.umask(old)
-    assert outcomes[-1] == "bound"
+    assert not isinstance(outcomes[-1], OSError), outcomes
     for exc in outcomes[:-1]:
         assert isinstance(exc, OSError) and exc.errno == errno.EMFILE, outcomes
 
@@ -762,19 +766,11 @@ def test_every_emfile_while_binding_names_the_address(short_tmp: Path, low_nofil
             os.unlink(path)
         _stale(str(path))
         with socket.socket(socket.AF_UNIX) as sock:
-            held = _fill_descriptors(free)
-            try:
-                file = udscompat.bind(sock, path, backlog=1)
-                outcomes.append("bound")
-            except OSError as exc:
-                outcomes.append(exc)
-            finally:
-                for fd in held:
-                    os.close(fd)
-            if outcomes[-1] == "bound":
-                assert file is not None and file.remove()
+            outcomes.append(_bind_with_only(free, sock, path, backlog=1))
+            if not isinstance(outcomes[-1], OSError):
+                assert outcomes[-1].remove()
                 break
-    assert outcomes[-1] == "bound", outcomes
+    assert not isinstance(outcomes[-1], OSError), outcomes
     for exc in outcomes[:-1]:
         assert isinstance(exc, OSError) and exc.errno == errno.EMFILE, outcomes
         assert str(path) in str(exc), outcomes
