@@ -32,7 +32,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("udscompat", "udscompat_conformance")
 #: What setuptools writes into a wheel's .dist-info directory.
-DIST_INFO = {"METADATA", "RECORD", "WHEEL", "entry_points.txt", "top_level.txt"}
+DIST_INFO = {
+    "METADATA",
+    "RECORD",
+    "WHEEL",
+    "entry_points.txt",
+    "top_level.txt",
+    "licenses/LICENSE",
+}
 #: What setuptools adds to an sdist beside the tracked files.
 SDIST_GENERATED = {"PKG-INFO", "setup.cfg"}
 
@@ -124,6 +131,7 @@ def test_wheel_holds_the_two_packages_and_nothing_else(dist: Dict[str, Path]) ->
     ), "udscompat itself has no runtime dependency"
     assert "udscompat-conformance = udscompat_conformance.cli:main" in entry_points
     assert metadata["License-Expression"] == "MIT"
+    assert metadata.get_all("License-File") == ["LICENSE"]
 
 
 def test_sdist_is_the_tracked_tree(dist: Dict[str, Path]) -> None:
