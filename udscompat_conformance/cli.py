@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from udscompat_conformance.standin import FEATURES as STANDIN_FEATURES
+
 CASES = Path(__file__).resolve().parent / "cases"
 DEFAULT_TIMEOUT = 60.0
 
@@ -185,7 +187,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--standin",
         metavar="FEATURES",
         help="run under the LD_PRELOAD kernel stand-in (Linux): a comma-separated subset of "
-        "noseqpacket,noabstract,nocloexec",
+        f"{','.join(STANDIN_FEATURES)} (see udscompat_conformance/standin/kernel_standin.c)",
     )
     run_parser.add_argument(
         "--kernel",
@@ -218,6 +220,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.timeout = DEFAULT_TIMEOUT
     if args.kernel and (args.standin or args.seqpacket or args.workers not in (None, "0")):
         parser.error("--kernel runs its own way: not with --standin, --seqpacket or -n")
-    if args.standin:
-        return run_under_standin(args, list(sys.argv[1:] if argv is None else argv))
+    if args.standin:  # the child gets the same command, pytest's arguments after "--" too
+        return run_under_standin(args, argv + (["--", *extra] if extra else []))
     return run(args)

@@ -11,7 +11,18 @@ from pathlib import Path
 from typing import Dict, Optional
 
 SOURCE = Path(__file__).resolve().parent / "kernel_standin.c"
-FEATURES = ("noseqpacket", "noabstract", "nocloexec")
+FEATURES = (
+    "noseqpacket",
+    "noabstract",
+    "nocloexec",
+    "peercredself",
+    "dgramrefused",
+    "nosockdiag",
+    "emptyrights",
+    "partialstream",
+)
+#: gVisor's answers that break udscompat's assumptions (see kernel_standin.c).
+GVISOR = "peercredself,dgramrefused,nosockdiag,emptyrights,partialstream"
 
 
 def compile_standin(cache_dir: Optional[Path] = None) -> Path:

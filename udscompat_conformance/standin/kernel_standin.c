@@ -12,15 +12,33 @@
  *                os-facts 2.2).
  *   nocloexec    recvmsg ignores MSG_CMSG_CLOEXEC, like a kernel that does not know it:
  *                received descriptors arrive without FD_CLOEXEC.
+ *
+ * and of gVisor's answers (runsc release 20221219, read in its sources and seen under runsc):
+ *   peercredself getsockopt(SO_PEERCRED) on any AF_UNIX socket, connected or not, gives the
+ *                caller's own pid, euid and egid (getSockOptSocket returns the task's
+ *                credentials, not the peer's).
+ *   dgramrefused connect() of an AF_UNIX SOCK_DGRAM socket to a live stream or seqpacket
+ *                socket fails with ECONNREFUSED, as for a stale file, instead of EPROTOTYPE
+ *                (connectionedEndpoint.UnidirectionalConnect always refuses).
+ *   nosockdiag   socket(AF_NETLINK, ..., NETLINK_SOCK_DIAG) fails with EPROTONOSUPPORT: no
+ *                socket table to ask (gVisor has no sock_diag).
+ *   emptyrights  a receiver out of descriptors is not told so: no MSG_CTRUNC (rightsFDs
+ *                stops at the first EMFILE and does not report it), and where none fitted,
+ *                an SCM_RIGHTS message with no descriptors (Linux sends none).
+ *   partialstream a send() on an AF_UNIX SOCK_STREAM socket goes out in two halves, so a
+ *                non-blocking one near a full buffer is accepted in part (gVisor's stream
+ *                queue takes partial writes where Linux takes a small send whole or not).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <linux/netlink.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 static int standin_has(const char *feature)
 {
@@ -57,7 +75,8 @@ static int abstract_refusal(const struct sockaddr *addr, socklen_t len, int bind
 
 int socket(int domain, int type, int protocol)
 {
-    if (is_unix_seqpacket(domain, type)) {
+    if (is_unix_seqpacket(domain, type) ||
+        (domain == AF_NETLINK && protocol == NETLINK_SOCK_DIAG && standin_has("nosockdiag"))) {
         errno = EPROTONOSUPPORT;
         return -1;
     }
@@ -83,6 +102,16 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
     return NEXT(bind)(fd, addr, len);
 }
 
+static int unix_socket_of_type(int fd, int type)
+{
+    int value = 0;
+    socklen_t size = sizeof(value);
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &value, &size) != 0 || value != AF_UNIX)
+        return 0;
+    size = sizeof(value);
+    return getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &size) == 0 && value == type;
+}
+
 int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
     int refusal = abstract_refusal(addr, len, 0);
@@ -90,7 +119,43 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len)
         errno = refusal;
         return -1;
     }
-    return NEXT(connect)(fd, addr, len);
+    int result = NEXT(connect)(fd, addr, len);
+    if (result != 0 && errno == EPROTOTYPE && standin_has("dgramrefused") &&
+        unix_socket_of_type(fd, SOCK_DGRAM))
+        errno = ECONNREFUSED;
+    return result;
+}
+
+int getsockopt(int fd, int level, int name, void *value, socklen_t *size)
+{
+    int result = NEXT(getsockopt)(fd, level, name, value, size);
+    if (level == SOL_SOCKET && name == SO_PEERCRED && standin_has("peercredself") &&
+        value != NULL && size != NULL && *size >= sizeof(struct ucred)) {
+        int domain = 0;
+        socklen_t domain_size = sizeof(domain);
+        if (NEXT(getsockopt)(fd, SOL_SOCKET, SO_DOMAIN, &domain, &domain_size) == 0 &&
+            domain == AF_UNIX) {
+            struct ucred own = {getpid(), geteuid(), getegid()};
+            memcpy(value, &own, sizeof(own));
+            *size = sizeof(own);
+            return 0;
+        }
+    }
+    return result;
+}
+
+ssize_t send(int fd, const void *buf, size_t n, int flags)
+{
+    if (n < 2 || !standin_has("partialstream") || !unix_socket_of_type(fd, SOCK_STREAM))
+        return NEXT(send)(fd, buf, n, flags);
+    size_t half = n / 2;
+    ssize_t first = NEXT(send)(fd, buf, half, flags);
+    if (first < (ssize_t)half)
+        return first;
+    ssize_t rest = NEXT(send)(fd, (const char *)buf + half, n - half, flags);
+    if (rest < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? first : rest;
+    return first + rest;
 }
 
 ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *addr,
@@ -114,9 +179,36 @@ ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
     return NEXT(sendmsg)(fd, msg, flags);
 }
 
+/* Is this process's descriptor table full? */
+static int out_of_descriptors(void)
+{
+    int probe = dup(0);
+    if (probe >= 0) {
+        close(probe);
+        return 0;
+    }
+    return errno == EMFILE;
+}
+
 ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
     if (standin_has("nocloexec"))
         flags &= ~MSG_CMSG_CLOEXEC;
-    return NEXT(recvmsg)(fd, msg, flags);
+    size_t room = msg != NULL ? msg->msg_controllen : 0;
+    ssize_t result = NEXT(recvmsg)(fd, msg, flags);
+    if (result < 0 || !standin_has("emptyrights") || !(msg->msg_flags & MSG_CTRUNC) ||
+        !out_of_descriptors())
+        return result;
+    msg->msg_flags &= ~MSG_CTRUNC;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+            return result; /* some descriptors arrived: the rest vanish unreported */
+    if (msg->msg_controllen + CMSG_SPACE(0) > room)
+        return result;
+    struct cmsghdr *empty = (struct cmsghdr *)((char *)msg->msg_control + msg->msg_controllen);
+    empty->cmsg_len = CMSG_LEN(0);
+    empty->cmsg_level = SOL_SOCKET;
+    empty->cmsg_type = SCM_RIGHTS;
+    msg->msg_controllen += CMSG_SPACE(0);
+    return result;
 }
