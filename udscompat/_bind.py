@@ -25,12 +25,16 @@ connection, so unlike a stream probe this leaves no closed client in a
 live listener's accept queue, and it tells a bound socket that is not
 listening yet from a stale file -- in one system call, on every kernel,
 for sockets of every network namespace.  (A bound datagram socket accepts
-the probe's connect, which sends nothing.)  Linux's socket table
-(sock_diag) is read only where the probe cannot answer (``EACCES``: a
-file whose mode keeps us out) or where it must say *which* socket is
-bound: a dump costs ~12 us per socket on the host, and any local user can
-add sockets.  It is matched by inode number alone: on btrfs it reports the
-superblock's device, not the subvolume's ``st_dev``.
+the probe's connect, which sends nothing.)  gVisor refuses a datagram
+connect to a live stream or seqpacket socket with ``ECONNREFUSED`` too;
+where a probe (``_probes.datagram_connect_tells_liveness``) sees a kernel
+answer so, a refusal proves nothing and no file is removed on its word.
+Linux's socket table (sock_diag) is read only where the probe cannot
+answer (a refusal there, or ``EACCES``: a file whose mode keeps us out)
+or where it must say *which* socket is bound: a dump costs ~12 us per
+socket on the host, and any local user can add sockets.  It is matched
+by inode number alone: on btrfs it reports the superblock's device, not
+the subvolume's ``st_dev``.
 
 *Removal decides on the entry it unlinks.*  The entry is looked at, at
 once renamed aside to a random name (whatever is at the name then moves),
@@ -84,6 +88,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
+from udscompat import _probes
 from udscompat._address import AddressArg, UnixSocketAddr, as_address
 from udscompat._errors import UnsupportedError
 from udscompat._os import BoundSocket
@@ -270,7 +275,9 @@ def bind(
         UnsupportedError: the path runs through a directory another user
             can change, and this kernel cannot bind through a descriptor.
         OSError: ``EADDRINUSE`` when a live socket, or anything that is not
-            a socket, is at the path (nothing is removed); ``ELOOP`` for a
+            a socket, is at the path (nothing is removed) -- or any socket
+            file, where the kernel cannot tell a stale one from a live one
+            (``capabilities().quirks["stale_socket_files"]``); ``ELOOP`` for a
             symbolic link on the way that another user owns; ``EBUSY`` when
             the file was replaced as soon as it was bound, or the working
             directory changed (another thread's ``chdir``) while a relative
@@ -913,6 +920,7 @@ def _probe_at(target: Union[str, bytes]) -> Optional[bool]:
     A datagram connect: every kernel read finds the socket bound to the file and
     refuses a socket of another type (``EPROTOTYPE``), or answers ``ECONNREFUSED``
     when none is bound, before it would queue a connection -- no listener sees it.
+    Where a live socket gets the stale answer too (gVisor), that answer tells nothing.
     """
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
         probe.setblocking(False)
@@ -920,7 +928,8 @@ def _probe_at(target: Union[str, bytes]) -> Optional[bool]:
             probe.connect(target)
         except OSError as exc:
             if exc.errno in _STALE:
-                return False
+                tells, _ = _probes.datagram_connect_tells_liveness()
+                return False if tells or exc.errno == errno.ENOENT else None
             if exc.errno in _LIVE:
                 return True
             if exc.errno == errno.EACCES:
@@ -1274,7 +1283,12 @@ def _call(address: UnixSocketAddr, bind_call: Callable[[Any], None], target: Any
     try:
         bind_call(target)
     except OSError as exc:
-        raise _with_address(exc, "cannot bind", address) from exc
+        error = _with_address(exc, "cannot bind", address)
+        if exc.errno == errno.EADDRINUSE and address.kind == "path":
+            removes, why = _probes.stale_socket_files()
+            if not removes:  # say why a stale file may be what is in the way
+                error = OSError(exc.errno, f"{error.strerror}; socket files are {why}")
+        raise error from exc
 
 
 def _with_address(exc: OSError, what: str, address: UnixSocketAddr) -> OSError:

@@ -6,6 +6,8 @@ import errno
 import socket
 from typing import Optional
 
+from udscompat import _probes
+from udscompat._errors import UnsupportedError
 from udscompat._platform import backend
 from udscompat._records import ConnCredentials
 
@@ -35,10 +37,12 @@ def peer_credentials(sock: socket.socket) -> ConnCredentials:
 
     Raises:
         OSError: ``ENOTCONN`` when the socket has no connected peer: an
-            unconnected socket (Linux would report pid 0 and uid -1), or a
-            listening one (Linux would report this process's own
-            credentials, recorded by ``listen()``).
-        UnsupportedError: the OS has no mechanism udscompat knows.
+            unconnected socket (Linux would report pid 0 and uid -1, gVisor
+            this process's own credentials), or a listening one (Linux would
+            report this process's own credentials, recorded by ``listen()``).
+        UnsupportedError: the OS has no mechanism udscompat knows, or the
+            kernel's answers are not the peer's (gVisor 20221219 reports the
+            caller's own credentials: ``_probes.peer_credentials_name_the_peer``).
         TypeError: ``sock`` is not a ``socket.socket``.
         ValueError: the socket is not AF_UNIX.
     """
@@ -52,6 +56,15 @@ def peer_credentials(sock: socket.socket) -> ConnCredentials:
             "a listening socket has no peer; peer_credentials() takes a connection "
             "(one that accept() returned)",
         )
+    try:
+        sock.getpeername()  # every kernel: ENOTCONN without a peer, whatever SO_PEERCRED says
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise OSError(errno.ENOTCONN, "the socket has no connected peer") from None
+        raise
+    truthful, reason = _probes.peer_credentials_name_the_peer()
+    if not truthful:
+        raise UnsupportedError("peer credentials", backend.OS_NAME, reason)
     return backend.peer_credentials(sock)
 
 

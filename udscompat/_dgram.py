@@ -31,6 +31,7 @@ from udscompat._bind import (
     connect_error,
     connect_unix,
 )
+from udscompat._creds import peer_credentials
 from udscompat._errors import UnsupportedError
 from udscompat._msgcreds import SendCredentials
 from udscompat._platform import backend
@@ -193,7 +194,7 @@ class UnixDatagram:
         Linux has them for a socketpair; a datagram socket that merely
         called ``connect`` has none on most kernels (``OSError``).
         """
-        return backend.peer_credentials(self._sock)
+        return peer_credentials(self._sock)
 
     # -- the socket-like surface -------------------------------------------------------
 

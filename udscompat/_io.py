@@ -256,7 +256,7 @@ def pure_recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: in
             if (
                 kind == _SCM_RIGHTS
                 and level == _SOL_SOCKET
-                and len(payload) <= 4 * maxfds
+                and 0 < len(payload) <= 4 * maxfds
                 and not len(payload) & 3
             ):
                 return data, memoryview(payload).cast("i").tolist(), msg_flags, address, False
@@ -295,9 +295,11 @@ def truncation_error(
 ) -> ControlTruncatedError:
     """What a receive raises once every descriptor it got is closed, for both implementations.
 
-    ``reason``: ``"ctrunc"`` (the kernel set MSG_CTRUNC), ``"excess"`` (more
-    than ``maxfds`` arrived) or ``"emsgsize"`` (recvmsg failed with EMSGSIZE,
-    OpenBSD and DragonFly: no payload came with it).
+    ``reason``: ``"ctrunc"`` (the kernel set MSG_CTRUNC), ``"empty"`` (an
+    SCM_RIGHTS message without descriptors: gVisor's way of saying none fitted,
+    without MSG_CTRUNC), ``"excess"`` (more than ``maxfds`` arrived) or
+    ``"emsgsize"`` (recvmsg failed with EMSGSIZE, OpenBSD and DragonFly: no
+    payload came with it).
     """
     if reason == "ctrunc":
         # The buffer had room for the kernel's own per-message cap, so the usual cause is a
@@ -305,6 +307,12 @@ def truncation_error(
         message = (
             f"control data truncated (MSG_CTRUNC): {closed} received descriptors closed; the "
             "kernel dropped the rest (is this process out of descriptors?)"
+        )
+    elif reason == "empty":
+        message = (
+            f"descriptors lost: the kernel delivered an SCM_RIGHTS message without them (no "
+            f"MSG_CTRUNC); {closed} received descriptors closed (is this process out of "
+            "descriptors?)"
         )
     elif reason == "excess":
         message = (
@@ -337,18 +345,25 @@ def collect_fds(
     """
     fds: List[int] = []
     marked = False
+    empty = False
     for level, kind, payload in ancdata:
         if level != _SOL_SOCKET:
             continue
         if kind == _SCM_RIGHTS:
             fds += _ints(payload)
+            # An SCM_RIGHTS without descriptors carries nothing: gVisor hands one out when
+            # none of the message's descriptors fitted this process's table, and sets no
+            # MSG_CTRUNC.  (A peer that could send one only gets its message reported cut.)
+            empty = empty or not payload
         elif kind == MARKER_TYPE:
             marked = True
         elif kind in _FD_CMSGS:
             close_fds(_ints(payload))
-    if msg_flags & _MSG_CTRUNC:
+    if msg_flags & _MSG_CTRUNC or empty:
         close_fds(fds)
-        raise truncation_error("ctrunc", data, len(fds), maxfds)
+        raise truncation_error(
+            "ctrunc" if msg_flags & _MSG_CTRUNC else "empty", data, len(fds), maxfds
+        )
     if len(fds) > maxfds:
         refuse_excess_fds(fds, maxfds, data)
     if fds and set_cloexec:

@@ -35,12 +35,16 @@ __all__ = [
     "close_after_send",
     "cmsg_cloexec_flag",
     "ctrunc_behaviour",
+    "datagram_connect_tells_liveness",
     "fd_control_padding",
     "max_fds_per_message",
     "open_fds",
+    "out_of_descriptors",
     "peek_installs_fds",
+    "peer_credentials_name_the_peer",
     "same_process_fd_reuse",
     "seqpacket",
+    "stale_socket_files",
     "undecided",
 ]
 
@@ -180,6 +184,218 @@ def abstract_addresses() -> Tuple[bool, str]:
         # Without an abstract namespace, a leading NUL names an empty path.
         return False, f"an abstract bind came back as {bound!r}"
     return True, "binding an abstract name works"
+
+
+#: A datagram connect's answers for a socket file with a live socket behind it (another type
+#: refuses with EPROTOTYPE; the rest as ``_bind`` reads them) and for one without.
+_LIVE_ANSWERS = {errno.EPROTOTYPE, errno.EPERM, errno.EAGAIN, errno.EISCONN}
+_STALE_ANSWERS = {errno.ECONNREFUSED, errno.ENOENT, errno.EDESTADDRREQ}
+
+
+@functools.cache
+def datagram_connect_tells_liveness() -> Tuple[bool, str]:
+    """Does a datagram ``connect()`` to a socket file tell a live socket from a stale file?
+
+    ``bind()`` removes a socket file only if no socket is bound to it, and asks
+    with a datagram connect, which no listener sees: the kernels read refuse it
+    with ``EPROTOTYPE`` where a stream or seqpacket socket is bound and with
+    ``ECONNREFUSED`` where none is.  gVisor (release 20221219) refuses every
+    datagram connect to a stream or seqpacket socket with ``ECONNREFUSED``,
+    bound, listening or closed alike (its connection-oriented endpoints'
+    ``UnidirectionalConnect``), so there "refused" proves nothing.
+
+    Returns (yes, why).  Yes only where a live stream socket, listening and
+    merely bound (and a seqpacket one where the kernel has the type), answer
+    as live; no where one answers as stale, and where the probe cannot decide
+    (the safe answer: nothing is then removed on the probe's word).
+    """
+    import shutil
+    import tempfile
+
+    kinds = [(socket.SOCK_STREAM, "SOCK_STREAM"), (backend.SOCK_SEQPACKET, "SOCK_SEQPACKET")]
+    try:
+        directory = tempfile.mkdtemp(prefix="udsc")
+    except OSError as exc:
+        reason = f"no private directory to probe in ({_errno_name(exc)})"
+        _note_undecided("datagram_connect_tells_liveness", reason)
+        return False, reason
+    try:
+        for index, (kind, name) in enumerate(kinds):
+            for listening in (True, False):
+                path = os.path.join(directory, f"s{index}{int(listening)}")
+                try:
+                    live = socket.socket(socket.AF_UNIX, kind)
+                except OSError:
+                    continue  # no such socket type here: nothing to mistake for stale
+                with live, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+                    try:
+                        live.bind(path)
+                        if listening:
+                            live.listen(1)
+                    except (OSError, ValueError) as exc:
+                        reason = f"binding a {name} socket to probe failed ({exc})"
+                        _note_undecided("datagram_connect_tells_liveness", reason)
+                        return False, reason
+                    probe.setblocking(False)
+                    try:
+                        probe.connect(path)
+                    except OSError as exc:
+                        answer = exc.errno
+                    else:
+                        answer = 0
+                state = "listening" if listening else "bound"
+                if answer in _STALE_ANSWERS:
+                    return False, (
+                        f"a datagram connect() to a {state} {name} socket fails with "
+                        f"{errno.errorcode.get(answer, answer)}, as it does where no socket is "
+                        "bound: a live socket looks like a stale socket file"
+                    )
+                if answer not in _LIVE_ANSWERS:
+                    reason = (
+                        f"a datagram connect() to a {state} {name} socket answered "
+                        f"{errno.errorcode.get(answer, answer) if answer else 'success'}"
+                    )
+                    _note_undecided("datagram_connect_tells_liveness", reason)
+                    return False, reason
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return True, "a datagram connect() to a live stream or seqpacket socket fails with EPROTOTYPE"
+
+
+@functools.cache
+def stale_socket_files() -> Tuple[bool, str]:
+    """Can ``bind()`` tell a stale socket file (removed) from a live one (never removed)?
+
+    Returns (yes, how -- or why not).  The datagram connect tells where
+    ``datagram_connect_tells_liveness``; elsewhere the kernel's socket table
+    (Linux's sock_diag) does, where there is one.  Without either, every
+    socket file stays where it is and ``bind()`` fails with ``EADDRINUSE``.
+    """
+    tells, reason = datagram_connect_tells_liveness()
+    if tells:
+        return True, "removed: a datagram connect() tells them apart"
+    try:
+        table = backend.bound_unix_sockets()
+    except OSError:
+        table = None
+    if table is not None:
+        return True, "removed: the kernel's socket table tells them apart"
+    return False, f"left in place (EADDRINUSE): {reason}, and there is no socket table to ask"
+
+
+@functools.cache
+def peer_credentials_name_the_peer() -> Tuple[bool, str]:
+    """Does the kernel's peer-credentials option describe the peer, not the caller?
+
+    A socket with no peer must have no peer credentials.  gVisor (release
+    20221219) answers ``SO_PEERCRED`` on *any* AF_UNIX socket with the calling
+    process's own pid, uid and gid (``getSockOptSocket`` returns the task's
+    credentials), so a peer running as ``nobody`` reads as whoever asks --
+    root, for a daemon.  Probed on an unconnected socket: an answer there
+    (Linux says pid 0, uid and gid -1, which the backend reads as ENOTCONN;
+    the BSDs, macOS and illumos refuse) means the answers are not the peer's.
+    Returns (yes, why).
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            creds = backend.peer_credentials(sock)
+        except OSError:  # ENOTCONN, EINVAL, or UnsupportedError: no answer without a peer
+            return True, "a socket without a peer has no peer credentials"
+    own = (os.geteuid(), os.getegid()) == (creds.euid, creds.egid) and creds.pid in (
+        None,
+        os.getpid(),
+    )
+    whose = "this process's own" if own else "nobody's"
+    return False, (
+        f"the kernel reports peer credentials (uid {creds.euid}, gid {creds.egid}: {whose}) "
+        "for a socket that has no peer, so what it reports for a connection is not known to "
+        "be the peer's"
+    )
+
+
+#: Run in a child process by ``out_of_descriptors``: only the standard library, no site.
+_OUT_OF_DESCRIPTORS_CHILD = """
+import array, json, os, resource, socket
+def receive(free):
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r, w]))])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(a.fileno(), b.fileno(), r, w) + 8, hard))
+    held = []
+    while True:
+        try:
+            held.append(os.dup(0))
+        except OSError:
+            break
+    for fd in held[len(held) - free:] if free else []:
+        os.close(fd)
+    try:
+        data, anc, flags, _ = b.recvmsg(1, socket.CMSG_SPACE(8))
+    except OSError as exc:
+        answer = {"errno": exc.errno}
+    else:
+        rights = [p for l, t, p in anc if l == socket.SOL_SOCKET and t == socket.SCM_RIGHTS]
+        fds = array.array("i")
+        for p in rights:
+            fds.frombytes(p[: len(p) - len(p) % 4])
+        answer = {"ctrunc": bool(flags & socket.MSG_CTRUNC), "rights": len(rights),
+                  "fds": len(fds)}
+        for fd in fds:
+            os.close(fd)
+    for fd in held[: len(held) - free] if free else held:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return answer
+print(json.dumps([receive(0), receive(1)]))
+"""
+
+
+@functools.cache
+def out_of_descriptors() -> str:
+    """What a receive tells when its descriptors do not fit this process's table.
+
+    ``"MSG_CTRUNC"`` (Linux: whatever fitted arrives, the flag says the rest was
+    lost), ``"EMSGSIZE"`` (recvmsg fails), or a description of a kernel that
+    does not always say so: gVisor (release 20221219) sets no MSG_CTRUNC, hands
+    out an SCM_RIGHTS message without descriptors when none fitted (udscompat
+    reports that as lost) and nothing at all when some did -- the rest vanish.
+    ``"undecided"`` where the probe could not run.  The table is filled in a
+    child process (``sys.executable``), never in this one.
+    """
+    import json
+    import subprocess
+    import sys
+
+    try:
+        child = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _OUT_OF_DESCRIPTORS_CHILD],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        none_fit, one_fits = json.loads(child.stdout.splitlines()[-1])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError) as exc:
+        _note_undecided("out_of_descriptors", f"the child process could not tell ({exc})")
+        return "undecided"
+    if none_fit.get("errno") == errno.EMSGSIZE:
+        return "EMSGSIZE"  # OpenBSD, DragonFly: the receive fails, the descriptors are gone
+    if "errno" in none_fit or "errno" in one_fits:
+        _note_undecided("out_of_descriptors", f"recvmsg failed: {none_fit}, {one_fits}")
+        return "undecided"
+
+    def told(answer: Dict[str, int]) -> str:
+        if answer["ctrunc"]:
+            return "MSG_CTRUNC"
+        if answer["rights"] and not answer["fds"]:
+            return "an SCM_RIGHTS message without descriptors"
+        return "nothing (those that did not fit vanish)"
+
+    when_none, when_some = told(none_fit), told(one_fits)
+    if when_none == when_some == "MSG_CTRUNC":
+        return "MSG_CTRUNC"
+    return f"when none fit: {when_none}; when some fit: {when_some}"
 
 
 @functools.cache

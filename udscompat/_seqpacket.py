@@ -54,6 +54,7 @@ from udscompat._bind import (
     connect_error,
     connect_unix,
 )
+from udscompat._creds import peer_credentials
 from udscompat._errors import ControlTruncatedError, FramingError, UnsupportedError
 from udscompat._platform import backend
 from udscompat._records import ConnCredentials, Message, new_message
@@ -312,7 +313,7 @@ class SeqpacketConn:
 
     def peer_credentials(self) -> ConnCredentials:
         """The peer's credentials, as ``udscompat.peer_credentials`` reads them."""
-        return backend.peer_credentials(self._sock)
+        return peer_credentials(self._sock)
 
     @property
     def local_addr(self) -> UnixSocketAddr:

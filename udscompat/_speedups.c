@@ -576,6 +576,7 @@ speedups_recvmsg(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     fds[0] = -1; /* never read unless written; tells the compiler so */
     Py_ssize_t nfds = 0;
     int marked = 0;
+    int empty_rights = 0; /* an SCM_RIGHTS without descriptors: see _io.collect_fds */
     const char *control_end = control.buf + msg.msg_controllen;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_len < CMSG_LEN(0) || c->cmsg_level != SOL_SOCKET) {
@@ -593,6 +594,7 @@ speedups_recvmsg(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (c->cmsg_type == SCM_RIGHTS) {
             memcpy(&fds[nfds], payload, count * sizeof(int));
             nfds += (Py_ssize_t)count;
+            empty_rights |= length == 0;
         }
         else if (c->cmsg_type == marker_type) {
             marked = 1;
@@ -609,9 +611,10 @@ speedups_recvmsg(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         close_all(fds, nfds);
         return NULL;
     }
-    if (msg.msg_flags & MSG_CTRUNC) {
+    if ((msg.msg_flags & MSG_CTRUNC) || empty_rights) {
         close_all(fds, nfds);
-        raise_truncated("ctrunc", data, nfds, maxfds, NULL);
+        raise_truncated((msg.msg_flags & MSG_CTRUNC) ? "ctrunc" : "empty", data, nfds, maxfds,
+                        NULL);
         Py_DECREF(data);
         return NULL;
     }
@@ -682,7 +685,7 @@ PyDoc_STRVAR(configure_doc,
 "Set the platform facts the receive needs: room for fd_room descriptors,\n"
 "the marker's cmsg type (None: no marker), other SOL_SOCKET cmsg types that\n"
 "install descriptors (closed on receipt), and truncated(reason, data, closed,\n"
-"maxfds), which builds the exception for reason 'ctrunc', 'excess' or\n"
+"maxfds), which builds the exception for reason 'ctrunc', 'empty', 'excess' or\n"
 "'emsgsize' (data None), called only once every descriptor is closed.");
 
 static PyObject *
