@@ -124,18 +124,22 @@ def test_sockaddr_roundtrip(observe: Observer, short_tmp: str) -> None:
     rows=["ADDR-22"],
 )
 def test_stale_and_live(observe: Observer, short_tmp: str) -> None:
-    path = os.path.join(short_tmp, "s")
-    with socket.socket(socket.AF_UNIX) as old:
-        old.bind(path)  # closed without unlink: stale
-    with socket.socket(socket.AF_UNIX) as live, socket.socket(socket.AF_UNIX) as rival:
-        udscompat.bind(live, path)  # replaces the stale file
-        live.listen(1)
-        with pytest.raises(OSError) as info:
-            udscompat.bind(rival, path)
-        assert info.value.errno == errno.EADDRINUSE
-        with socket.socket(socket.AF_UNIX) as client:
-            client.connect(path)  # the live listener still answers
-    os.unlink(path)
+    # Never a live socket, listening or merely bound, on any kernel.
+    for listening in (True, False):
+        live_path = os.path.join(short_tmp, f"live{int(listening)}")
+        with socket.socket(socket.AF_UNIX) as live, socket.socket(socket.AF_UNIX) as rival:
+            live.bind(live_path)
+            if listening:
+                live.listen(1)
+            before = os.lstat(live_path)
+            with pytest.raises(OSError) as info:
+                udscompat.bind(rival, live_path)
+            assert info.value.errno == errno.EADDRINUSE
+            assert os.lstat(live_path).st_ino == before.st_ino, "a live socket's file was replaced"
+            if listening:
+                with socket.socket(socket.AF_UNIX) as client:
+                    client.connect(live_path)  # the live listener still answers
+        os.unlink(live_path)
     regular = os.path.join(short_tmp, "regular")
     with open(regular, "w", encoding="utf-8") as handle:
         handle.write("keep me")
@@ -143,6 +147,24 @@ def test_stale_and_live(observe: Observer, short_tmp: str) -> None:
         udscompat.bind(sock, regular)
     with open(regular, encoding="utf-8") as handle:
         assert handle.read() == "keep me"
+    path = os.path.join(short_tmp, "s")
+    with socket.socket(socket.AF_UNIX) as old:
+        old.bind(path)  # closed without unlink: stale
+    removal = udscompat.capabilities().quirks["stale_socket_files"]
+    with socket.socket(socket.AF_UNIX) as successor:
+        if not removal.startswith("removed"):
+            # The kernel cannot tell stale from live: bind() must leave the stale file too.
+            stale = os.lstat(path)
+            with pytest.raises(OSError) as info:
+                udscompat.bind(successor, path)
+            assert info.value.errno == errno.EADDRINUSE
+            assert os.lstat(path).st_ino == stale.st_ino
+            unavailable(f"stale socket files are {removal}")
+        udscompat.bind(successor, path)  # replaces the stale file
+        successor.listen(1)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)
+    os.unlink(path)
     observe(True)
 
 
@@ -345,6 +367,7 @@ def test_receiver_out_of_fds(observe: Observer) -> None:
 )
 @pytest.mark.parametrize("kind", ["stream", "seqpacket"])
 def test_creds_self(observe: Observer, kind: str) -> None:
+    _require_peer_credentials()
     if kind == "seqpacket":
         x, y = udscompat.seqpacket_pair()
         with x, y:
@@ -383,6 +406,7 @@ def test_creds_unconnected(observe: Observer) -> None:
 def test_creds_other_user(observe: Observer, short_tmp: str) -> None:
     if os.geteuid() != 0:
         unavailable("needs root to run a peer as another user")
+    _require_peer_credentials()
     os.chmod(short_tmp, 0o777)
     path = os.path.join(short_tmp, "l")
     with udscompat.SeqpacketListener(path) as listener:
@@ -412,6 +436,17 @@ def test_creds_other_user(observe: Observer, short_tmp: str) -> None:
     assert (creds.euid, creds.egid) == (65534, 65534)
     assert creds.pid in (None, pid)
     observe({"euid": creds.euid, "egid": creds.egid, "pid_is_peer": creds.pid == pid})
+
+
+def _require_peer_credentials() -> None:
+    """Where capabilities() says the kernel's answers are not the peer's, the shim must
+    refuse (UnsupportedError), never report them; the case is then unavailable."""
+    feature = udscompat.capabilities().features["peer_credentials"]
+    if feature.status == "unavailable":
+        a, b = socket.socketpair(socket.AF_UNIX)
+        with a, b, pytest.raises(udscompat.UnsupportedError):
+            udscompat.peer_credentials(a)
+        unavailable(f"peer credentials: {feature.detail}")
 
 
 @case(
