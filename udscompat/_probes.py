@@ -190,6 +190,7 @@ def abstract_addresses() -> Tuple[bool, str]:
 #: refuses with EPROTOTYPE; the rest as ``_bind`` reads them) and for one without.
 _LIVE_ANSWERS = {errno.EPROTOTYPE, errno.EPERM, errno.EAGAIN, errno.EISCONN}
 _STALE_ANSWERS = {errno.ECONNREFUSED, errno.ENOENT, errno.EDESTADDRREQ}
+_NO_SUCH_TYPE = {errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT, errno.EPROTOTYPE, errno.EINVAL}
 
 
 @functools.cache
@@ -216,6 +217,8 @@ def datagram_connect_tells_liveness() -> Tuple[bool, str]:
     try:
         directory = tempfile.mkdtemp(prefix="udsc")
     except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise  # not an answer to cache
         reason = f"no private directory to probe in ({_errno_name(exc)})"
         _note_undecided("datagram_connect_tells_liveness", reason)
         return False, reason
@@ -225,8 +228,10 @@ def datagram_connect_tells_liveness() -> Tuple[bool, str]:
                 path = os.path.join(directory, f"s{index}{int(listening)}")
                 try:
                     live = socket.socket(socket.AF_UNIX, kind)
-                except OSError:
-                    continue  # no such socket type here: nothing to mistake for stale
+                except OSError as exc:
+                    if kind == socket.SOCK_STREAM or exc.errno not in _NO_SUCH_TYPE:
+                        raise  # out of descriptors, say: not an answer to cache
+                    continue  # no seqpacket here: nothing to mistake for stale
                 with live, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
                     try:
                         live.bind(path)
