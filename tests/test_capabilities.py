@@ -67,3 +67,30 @@ def test_main_prints_table_and_json() -> None:
     )
     assert data["quirks"]["max_path_bytes"] == backend.MAX_PATH_BYTES
     assert data["features"]["seqpacket"]["status"] == caps.features["seqpacket"].status
+
+
+_NO_PROCESSES = """
+import sys
+
+def refuse(event, args):
+    if event in ("subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.exec",
+                 "os.system", "os.spawn", "pty.spawn"):
+        raise RuntimeError(f"a library probe started a process: {event} {args!r:.200}")
+
+sys.addaudithook(refuse)
+import udscompat
+caps = udscompat.capabilities()
+print(sorted(caps.quirks))
+"""
+
+
+def test_capabilities_start_no_process() -> None:
+    """No probe forks or executes anything: under an embedded interpreter sys.executable is
+    the host (or empty), a seccomp'd daemon may forbid exec, a forked child of a threaded
+    program may deadlock, and under a Linux-ABI hijack (NetBSD's librumphijack) a child
+    broke the caller's stdout and stderr.  An audit hook refuses every process start."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_PROCESSES], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "max_fds_per_message" in proc.stdout

@@ -53,11 +53,9 @@ def capabilities() -> Capabilities:
     ``same_process_fd_reuse``, ``seqpacket_short_read``,
     ``seqpacket_zero_length``, ``stream_fd_padding``, ``peek_installs_fds``,
     ``stale_socket_files`` (what ``bind()`` does with a socket file no socket
-    is bound to, and how it tells one from a live one), ``out_of_descriptors``
-    (how a receive says that descriptors did not fit this process's table),
-    ``undecided``.
+    is bound to, and how it tells one from a live one), ``undecided``.
     Every value comes from a probe run on a private socketpair (or a
-    temporary directory, or a child process), not from a table.
+    temporary directory), not from a table.
     No probe blocks; ``undecided`` names the probes that could not decide
     here (their quirk then holds the answer that is safe for udscompat) and why.
     """
@@ -88,7 +86,6 @@ def capabilities() -> Capabilities:
         "stream_fd_padding": _probes.fd_control_padding(),
         "peek_installs_fds": _probes.peek_installs_fds(),
         "stale_socket_files": _probes.stale_socket_files()[1],
-        "out_of_descriptors": _probes.out_of_descriptors(),
     }
     quirks["undecided"] = _probes.undecided()
     return Capabilities(backend.OS_NAME, platform.release(), features, quirks)

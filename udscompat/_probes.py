@@ -39,7 +39,6 @@ __all__ = [
     "fd_control_padding",
     "max_fds_per_message",
     "open_fds",
-    "out_of_descriptors",
     "peek_installs_fds",
     "peer_credentials_name_the_peer",
     "same_process_fd_reuse",
@@ -316,91 +315,6 @@ def peer_credentials_name_the_peer() -> Tuple[bool, str]:
         "for a socket that has no peer, so what it reports for a connection is not known to "
         "be the peer's"
     )
-
-
-#: Run in a child process by ``out_of_descriptors``: only the standard library, no site.
-_OUT_OF_DESCRIPTORS_CHILD = """
-import array, json, os, resource, socket
-def receive(free):
-    a, b = socket.socketpair()
-    r, w = os.pipe()
-    a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r, w]))])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(a.fileno(), b.fileno(), r, w) + 8, hard))
-    held = []
-    while True:
-        try:
-            held.append(os.dup(0))
-        except OSError:
-            break
-    for fd in held[len(held) - free:] if free else []:
-        os.close(fd)
-    try:
-        data, anc, flags, _ = b.recvmsg(1, socket.CMSG_SPACE(8))
-    except OSError as exc:
-        answer = {"errno": exc.errno}
-    else:
-        rights = [p for l, t, p in anc if l == socket.SOL_SOCKET and t == socket.SCM_RIGHTS]
-        fds = array.array("i")
-        for p in rights:
-            fds.frombytes(p[: len(p) - len(p) % 4])
-        answer = {"ctrunc": bool(flags & socket.MSG_CTRUNC), "rights": len(rights),
-                  "fds": len(fds)}
-        for fd in fds:
-            os.close(fd)
-    for fd in held[: len(held) - free] if free else held:
-        os.close(fd)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    return answer
-print(json.dumps([receive(0), receive(1)]))
-"""
-
-
-@functools.cache
-def out_of_descriptors() -> str:
-    """What a receive tells when its descriptors do not fit this process's table.
-
-    ``"MSG_CTRUNC"`` (Linux: whatever fitted arrives, the flag says the rest was
-    lost), ``"EMSGSIZE"`` (recvmsg fails), or a description of a kernel that
-    does not always say so: gVisor (release 20221219) sets no MSG_CTRUNC, hands
-    out an SCM_RIGHTS message without descriptors when none fitted (udscompat
-    reports that as lost) and nothing at all when some did -- the rest vanish.
-    ``"undecided"`` where the probe could not run.  The table is filled in a
-    child process (``sys.executable``), never in this one.
-    """
-    import json
-    import subprocess
-    import sys
-
-    try:
-        child = subprocess.run(
-            [sys.executable, "-I", "-S", "-c", _OUT_OF_DESCRIPTORS_CHILD],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
-        none_fit, one_fits = json.loads(child.stdout.splitlines()[-1])
-    except (OSError, ValueError, IndexError, subprocess.SubprocessError) as exc:
-        _note_undecided("out_of_descriptors", f"the child process could not tell ({exc})")
-        return "undecided"
-    if none_fit.get("errno") == errno.EMSGSIZE:
-        return "EMSGSIZE"  # OpenBSD, DragonFly: the receive fails, the descriptors are gone
-    if "errno" in none_fit or "errno" in one_fits:
-        _note_undecided("out_of_descriptors", f"recvmsg failed: {none_fit}, {one_fits}")
-        return "undecided"
-
-    def told(answer: Dict[str, int]) -> str:
-        if answer["ctrunc"]:
-            return "MSG_CTRUNC"
-        if answer["rights"] and not answer["fds"]:
-            return "an SCM_RIGHTS message without descriptors"
-        return "nothing (those that did not fit vanish)"
-
-    when_none, when_some = told(none_fit), told(one_fits)
-    if when_none == when_some == "MSG_CTRUNC":
-        return "MSG_CTRUNC"
-    return f"when none fit: {when_none}; when some fit: {when_some}"
 
 
 @functools.cache
