@@ -153,6 +153,8 @@ def pytest_base(case_dir: Path) -> List[str]:
         "no:cacheprovider",
         "-p",
         "no:xdist",
+        "-p",
+        "no:hypothesispytest",  # see cli.pytest_args: no case needs it, it costs every run
         f"--rootdir={case_dir}",
         "-c",
         str(case_dir / "pytest.ini"),
