@@ -19,6 +19,18 @@ What a hostile peer can make the decoder hold is bounded: bytes by
 ``max_message_size`` per frame, descriptors by the frame that owns them (a
 chunk whose descriptors no frame starting in it declares is refused as it
 arrives, not when the frame ends).
+
+Credentials are never read from the frames.  Nothing a peer writes into the
+stream can vouch for who wrote it, so the wire carries no credentials at
+all: a frame's ``Message.credentials`` are those the *kernel* attached to
+the chunks that delivered it (``receive_data(..., credentials=...)``, from
+``SCM_CREDENTIALS``/``SCM_CREDS``/``SCM_UCRED``).  A kernel attaches them
+per write, and a stream read may join writes, so what is true of a frame is
+only what is true of every byte of it: the frame gets credentials only if
+every chunk that brought one of its bytes (header included) brought the same
+ones, else ``None`` -- never the credentials of whoever wrote the header
+while someone else wrote the payload.  The sender attaches its credentials
+to every write of a frame, so its frames stay whole under this rule.
 """
 
 from __future__ import annotations
@@ -26,9 +38,10 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
-from typing import Deque, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Deque, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from udscompat._errors import FramingError
+from udscompat._msgcreds import ReceivedCredentials
 from udscompat._records import Message, new_message
 
 __all__ = [
@@ -60,6 +73,9 @@ MAX_ACK_COUNT = 0xFFFFFFFF
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
 #: Most descriptors one emulated message may carry.
 DEFAULT_MAX_FDS = 253
+#: Most changes of credentials the decoder remembers in what it holds; past that the oldest
+#: are merged into one range without an answer (its frames get None, never a wrong answer).
+MAX_CREDENTIAL_RANGES = 64
 
 
 class NeedData:
@@ -168,6 +184,9 @@ class FrameDecoder:
         self._base = 0  # stream offset of _buffer[0]
         self._received = 0  # stream offset of the end of the data received
         self._chunks: Deque[_FdChunk] = deque()  # chunks whose descriptors await their frame
+        #: [start, end, credentials] of the held bytes once some chunk came with credentials:
+        #: contiguous, neighbours differ (None: none came, or no single answer).
+        self._credentials: Deque[List[Any]] = deque()
         self._eof = False
         self._error: FramingError | None = None
         self._closed = False
@@ -209,13 +228,21 @@ class FrameDecoder:
             offset += _HEADER_SIZE
         return self._eof
 
-    def receive_data(self, data: bytes, fds: Sequence[int] = (), *, fds_lost: int = -1) -> None:
+    def receive_data(
+        self,
+        data: bytes,
+        fds: Sequence[int] = (),
+        *,
+        fds_lost: int = -1,
+        credentials: Optional[ReceivedCredentials] = None,
+    ) -> None:
         """Take one chunk of the stream and ownership of the descriptors that came with it.
 
         ``fds_lost`` (0 or more) says the kernel truncated this chunk's control data:
         its descriptors are gone (that many were closed), and the frame they belonged
-        to is reported as ``DescriptorsLost``.  ``b""`` is end-of-stream; saying so
-        again is harmless.
+        to is reported as ``DescriptorsLost``.  ``credentials``: what the kernel
+        attached to this chunk (see the module documentation for how a frame gets
+        them).  ``b""`` is end-of-stream; saying so again is harmless.
 
         Raises:
             FramingError: descriptors no frame starting in this chunk can own (or more
@@ -249,6 +276,8 @@ class FrameDecoder:
                 self._pos = 0
             self._buffer += data  # a bytearray here
         self._received += len(data)
+        if credentials is not None or self._credentials:
+            self._note_credentials(start, self._received, credentials)
         if fds or fds_lost >= 0:
             owned = list(fds)
             self._chunks.append((start, self._received, owned, fds_lost))
@@ -319,12 +348,15 @@ class FrameDecoder:
         body_start = self._pos + _HEADER_SIZE
         body = self._buffer[body_start : body_start + length]
         data = body if type(body) is bytes else bytes(body)
+        creds = None
+        if self._credentials:
+            creds = self._credentials_of(frame_start, frame_start + _HEADER_SIZE + length)
         self._consume(_HEADER_SIZE + length)
         if flags:  # FLAG_ACK_REQUESTED, the only one known
             self.ack_requests += 1
         if lost >= 0:
             return DescriptorsLost(data, lost)
-        return new_message((data, tuple(fds), False, None))
+        return new_message((data, tuple(fds), False, creds))
 
     def close(self) -> None:
         """Close every descriptor still held; the decoder can no longer be used."""
@@ -333,6 +365,7 @@ class FrameDecoder:
         for _, _, fds, _ in self._chunks:
             _close(fds)
         self._chunks.clear()
+        self._credentials.clear()
         self.held_fds = 0
         self._buffer = b""
         self._pos = 0
@@ -414,6 +447,31 @@ class FrameDecoder:
         self.held_fds -= nfds
         return fds, -1
 
+    def _note_credentials(
+        self, start: int, end: int, credentials: Optional[ReceivedCredentials]
+    ) -> None:
+        ranges = self._credentials
+        if ranges and ranges[-1][2] == credentials and ranges[-1][1] == start:
+            ranges[-1][1] = end  # the same writer (or none) goes on
+            return
+        ranges.append([start, end, credentials])
+        if len(ranges) > MAX_CREDENTIAL_RANGES:
+            # A peer alternating identities: forget the oldest distinction, never the answer
+            # "no single answer" (merging two different ranges can only turn answers to None).
+            first = ranges.popleft()
+            ranges[0][0] = first[0]
+            ranges[0][2] = None
+
+    def _credentials_of(self, start: int, end: int) -> Optional[ReceivedCredentials]:
+        """The credentials every chunk holding stream bytes [start, end) came with, or None."""
+        ranges = self._credentials
+        while ranges and ranges[0][1] <= start:
+            ranges.popleft()  # bytes already decoded
+        if not ranges or ranges[0][0] > start or ranges[0][1] < end:
+            return None  # bytes from before any credentials came, or from two writers
+        credentials: Optional[ReceivedCredentials] = ranges[0][2]
+        return credentials
+
     def _check_stray(self, frame_start: int) -> None:
         # Descriptors whose chunk ended before this frame began belong to no frame.
         if self._chunks and self._chunks[0][1] <= frame_start:
@@ -429,6 +487,8 @@ class FrameDecoder:
                 self._buffer = b""
                 self._pos = 0
                 self.idle = True
+                if self._credentials:
+                    self._credentials.clear()
         elif isinstance(buffer, bytearray) and self._pos > 65536 and self._pos * 2 > len(buffer):
             # Compact now and then, so a long stream does not keep every byte.
             del buffer[: self._pos]
