@@ -23,7 +23,7 @@ from udscompat._dgram import UnixDatagram
 from udscompat._errors import ControlTruncatedError, FramingError, UnsupportedError
 from udscompat._fdpass import recv_fds, release_sent_fds, send_fds
 from udscompat._msgcreds import ReceivedCredentials, SendCredentials
-from udscompat._records import ConnCredentials, Message
+from udscompat._records import ConnCredentials, Message, ReceivedInto
 from udscompat._seqpacket import SeqpacketConn, SeqpacketListener, seqpacket_pair
 
 __version__ = "0.1.0"
@@ -37,6 +37,7 @@ __all__ = [
     "FramingError",
     "Message",
     "ReceivedCredentials",
+    "ReceivedInto",
     "SendCredentials",
     "SeqpacketConn",
     "SeqpacketListener",

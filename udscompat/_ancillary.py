@@ -57,7 +57,7 @@ __all__ = [
 Buffers = Union[bytes, bytearray, memoryview, List[Any], Tuple[Any, ...]]
 
 _SOL_SOCKET = backend.SOL_SOCKET
-_MSG_PEEK = socket.MSG_PEEK
+_MSG_PEEK = int(socket.MSG_PEEK)  # a plain int: IntFlag arithmetic is a Python call
 _FD_CMSG_TYPES = frozenset({backend.SCM_RIGHTS, *backend.FD_CARRYING_CMSG_TYPES})
 #: Room for the kernel's descriptor cap, the marker and this kernel's credential messages.
 ANCILLARY_ROOM = _io.ANCBUF_SIZE + backend.CREDENTIALS_ROOM
@@ -231,26 +231,34 @@ def ancillary_data(
     """The control messages of one send: the credentials (if any), then the descriptors.
 
     Raises:
+        As ``credentials_data``.
+    """
+    ancdata = [] if credentials is None else credentials_data(credentials, bool(numbers))
+    if numbers:
+        ancdata += _io.rights(sock, numbers)
+    return ancdata
+
+
+def credentials_data(credentials: SendCredentials, with_fds: bool) -> List[Tuple[int, int, Any]]:
+    """The control message that attaches ``credentials`` (none where the receiver decides).
+
+    Raises:
         TypeError: ``credentials`` is not a ``SendCredentials``.
         UnsupportedError: no ancillary credentials here; ids other than this
             process's own where the kernel fills in the truth; credentials
             together with descriptors where the kernel reads only one control
             message (DragonFly).
     """
-    ancdata: List[Tuple[int, int, Any]] = []
-    if credentials is not None:
-        cmsg = _credentials_cmsg(credentials)
-        if cmsg is not None:
-            if numbers and not backend.CREDENTIALS_WITH_FDS:
-                raise UnsupportedError(
-                    "credentials and descriptors in one message",
-                    backend.OS_NAME,
-                    "the kernel reads only the first control message of a send",
-                )
-            ancdata.append(cmsg)
-    if numbers:
-        ancdata += _io.rights(sock, numbers)
-    return ancdata
+    cmsg = _credentials_cmsg(credentials)
+    if cmsg is None:
+        return []
+    if with_fds and not backend.CREDENTIALS_WITH_FDS:
+        raise UnsupportedError(
+            "credentials and descriptors in one message",
+            backend.OS_NAME,
+            "the kernel reads only the first control message of a send",
+        )
+    return [cmsg]
 
 
 #: One receive with room for credentials: ``(data, fds, msg_flags, address, marked,

@@ -208,6 +208,17 @@ class SocketFile:
                 return False
             return _remove_entry(directory, name, key, _never if whose == "ours" else _newcomer)
 
+    def kept_by(self, sock: socket.socket) -> SocketFile:
+        """This file, kept by ``sock``: a duplicate of the socket that bound it.
+
+        For when the socket object that bound the file closes while a
+        duplicate (``dup``) of it stays open: the inode cannot be reused
+        while either is open, and ``remove()`` relies on that.
+        """
+        return SocketFile(
+            self.path, self.dev, self.ino, self.ctime_ns, birth=self._birth, sock=sock
+        )
+
     def _socket_is_open(self) -> bool:
         ours = None if self._socket is None else self._socket()
         return ours is not None and ours.fileno() >= 0

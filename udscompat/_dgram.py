@@ -58,6 +58,7 @@ class UnixDatagram:
             raise ValueError(f"expected a SOCK_DGRAM socket, got {sock.type!r}")
         self._sock = sock
         self._file = socket_file
+        self._path = None if socket_file is None else socket_file.address
         self._timeout: Optional[float] = sock.gettimeout()
         sock.setblocking(False)
 
@@ -103,7 +104,10 @@ class UnixDatagram:
                     "autobind", backend.OS_NAME, f"binding the empty address fails: {exc}"
                 ) from exc
             raise
-        return cls(sock, socket_file=socket_file if remove_on_close else None)
+        datagram = cls(sock, socket_file=socket_file if remove_on_close else None)
+        if socket_file is not None:
+            datagram._path = socket_file.address
+        return datagram
 
     @classmethod
     def pair(cls) -> Tuple[UnixDatagram, UnixDatagram]:
@@ -200,7 +204,13 @@ class UnixDatagram:
 
     @property
     def local_addr(self) -> UnixSocketAddr:
-        """This socket's address (unnamed when unbound)."""
+        """This socket's address (unnamed when unbound).
+
+        The path it was bound to, even where the kernel was handed another
+        name for it (``/proc/self/fd/N/...``: see ``udscompat.bind``).
+        """
+        if self._path is not None:
+            return self._path
         return UnixSocketAddr.from_sockaddr(self._sock.getsockname())
 
     @property

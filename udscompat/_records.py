@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import array
 import operator
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from udscompat._msgcreds import ReceivedCredentials
 
-__all__ = ["ConnCredentials", "Message", "new_message"]
+__all__ = ["ConnCredentials", "Message", "ReceivedInto", "WritableBuffers", "new_message"]
 
 
 def tuplegetter(index: int, doc: str) -> Any:
@@ -110,6 +111,27 @@ class Message(Tuple[Any, ...]):
         )
 
 
+class ReceivedInto(NamedTuple):
+    """What ``recv_message_into`` received; the payload is in the caller's buffers.
+
+    Attributes:
+        nbytes: how many bytes of the message were written into the buffers.
+        fds: descriptors that came with the message (the caller's to close).
+        truncated: the message was longer than the buffers; the rest was discarded.
+        credentials: as ``Message.credentials``.
+    """
+
+    nbytes: int
+    fds: Tuple[int, ...]
+    truncated: bool
+    credentials: Optional[ReceivedCredentials]
+
+
+#: What ``recv_message_into`` takes: one writable bytes-like object (bytearray,
+#: memoryview, array) or a list or tuple of them.
+WritableBuffers = Union[bytearray, memoryview, "array.array[Any]", List[Any], Tuple[Any, ...]]
+
+
 def _checked_fields(
     cls: type, data: Any, fds: Any, truncated: Any, credentials: Any
 ) -> Tuple[bytes, Tuple[int, ...], bool, Optional[ReceivedCredentials]]:
@@ -148,3 +170,4 @@ new_message = _new_message
 
 ConnCredentials.__module__ = "udscompat"
 Message.__module__ = "udscompat"
+ReceivedInto.__module__ = "udscompat"

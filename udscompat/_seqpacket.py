@@ -38,13 +38,15 @@ raises right after the system call returned.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 import threading
 from typing import Any, Callable, List, NoReturn, Optional, Sequence, Set, Tuple, Union
 
-from udscompat import _fdpass, _framing, _io, _probes
+from udscompat import _ancillary, _fdpass, _framing, _io, _probes
 from udscompat._address import UnixSocketAddr
+from udscompat._ancillary import Buffers
 from udscompat._bind import (
     AddressArg,
     SocketFile,
@@ -56,8 +58,15 @@ from udscompat._bind import (
 )
 from udscompat._creds import peer_credentials
 from udscompat._errors import ControlTruncatedError, FramingError, UnsupportedError
+from udscompat._msgcreds import ReceivedCredentials, SendCredentials
 from udscompat._platform import backend
-from udscompat._records import ConnCredentials, Message, new_message
+from udscompat._records import (
+    ConnCredentials,
+    Message,
+    ReceivedInto,
+    WritableBuffers,
+    new_message,
+)
 
 __all__ = [
     "SeqpacketConn",
@@ -89,6 +98,11 @@ _LARGE_BUFSIZE = 262144
 _COMPILED_RECV = _io.compiled_recvmsg
 _NO_LIMIT = 1 << 30  # the decoder, not collect_fds, limits a chunk's descriptors
 _NO_WAIT = (False,)
+#: The types of ``data`` that mean several buffers sent as one message.
+_SEVERAL = (list, tuple)
+_MSG_PEEK = int(socket.MSG_PEEK)  # a plain int: IntFlag arithmetic is a Python call
+#: How soon a thread blocked on a duplicated connection notices that it was closed.
+_DUP_WAKE = 0.05
 _DATA_HEADER = _framing.HEADER.pack
 _HEADER_SIZE = _framing.HEADER.size
 _KIND_DATA = _framing.KIND_DATA
@@ -163,6 +177,16 @@ class SeqpacketConn:
         self._eof = False
         #: Threads blocked in a wait on this connection, for ``close`` to wake.
         self._waiting: Set[int] = set()
+        #: ``pass_credentials()`` is on: messages report the credentials the kernel attached.
+        self._credentials = False
+        #: The socket file ``connect(local_addr=...)`` created, removed on ``close``.
+        self._file: Optional[SocketFile] = None
+        #: Addresses known better than getsockname()/getpeername() tell them (a path reached
+        #: through /proc/self/fd, the address connected to).
+        self._local: Optional[UnixSocketAddr] = None
+        self._peer: Optional[UnixSocketAddr] = None
+        #: Objects made by ``dup()`` that share this kernel socket (None: never duplicated).
+        self._group: Optional[_Group] = None
         sock.setblocking(False)
 
     # -- construction ------------------------------------------------------------------
@@ -172,32 +196,57 @@ class SeqpacketConn:
         cls,
         addr: AddressArg,
         *,
+        local_addr: Optional[AddressArg] = None,
         implementation: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> SeqpacketConn:
         """Connect to a ``SeqpacketListener`` (of the same implementation) at ``addr``.
 
+        Args:
+            addr: the listener's address, by udscompat's one address rule
+                (``"@name"`` is abstract).
+            local_addr: bind this end there first (the uds crate's
+                ``connect_from_to_unix_addr``), with ``udscompat.bind``'s
+                rules (a stale socket file is replaced, a live one never);
+                the peer sees it as ``peer_addr``.  A socket file created
+                for it is removed on ``close``.
+            implementation: ``"native"``, ``"emulated"`` or ``None`` (see
+                ``resolve_implementation``).
+            timeout: for the connect, and then the connection's timeout.
+
         Raises:
-            OSError: from ``connect``, with the address in the message.  A
-                listener of the other implementation answers ``EPROTOTYPE``
-                at a path and ``ECONNREFUSED`` at an abstract name (Linux
-                keys those by socket type); the message says which was found.
+            OSError: from ``bind`` (``EADDRINUSE`` for a live socket at
+                ``local_addr``) or ``connect``, with the address in the
+                message.  A listener of the other implementation answers
+                ``EPROTOTYPE`` at a path and ``ECONNREFUSED`` at an abstract
+                name (Linux keys those by socket type); the message says
+                which was found.
         """
         address = as_address(addr)
+        local = None if local_addr is None else as_address(local_addr, "local_addr")
         impl = resolve_implementation(implementation)
         timeout = _io.check_timeout(timeout)
         sock = socket.socket(
             socket.AF_UNIX, backend.SOCK_SEQPACKET if impl == "native" else socket.SOCK_STREAM
         )
+        file = None
         try:
+            if local is not None:
+                file = bind(sock, local)
             sock.settimeout(timeout)
-            connect_unix(sock, address)
-        except OSError as exc:
-            sock.close()
-            if isinstance(exc, TimeoutError):
-                raise
-            raise connect_error(exc, address, sock) from exc
+            try:
+                connect_unix(sock, address)
+            except OSError as exc:
+                if isinstance(exc, TimeoutError):
+                    raise
+                raise connect_error(exc, address, sock) from exc
+        except BaseException:
+            close_listener(sock, file)  # the file first: never left behind, never stale
+            raise
         conn = _wrap(sock, impl)
+        conn._file = file
+        conn._local = None if file is None else file.address
+        conn._peer = address
         conn.settimeout(timeout)
         return conn
 
@@ -230,12 +279,20 @@ class SeqpacketConn:
 
     # -- the socket-like surface -------------------------------------------------------
 
-    def send(self, data: Any, fds: Sequence[Any] = ()) -> int:
-        """Send ``data`` as one message, with ``fds`` attached to it.
+    def send(
+        self, data: Buffers, fds: Sequence[Any] = (), credentials: Optional[SendCredentials] = None
+    ) -> int:
+        """Send ``data`` as one message, with ``fds`` (and ``credentials``) attached to it.
 
         Returns the number of bytes of ``data``: a message is never split.
-        The descriptors may be closed as soon as this returns.  ``fds`` may
-        be any iterable (read once) of ints or objects with ``fileno()``.
+        ``data`` is a bytes-like object, or a list or tuple of them sent as
+        one message (vectored: the uds crate's ``send_vectored``).  The
+        descriptors may be closed as soon as this returns.  ``fds`` may be
+        any iterable (read once) of ints or objects with ``fileno()``.
+        ``credentials`` (``udscompat.send_credentials()``, or with privilege
+        on Linux other ids) go with this message as the kernel attaches
+        them (see ``udscompat.send_ancillary``; the receiver sees them after
+        ``pass_credentials()``).
 
         An emulated connection sends a large message in parts when the peer
         reads slowly: the rest, once the first part went out, is kept and
@@ -248,9 +305,14 @@ class SeqpacketConn:
             TimeoutError: the timeout passed before the message could start.
             ValueError: too many descriptors, a descriptor out of range, or a
                 message over the size limit (before anything is sent).
-            TypeError: an item of ``fds`` is a bool or not a descriptor.
+            TypeError: an item of ``fds`` is a bool or not a descriptor, or
+                ``data`` is not bytes-like.
+            UnsupportedError: ``credentials`` where the kernel has no
+                ancillary credentials, ids not this process's own where the
+                kernel fills in the truth, or with descriptors on DragonFly.
             OSError: ``EPIPE`` once the peer has gone, ``EBADF`` after
-                ``close``, and other send errors.
+                ``close``, ``EPERM``/``ESRCH`` (Linux) for ids the sender may
+                not claim, and other send errors.
             ConnectionAbortedError: (emulated) an exception interrupted an
                 earlier send mid-frame; the connection was closed.
         """
@@ -261,7 +323,9 @@ class SeqpacketConn:
 
         A message longer than ``bufsize`` is cut to ``bufsize`` and the rest
         discarded (``Message.truncated``).  Its descriptors belong to the
-        caller; more than ``maxfds`` are closed and raise.
+        caller; more than ``maxfds`` are closed and raise.  After
+        ``pass_credentials()``, ``Message.credentials`` holds the sender's
+        credentials as the kernel attached them.
 
         Raises:
             ControlTruncatedError: more descriptors than ``maxfds``, or the
@@ -286,6 +350,124 @@ class SeqpacketConn:
         """
         message = self.recv_message(bufsize)
         return b"" if message is None else message.data
+
+    def recv_message_into(
+        self, buffers: WritableBuffers, maxfds: int = 0
+    ) -> Optional[ReceivedInto]:
+        """Receive one message into ``buffers``; ``None`` at end-of-stream.
+
+        ``buffers`` is one writable bytes-like object (a ``bytearray``, a
+        ``memoryview``, an ``array``) or a list or tuple of them, filled in
+        order (the uds crate's ``recv_vectored``).  A message longer than
+        all of them together is cut and the rest discarded
+        (``truncated``).  Native connections have the kernel write into
+        ``buffers`` (no payload object is allocated); the emulation copies
+        the message out of its stream buffer.
+
+        Returns:
+            ``ReceivedInto(nbytes, fds, truncated, credentials)``.
+
+        Raises:
+            TypeError: ``buffers`` is not writable bytes-like (or a list of them).
+            The rest as ``recv_message``: a ``ControlTruncatedError``
+            (descriptors lost, e.g. ``EMFILE``) carries the payload in
+            ``.data`` as ``recv_message``'s does; what ``buffers`` then
+            hold is unspecified.
+        """
+        views, size = _writable(buffers)
+        message = self.recv_message(size, maxfds)
+        if message is None:
+            return None
+        return ReceivedInto(_copy_into(views, message.data), *message[1:])
+
+    def peek(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
+        """The next message as ``recv_message`` would return it, left for the next receive.
+
+        ``None`` at end-of-stream.  ``truncated`` says whether a receive
+        with this ``bufsize`` would cut the message.  Descriptors follow
+        Linux's ``MSG_PEEK``: every peek hands out new descriptors (copies
+        of the message's) which the caller owns and must close; the
+        receive later hands out its own.  More than ``maxfds`` raise
+        ``ControlTruncatedError`` and the message stays queued.  The
+        emulation does the same with copies it makes itself (``F_DUPFD``).
+        A native connection on a kernel whose ``MSG_PEEK`` installs no
+        copies (FreeBSD, NetBSD, macOS put kernel pointers or zeros there)
+        raises ``UnsupportedError`` for a message that carries descriptors
+        -- those values are never read as descriptors; OpenBSD leaves them
+        out of a peek, so there a peek cannot see them at all.
+
+        Raises:
+            ControlTruncatedError: more descriptors than ``maxfds`` (the
+                message stays queued; the copies were closed).
+            UnsupportedError: see above.
+            The rest as ``recv_message``.
+        """
+        raise NotImplementedError  # pragma: no cover
+
+    def dup(self) -> SeqpacketConn:
+        """A second, independent connection object on the same kernel socket (``try_clone``).
+
+        Like ``socket.dup``: a new descriptor for the same connection, with
+        its own timeout (copied from this one) and its own ``close``;
+        closing one wakes only the threads blocked on that one, and the
+        connection ends when the last is closed.  Messages go to whichever
+        object receives first.  Native connections only: an emulated
+        connection's framing state (a partly sent frame, messages decoded
+        ahead, descriptors held for the peer) lives in its one object, and
+        two objects writing one stream would interleave frames -- share the
+        object instead, it is thread-safe.
+
+        Raises:
+            UnsupportedError: the connection is emulated.
+            OSError: ``EBADF`` after ``close``; ``EMFILE`` from ``dup``.
+        """
+        raise NotImplementedError  # pragma: no cover
+
+    def take_error(self) -> Optional[OSError]:
+        """The socket's pending error (``SO_ERROR``), cleared by reading it; ``None`` if none.
+
+        Linux sets ``ECONNRESET`` on a connection whose peer closed with
+        messages it never read.  An emulated connection reports its stream
+        socket's error (not the emulation's own: a ``FramingError`` is
+        raised by the call that meets it).
+
+        Raises:
+            OSError: ``EBADF`` after ``close``.
+        """
+        if self._closed:
+            raise _closed_error()
+        code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return OSError(code, os.strerror(code)) if code else None
+
+    def pass_credentials(self, enable: bool = True) -> None:
+        """Have messages report the sender's credentials as the kernel attaches them.
+
+        ``udscompat.pass_credentials`` on this connection's socket, and
+        ``Message.credentials`` filled from then on.  On an emulated
+        connection the credentials the kernel attached to the stream's
+        writes are given to the message those writes carried; a message
+        whose bytes came with different credentials, or some without,
+        gets ``None`` (``Message.credentials``).  What is already queued
+        may have come without.
+
+        Raises:
+            UnsupportedError: macOS and OpenBSD have no such mechanism.
+
+        Availability: Linux, FreeBSD 13+, DragonFly, NetBSD 7+, illumos.
+        """
+        _ancillary.pass_credentials(self._sock, enable)
+        self._credentials = bool(enable)
+        self._update_fast()
+
+    def peer_security_label(self) -> Optional[bytes]:
+        """The peer's security label (``udscompat.peer_security_label``): ``SO_PEERSEC``.
+
+        Availability: Linux.
+        """
+        return _ancillary.peer_security_label(self._sock)
+
+    def _update_fast(self) -> None:
+        """Recompute whether the inlined common receive may run."""
 
     def pending(self) -> bool:
         """Whether ``recv_message`` would return (or raise) now without reading the socket.
@@ -317,12 +499,17 @@ class SeqpacketConn:
 
     @property
     def local_addr(self) -> UnixSocketAddr:
-        """This end's address (unnamed for a client or a socketpair end)."""
+        """This end's address: the listener's for an accepted connection, ``local_addr``
+        for a client that gave one, else unnamed (a client, a socketpair end)."""
+        if self._local is not None:
+            return self._local
         return UnixSocketAddr.from_sockaddr(self._sock.getsockname())
 
     @property
     def peer_addr(self) -> UnixSocketAddr:
-        """The peer's address."""
+        """The peer's address: the one connected to for a client, else what the kernel says."""
+        if self._peer is not None:
+            return self._peer
         return UnixSocketAddr.from_sockaddr(self._sock.getpeername())
 
     def shutdown(self, how: int) -> None:
@@ -367,7 +554,10 @@ class SeqpacketConn:
         in ``send`` or ``recv_message`` on this connection, the socket is shut
         down first so that thread wakes (and raises ``EBADF``); otherwise only
         this descriptor is closed, and a copy held elsewhere (after ``fork``
-        or passed on) keeps the connection.
+        or passed on) keeps the connection.  While objects made by ``dup()``
+        are open the socket is never shut down: a blocked thread wakes
+        within ``_DUP_WAKE`` seconds instead.  The socket file of
+        ``connect(local_addr=...)`` is removed by the last of them.
         """
         # _closed first (a thread about to wait checks it after registering, see _wait); the
         # socket's own state says whether there is anything left to do, so a close that an
@@ -375,13 +565,23 @@ class SeqpacketConn:
         self._closed = True
         if self._sock.fileno() < 0:
             return
-        if self._waiting:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already disconnected
+        group, self._group = self._group, None
+        if group is None:
+            file, self._file = self._file, None
+            if self._waiting:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already disconnected
+        else:
+            # Shared with duplicates: never shut down (a blocked thread wakes within _DUP_WAKE).
+            file = group.leave(self._sock)
         _fdpass.REGISTRY.release(self._sock)
-        self._sock.close()
+        try:
+            if file is not None:
+                file.remove()  # first: the file is never there without its socket
+        finally:
+            self._sock.close()
 
     @property
     def closed(self) -> bool:
@@ -407,11 +607,54 @@ class SeqpacketConn:
         try:
             if self._closed:  # checked after registering: close() checks in the other order
                 raise _closed_error()
-            _io.wait_ready(self._sock, write=write, deadline=deadline)
+            wake = None if self._group is None else _monotonic() + _DUP_WAKE
+            if wake is not None and (
+                deadline is None or (deadline != _NONBLOCKING and deadline > wake)
+            ):
+                # close() may not shut a shared socket down: wait in slices, looking again.
+                try:
+                    _io.wait_ready(self._sock, write=write, deadline=wake)
+                except TimeoutError:
+                    pass  # the caller retries
+            else:
+                _io.wait_ready(self._sock, write=write, deadline=deadline)
         finally:
             self._waiting.discard(me)
         if self._closed:
             raise _closed_error()
+
+
+class _Group:
+    """The connection objects ``dup()`` made on one kernel socket, and what they share."""
+
+    __slots__ = ("file", "lock", "members", "record")
+
+    def __init__(
+        self, file: Optional[SocketFile], record: List[bool], first: socket.socket
+    ) -> None:
+        self.lock = threading.Lock()
+        #: The socket objects still open, one per member.
+        self.members: List[socket.socket] = [first]
+        #: The socket file of ``connect(local_addr=...)``: the last to close removes it.
+        self.file = file
+        #: (native) ``[True]`` while the rest of a cut FreeBSD 15 record waits to be discarded.
+        self.record = record
+
+    def join(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.members.append(sock)
+
+    def leave(self, sock: socket.socket) -> Optional[SocketFile]:
+        """``sock``'s member closes.  The socket file to remove if it was the last, else None."""
+        with self.lock:
+            self.members.remove(sock)
+            if self.members:
+                if self.file is not None:
+                    # The file's removal trusts an open socket: hand it to one still open.
+                    self.file = self.file.kept_by(self.members[0])
+                return None
+            file, self.file = self.file, None
+            return file
 
 
 class _NativeConn(SeqpacketConn):
@@ -428,21 +671,47 @@ class _NativeConn(SeqpacketConn):
         self._recv_flags = cloexec or 0
         self._set_cloexec = cloexec is None
         #: Inline the common receive (property-tested equal to ``_receive_once``); off while
-        #: the rest of a FreeBSD record is being discarded.
+        #: the rest of a FreeBSD record is being discarded and while credentials are reported.
         self._fast = True
-        self._discarding = False
+        #: ``[True]`` while the rest of a cut FreeBSD 15 record waits to be discarded; one list
+        #: shared by the objects ``dup()`` made, since they read one queue.
+        self._record = [False]
+
+    @property
+    def _discarding(self) -> bool:
+        return self._record[0]
+
+    @_discarding.setter
+    def _discarding(self, value: bool) -> None:
+        self._record[0] = value
+        self._update_fast()
+
+    def _update_fast(self) -> None:
+        # Duplicates on a kernel that cuts records take the general path: another object may
+        # have left the rest of a record for whoever receives next to discard.
+        self._fast = not (
+            self._credentials
+            or self._record[0]
+            or (self._group is not None and self._partial_records)
+        )
 
     # The kernel keeps each message whole, so native sends and receives take no lock.
 
-    def send(self, data: Any, fds: Sequence[Any] = ()) -> int:
-        if fds:
-            return self._send_with_fds(data, fds)
+    def send(
+        self, data: Any, fds: Sequence[Any] = (), credentials: Optional[SendCredentials] = None
+    ) -> int:
+        if fds or credentials is not None:
+            return self._send_general(data, fds, credentials)
         # A SOCK_SEQPACKET send is all or nothing, so its count is the message's length.
         try:
             return self._sock.send(data, self._flags)
         except BlockingIOError:
             if self._timeout == 0.0:
                 raise
+        except TypeError:
+            if type(data) in _SEVERAL:  # several buffers: found here, off the common path
+                return self._send_general(data, fds, credentials)
+            raise
         sock, flags = self._sock, self._flags
         sent: int = _io.call(
             lambda: sock.send(data, flags),
@@ -452,25 +721,29 @@ class _NativeConn(SeqpacketConn):
         )
         return sent
 
-    def _send_with_fds(self, data: Any, fds: Sequence[Any]) -> int:
+    def _send_general(
+        self, data: Buffers, fds: Sequence[Any], credentials: Optional[SendCredentials]
+    ) -> int:
+        """A send with descriptors, credentials or several buffers: one sendmsg."""
+        buffers, size = _ancillary.as_buffers(data)
         numbers = _io.check_fds(fds)
-        size = memoryview(data).nbytes
         sock, flags = self._sock, self._flags
+        operation: Callable[[], int]
+        if credentials is None:
+            operation = lambda: _io.send_with_fds(sock, buffers, numbers, flags)  # noqa: E731
+        else:
+            ancdata = _ancillary.ancillary_data(sock, numbers, credentials)
+            operation = lambda: sock.sendmsg(buffers, ancdata, flags)  # noqa: E731
         # Held before the send: a full descriptor table fails it before anything went out.
         hold = bool(numbers) and _fdpass.hold_sent_fds()
         batch = _fdpass.REGISTRY.hold(sock, numbers) if hold else None
         try:
             try:
-                _io.send_with_fds(sock, [data], numbers, flags)
+                operation()
             except BlockingIOError:
                 if self._timeout == 0.0:
                     raise
-                _io.call(
-                    lambda: _io.send_with_fds(sock, [data], numbers, flags),
-                    self._wait,
-                    write=True,
-                    deadline=_io.deadline(self._timeout),
-                )
+                _io.call(operation, self._wait, write=True, deadline=_io.deadline(self._timeout))
         except OSError:
             if batch is not None:
                 _fdpass.REGISTRY.unhold(sock, batch)
@@ -537,8 +810,104 @@ class _NativeConn(SeqpacketConn):
         if self._discarding:
             self._discard_rest_of_record()
         room = bufsize if bufsize <= _LARGE_BUFSIZE else self._room_for_next(bufsize)
+        if self._credentials:
+            data, fds, flags, _, marked, creds = _ancillary.receive(self._sock, room, maxfds)
+            return self._message(data, fds, flags, marked, room, creds)
         data, fds, flags, _, marked = _io.recv_with_fds(self._sock, room, maxfds)
         return self._message(data, fds, flags, marked, room)
+
+    def peek(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
+        bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
+        if self._eof:
+            return None
+        return _io.call(
+            lambda: self._peek_once(bufsize, maxfds),
+            self._wait,
+            write=False,
+            deadline=_io.deadline(self._timeout),
+        )
+
+    def _peek_once(self, bufsize: int, maxfds: int) -> Optional[Message]:
+        if self._eof:
+            return None
+        if self._discarding:
+            self._discard_rest_of_record()
+        room = bufsize if bufsize <= _LARGE_BUFSIZE else self._room_for_next(bufsize)
+        data, fds, flags, _, marked, creds = _ancillary.receive(
+            self._sock, room, maxfds, _MSG_PEEK, refuse_peeked_fds=True
+        )
+        if not (data or fds or marked or flags & self._message_flags):
+            return None  # end-of-stream; the receive that meets it records it
+        truncated = bool(flags & _MSG_TRUNC) or (
+            self._partial_records and not flags & _MSG_EOR and len(data) == room
+        )
+        return new_message((data, tuple(fds), truncated, creds if self._credentials else None))
+
+    def recv_message_into(
+        self, buffers: WritableBuffers, maxfds: int = 0
+    ) -> Optional[ReceivedInto]:
+        views, size = _writable(buffers)
+        _, maxfds = _io.check_sizes(0, maxfds)
+        if self._eof:
+            return None
+        return _io.call(
+            lambda: self._receive_into_once(views, size, maxfds),
+            self._wait,
+            write=False,
+            deadline=_io.deadline(self._timeout),
+        )
+
+    def _receive_into_once(
+        self, views: List[memoryview], size: int, maxfds: int
+    ) -> Optional[ReceivedInto]:
+        """The native receive routine for ``recv_message_into``: one recvmsg_into."""
+        if self._eof:
+            return None
+        if self._discarding:
+            self._discard_rest_of_record()
+        room = _ancillary.ANCILLARY_ROOM if self._credentials else _ANCBUF
+        try:
+            nbytes, ancdata, flags, _ = self._sock.recvmsg_into(views, room, self._recv_flags)
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                raise _io.emsgsize_error() from exc
+            raise
+        try:
+            fds, marked = _io.collect_fds(b"", ancdata, flags, maxfds, self._set_cloexec)
+        except ControlTruncatedError as exc:
+            exc.data = b"".join(views)[:nbytes]  # the payload, as recv_message reports it
+            raise
+        creds = None
+        if self._credentials:
+            try:
+                creds = backend.credentials_from_cmsgs(ancdata)
+            except BaseException:
+                _io.close_fds(fds)
+                raise
+        truncated = self._end_of(nbytes, fds, flags, marked, size)
+        if truncated is None:
+            return None
+        if fds and _fdpass.REGISTRY.originals:
+            fds = _fdpass.guard_reused(fds)
+        return ReceivedInto(nbytes, tuple(fds), truncated, creds)
+
+    def dup(self) -> SeqpacketConn:
+        if self._closed:
+            raise _closed_error()
+        twin = _NativeConn(self._sock.dup())  # close-on-exec, as every socket CPython makes
+        twin._timeout = self._timeout
+        twin._credentials = self._credentials
+        twin._local, twin._peer = self._local, self._peer
+        group = self._group
+        if group is None:
+            group = self._group = _Group(self._file, self._record, self._sock)
+            self._file = None
+        group.join(twin._sock)
+        twin._group = group
+        twin._record = group.record
+        self._update_fast()
+        twin._update_fast()
+        return twin
 
     def _room_for_next(self, bufsize: int) -> int:
         """A buffer size that holds the next message without allocating a huge ``bufsize``.
@@ -557,24 +926,38 @@ class _NativeConn(SeqpacketConn):
         return min(bufsize, queued)
 
     def _message(
-        self, data: bytes, fds: List[int], flags: int, marked: bool, bufsize: int
+        self,
+        data: bytes,
+        fds: List[int],
+        flags: int,
+        marked: bool,
+        bufsize: int,
+        credentials: Optional[ReceivedCredentials] = None,
     ) -> Optional[Message]:
-        if not (data or fds or marked or flags & self._message_flags):
+        truncated = self._end_of(len(data), fds, flags, marked, bufsize)
+        if truncated is None:
+            return None
+        if fds and _fdpass.REGISTRY.originals:
+            fds = _fdpass.guard_reused(fds)
+        return new_message((data, tuple(fds), truncated, credentials))
+
+    def _end_of(
+        self, nbytes: int, fds: List[int], flags: int, marked: bool, bufsize: int
+    ) -> Optional[bool]:
+        """None at end-of-stream (recorded), else whether the message was truncated."""
+        if not (nbytes or fds or marked or flags & self._message_flags):
             self._eof = True
             return None
         truncated = bool(flags & _MSG_TRUNC)
-        if self._partial_records and not flags & _MSG_EOR and len(data) == bufsize:
+        if self._partial_records and not flags & _MSG_EOR and nbytes == bufsize:
             # FreeBSD 15 leaves the rest of a record queued and marks its end with MSG_EOR.
             self._discarding = True
-            self._fast = False
             truncated = True
             try:
                 self._discard_rest_of_record()
             except BlockingIOError:
                 pass  # the rest has not arrived yet: the next receive goes on discarding
-        if fds and _fdpass.REGISTRY.originals:
-            fds = _fdpass.guard_reused(fds)
-        return new_message((data, tuple(fds), truncated, None))
+        return truncated
 
     def _discard_rest_of_record(self) -> None:
         while self._discarding:
@@ -584,7 +967,6 @@ class _NativeConn(SeqpacketConn):
                 continue  # its descriptors were closed; the record goes on
             if flags & _MSG_EOR or not data:
                 self._discarding = False
-                self._fast = True
 
 
 class _EmulatedConn(SeqpacketConn):
@@ -614,16 +996,47 @@ class _EmulatedConn(SeqpacketConn):
         cloexec = _io.cloexec_flag()
         self._recv_flags = cloexec or 0
         self._set_cloexec = cloexec is None
-        #: Inline the common receive (property-tested equal to ``_receive``).
+        #: Inline the common receive (property-tested equal to ``_receive``); off while a
+        #: peeked message waits and while credentials are reported.
         self._fast = True
+        #: Control room of a chunk's recvmsg: more once credentials come with the chunks.
+        self._ancbuf = _ANCBUF
+        #: The message ``peek`` took from the decoder, for the next receive (its fds are ours).
+        self._peeked: Optional[Message] = None
+        #: The credentials message attached to every write of the frame being sent, if any.
+        self._cmsgs: Optional[List[Tuple[int, int, Any]]] = None
+
+    def _update_fast(self) -> None:
+        self._fast = not self._credentials and self._peeked is None
+        self._ancbuf = _ancillary.ANCILLARY_ROOM if self._credentials else _ANCBUF
+
+    def dup(self) -> SeqpacketConn:
+        raise UnsupportedError(
+            "duplicates (dup) of emulated seqpacket connections",
+            backend.OS_NAME,
+            "its framing state (a partly sent frame, messages decoded ahead, descriptors held "
+            "for the peer) lives in this one object, and two objects writing one stream "
+            "would interleave frames; share this object between threads instead",
+        )
 
     # -- send ------------------------------------------------------------------------------
 
-    def send(self, data: Any, fds: Sequence[Any] = ()) -> int:
+    def send(
+        self, data: Any, fds: Sequence[Any] = (), credentials: Optional[SendCredentials] = None
+    ) -> int:
         numbers = _io.check_fds(fds) if fds else None
-        payload = data if type(data) is bytes else memoryview(data).cast("B")
+        payload: Any
+        if type(data) is bytes:
+            payload = data
+        elif type(data) in _SEVERAL:
+            payload = b"".join(_ancillary.as_buffers(data)[0])
+        else:
+            payload = memoryview(data).cast("B")
         size = len(payload)
         hold = False
+        cmsgs = None
+        if credentials is not None:
+            cmsgs = _ancillary.credentials_data(credentials, bool(numbers)) or None
         if numbers is None and size <= self._encoder.max_message_size:
             header = _DATA_HEADER(size, 0, _KIND_DATA, 0)  # what header() builds, inline
         else:
@@ -640,9 +1053,12 @@ class _EmulatedConn(SeqpacketConn):
                 or self._decoder.ack_requests != self._acks_sent
             ):
                 self._before_send(deadline)
+            # Every write of this frame carries its credentials (the receiver gives a frame
+            # credentials only if all of its bytes came with the same ones).
+            self._cmsgs = cmsgs
             # Small frames go out as one joined buffer: one copy is cheaper than an iovec.
             frame = header + payload if size < 4096 else None
-            if numbers is None and frame is not None:
+            if numbers is None and frame is not None and cmsgs is None:
                 self._sending = True  # the common case of _send_frame, inline
                 try:
                     sent = self._sock.send(frame, _NOSIGNAL)
@@ -715,6 +1131,11 @@ class _EmulatedConn(SeqpacketConn):
         """The emulation's one send system call: the start of a frame, descriptors attached."""
         self._sending = True
         try:
+            cmsgs = self._cmsgs
+            if cmsgs is not None:  # credentials: sendmsg itself (the compiled call has no room)
+                buffers = [frame] if frame is not None else [header, payload]
+                ancdata = cmsgs if numbers is None else cmsgs + _io.rights(self._sock, numbers)
+                return self._sock.sendmsg(buffers, ancdata, _NOSIGNAL)
             if numbers is None:
                 if frame is not None:
                     return self._sock.send(frame, _NOSIGNAL)
@@ -736,6 +1157,7 @@ class _EmulatedConn(SeqpacketConn):
         """
         while True:
             if not self._unsent:
+                self._cmsgs = None  # the frame is out: an ACK carries no credentials
                 owed = self._decoder.ack_requests - self._acks_sent
                 if not owed:
                     return
@@ -746,7 +1168,10 @@ class _EmulatedConn(SeqpacketConn):
                 self._unsent = _ACK(count)
             self._sending = True
             try:
-                sent = self._sock.send(self._unsent, _NOSIGNAL)
+                if self._cmsgs is None:
+                    sent = self._sock.send(self._unsent, _NOSIGNAL)
+                else:
+                    sent = self._sock.sendmsg([self._unsent], self._cmsgs, _NOSIGNAL)
             except BlockingIOError:
                 self._sending = False
                 try:
@@ -815,7 +1240,7 @@ class _EmulatedConn(SeqpacketConn):
             self._receiving = True
             try:
                 data, ancdata, flags, _ = self._sock.recvmsg(
-                    _STREAM_CHUNK, _ANCBUF, self._recv_flags
+                    _STREAM_CHUNK, self._ancbuf, self._recv_flags
                 )
             except OSError:
                 self._receiving = False
@@ -868,7 +1293,9 @@ class _EmulatedConn(SeqpacketConn):
                 return new_message((event.data[:bufsize], (), True, None))
             return event
 
-    def _receive(self, bufsize: int, maxfds: int, event: Any) -> Optional[Message]:
+    def _receive(
+        self, bufsize: int, maxfds: int, event: Any, whole: bool = False
+    ) -> Optional[Message]:
         """The emulation's one receive routine: decode, and read a chunk whenever it needs one.
 
         Runs with the receive lock held and ``_receiving`` set, and clears it
@@ -884,8 +1311,14 @@ class _EmulatedConn(SeqpacketConn):
             if event is None:
                 if self._closed or self._broken is not None:
                     self._receiving = False
-                    decoder.close()
+                    self._discard_received()
                     raise self._unusable()
+                peeked = self._peeked
+                if peeked is not None and not whole:
+                    self._peeked = None
+                    self._update_fast()
+                    self._receiving = False
+                    return _fit(peeked, bufsize, maxfds)
                 try:
                     event = decoder.next_event()
                 except FramingError as exc:
@@ -896,7 +1329,7 @@ class _EmulatedConn(SeqpacketConn):
                 self._receiving = False
                 if decoder.ack_requests != self._acks_sent:
                     self._acknowledge()
-                return _fit(event, bufsize, maxfds)
+                return event if whole else _fit(event, bufsize, maxfds)
             if event is _NEED_DATA:
                 if reads and deadline is not None:
                     if deadline == _NONBLOCKING:
@@ -939,7 +1372,7 @@ class _EmulatedConn(SeqpacketConn):
         while True:
             try:
                 data, ancdata, flags, _ = self._sock.recvmsg(
-                    _STREAM_CHUNK, _ANCBUF, self._recv_flags
+                    _STREAM_CHUNK, self._ancbuf, self._recv_flags
                 )
             except BlockingIOError:
                 self._receiving = False  # waiting is safe: nothing was read
@@ -956,6 +1389,7 @@ class _EmulatedConn(SeqpacketConn):
         """Hand one chunk and its descriptors to the decoder; a truncated chunk's bytes too."""
         fds: List[int] = []
         lost = -1
+        creds = None
         if ancdata or flags & _MSG_CTRUNC:
             try:
                 fds, _ = _io.collect_fds(data, ancdata, flags, _NO_LIMIT, self._set_cloexec)
@@ -964,8 +1398,13 @@ class _EmulatedConn(SeqpacketConn):
                 # still go to the decoder, so the stream stays in step and only this frame is
                 # reported (never a message built from two).
                 lost = exc.closed_fds
+            if self._credentials and lost < 0:
+                try:
+                    creds = backend.credentials_from_cmsgs(ancdata)
+                except OSError:
+                    creds = None  # undecodable: no answer, and the stream stays in step
         try:
-            self._decoder.receive_data(data, fds, fds_lost=lost)
+            self._decoder.receive_data(data, fds, fds_lost=lost, credentials=creds)
         except FramingError as exc:
             self._break(exc)
             raise
@@ -989,14 +1428,43 @@ class _EmulatedConn(SeqpacketConn):
     def pending(self) -> bool:
         decoder = self._decoder
         if decoder.idle and not self._receiving:
-            return self._closed  # nothing held (closed and broken decoders are not idle)
-        return self._closed or self._broken is not None or self._receiving or decoder.has_message()
+            # Nothing held (closed and broken decoders are not idle) but a peeked message.
+            return self._closed or self._peeked is not None
+        return (
+            self._closed
+            or self._broken is not None
+            or self._receiving
+            or self._peeked is not None
+            or decoder.has_message()
+        )
+
+    def peek(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
+        bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
+        with self._recv_lock:
+            message = self._peeked
+            if message is None:
+                if self._receiving:
+                    self._abort("receive", holding_recv=True)
+                self._receiving = True
+                message = self._receive(bufsize, maxfds, None, whole=True)
+                if message is None:
+                    return None
+                self._peeked = message
+                self._update_fast()
+            return _peek_copy(message, bufsize, maxfds)
+
+    def _discard_received(self) -> None:
+        """Close the decoder and a peeked message's descriptors (receive lock held)."""
+        self._decoder.close()
+        peeked, self._peeked = self._peeked, None
+        if peeked is not None:
+            _io.close_fds(peeked.fds)
 
     def _break(self, error: OSError) -> None:
         """Close the connection after ``error`` (receive lock held)."""
         self._broken = error
         self._receiving = False
-        self._decoder.close()
+        self._discard_received()
         SeqpacketConn.close(self)
 
     def _abort(self, what: str, *, holding_recv: bool = False) -> NoReturn:
@@ -1011,9 +1479,9 @@ class _EmulatedConn(SeqpacketConn):
         self._sending = self._receiving = False
         SeqpacketConn.close(self)
         if holding_recv:
-            self._decoder.close()
+            self._discard_received()
         else:
-            _holding(self._recv_lock, self._decoder.close)
+            _holding(self._recv_lock, self._discard_received)
         raise error
 
     def _unusable(self) -> OSError:
@@ -1039,7 +1507,26 @@ class _EmulatedConn(SeqpacketConn):
             _holding(self._send_lock, finish_frame)
         super().close()
         # A receive running in another thread closes the decoder itself when it wakes.
-        _holding(self._recv_lock, self._decoder.close)
+        _holding(self._recv_lock, self._discard_received)
+
+
+def _peek_copy(message: Message, bufsize: int, maxfds: int) -> Message:
+    """What a peek hands out of a held message: its data cut to ``bufsize``, copies of its fds.
+
+    As Linux's MSG_PEEK: every peek gives new descriptors, the caller's to
+    close; more than ``maxfds`` raise (the message is kept).
+    """
+    data = message.data
+    if len(message.fds) > maxfds:
+        raise _io.truncation_error("excess", data[:bufsize], len(message.fds), maxfds)
+    copies: List[int] = []
+    try:
+        for fd in message.fds:
+            copies.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0))
+    except BaseException:
+        _io.close_fds(copies)
+        raise
+    return new_message((data[:bufsize], tuple(copies), len(data) > bufsize, message.credentials))
 
 
 def _fit(message: Message, bufsize: int, maxfds: int) -> Message:
@@ -1052,6 +1539,40 @@ def _fit(message: Message, bufsize: int, maxfds: int) -> Message:
     if len(message.data) > bufsize:
         return new_message((message.data[:bufsize], message.fds, True, message.credentials))
     return message
+
+
+def _writable(buffers: WritableBuffers) -> Tuple[List[memoryview], int]:
+    """``buffers`` as writable byte views, and their total size.
+
+    Raises:
+        TypeError: not a writable bytes-like object, or a list or tuple of them.
+    """
+    items = list(buffers) if isinstance(buffers, (list, tuple)) else [buffers]
+    views: List[memoryview] = []
+    for item in items:
+        try:
+            view = memoryview(item)
+        except TypeError:
+            raise TypeError(
+                "buffers: expected a writable bytes-like object or a list of them, "
+                f"not {type(item).__name__}"
+            ) from None
+        if view.readonly:
+            raise TypeError(f"buffers: {type(item).__name__} is read-only")
+        views.append(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
+    return views, sum(v.nbytes for v in views)
+
+
+def _copy_into(views: List[memoryview], data: bytes) -> int:
+    """Copy ``data`` into ``views`` in order; how many bytes were copied."""
+    offset = 0
+    for view in views:
+        chunk = data[offset : offset + len(view)]
+        view[: len(chunk)] = chunk
+        offset += len(chunk)
+        if offset >= len(data):
+            break
+    return offset
 
 
 def _wrap(sock: socket.socket, implementation: str) -> SeqpacketConn:
@@ -1112,7 +1633,9 @@ class SeqpacketListener:
             write=False,
             deadline=_io.deadline(self._timeout),
         )
-        return _wrap(sock, self.implementation), UnixSocketAddr.from_sockaddr(address)
+        conn = _wrap(sock, self.implementation)
+        conn._local = self._path  # getsockname() may name /proc/self/fd/N/... instead
+        return conn, UnixSocketAddr.from_sockaddr(address)
 
     def _wait(self, write: bool, deadline: Optional[float]) -> None:
         _io.wait_ready(self._sock, write=write, deadline=deadline)
