@@ -53,9 +53,24 @@ from typing import (
 
 from udscompat import _fdpass, _seqpacket
 from udscompat._address import UnixSocketAddr
-from udscompat._bind import AddressArg, as_address, connect_error, connect_unix
+from udscompat._ancillary import Buffers
+from udscompat._bind import (
+    AddressArg,
+    as_address,
+    bind,
+    close_listener,
+    connect_error,
+    connect_unix,
+)
+from udscompat._msgcreds import SendCredentials
 from udscompat._platform import backend
-from udscompat._records import ConnCredentials, Message
+from udscompat._records import (
+    ConnCredentials,
+    Message,
+    ReceivedInto,
+    WritableBuffers,
+    new_message,
+)
 
 __all__ = [
     "AsyncSeqpacketConn",
@@ -75,6 +90,13 @@ _CONNECT_RETRY_MAX = 0.05  # seconds between connect attempts while the backlog 
 _STREAK = 32
 #: How long ``close`` keeps trying to finish a partly sent (emulated) frame.
 CLOSE_DRAIN_TIMEOUT = 10.0
+
+
+def _close_copies(message: Optional[Message]) -> None:
+    """A peek whose caller was cancelled: its descriptor copies are nobody's."""
+    if message is not None:
+        for fd in message.fds:
+            os.close(fd)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -280,15 +302,20 @@ class AsyncSeqpacketConn:
         """The underlying (non-blocking) ``SeqpacketConn``."""
         return self._conn
 
-    async def send(self, data: Any, fds: Sequence[Any] = ()) -> int:
-        """Send ``data`` as one message with ``fds``; waits while the peer does not read.
+    async def send(
+        self, data: Buffers, fds: Sequence[Any] = (), credentials: Optional[SendCredentials] = None
+    ) -> int:
+        """Send ``data`` (one buffer or a list of them) as one message with ``fds``.
 
-        Returns ``len(data)``.  The descriptors may be closed once this returns.
-        If the caller is cancelled, the message was sent whole or not at all.
+        Waits while the peer does not read.  Returns the message's length.
+        The descriptors may be closed once this returns.  ``credentials``:
+        as ``SeqpacketConn.send``.  If the caller is cancelled, the message
+        was sent whole or not at all.
 
         Raises:
             ValueError: too many descriptors, or a message over the size limit.
             OSError: ``EPIPE`` once the peer has gone, and other send errors.
+            As ``SeqpacketConn.send`` otherwise.
         """
         if not self._send_turn.take():
             await self._send_turn.wait_for_turn()
@@ -302,16 +329,16 @@ class AsyncSeqpacketConn:
                 try:
                     # An earlier frame's rest goes first: send() itself raises
                     # BlockingIOError while it cannot.
-                    sent = conn.send(data, fds)
+                    sent = conn.send(data, fds, credentials)
                 except BlockingIOError:
                     writable.ready = False
                     self._streak = 0  # this one waits on the loop: a turn for the others
-                    sent = await writable.run(lambda: conn.send(data, fds))
+                    sent = await writable.run(functools.partial(conn.send, data, fds, credentials))
                 else:
                     self._streak += 1
             else:
                 self._streak = 0
-                sent = await writable.run(lambda: conn.send(data, fds))
+                sent = await writable.run(functools.partial(conn.send, data, fds, credentials))
             if self._framed:
                 try:
                     self._flush()  # nothing left over: the usual case, without a coroutine
@@ -364,7 +391,13 @@ class AsyncSeqpacketConn:
                 self._streak = self._streak + 1 if readable.ready else 0
         finally:
             self._recv_turn.release()
-        if self._framed and message is not None and message.fds and not self._send_turn.busy:
+        if message is not None and message.fds:
+            self._push_acknowledgement()
+        return message
+
+    def _push_acknowledgement(self) -> None:
+        """After a message with descriptors: push out the acknowledgement the receive owed."""
+        if self._framed and not self._send_turn.busy:
             # An acknowledgement the receive could not push out at once (the socket was full);
             # only messages with descriptors ask for one.
             try:
@@ -373,7 +406,79 @@ class AsyncSeqpacketConn:
                 self._start_flushing()
             except OSError:
                 pass  # the peer is gone: the next send reports it
+
+    async def peek(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
+        """The next message, left for the next receive; see ``SeqpacketConn.peek``.
+
+        Its descriptors are new copies the caller owns.  Cancelled, the
+        copies a peek made meanwhile are closed; the message stays.
+        """
+        if not self._recv_turn.take():
+            await self._recv_turn.wait_for_turn()
+        try:
+            if self._kept:
+                kept = self._kept[0]
+                return None if kept is None else _seqpacket._peek_copy(kept, bufsize, maxfds)
+            readable = self._readable
+            if self._framed and not readable.ready and self._pending():
+                readable.ready = True
+            conn = self._conn
+            message = await readable.run(lambda: conn.peek(bufsize, maxfds), _close_copies)
+        finally:
+            self._recv_turn.release()
+        if message is not None and message.fds:
+            self._push_acknowledgement()  # the emulation took the frame off the stream
         return message
+
+    async def recv_message_into(
+        self, buffers: WritableBuffers, maxfds: int = 0
+    ) -> Optional[ReceivedInto]:
+        """Receive one message into ``buffers``; see ``SeqpacketConn.recv_message_into``.
+
+        A cancelled receive loses nothing: a message that already went into
+        ``buffers`` is kept (copied out) for the next receive.
+        """
+        views, _ = _seqpacket._writable(buffers)
+        if not self._recv_turn.take():
+            await self._recv_turn.wait_for_turn()
+        try:
+            if self._kept:
+                message = self._kept.pop(0)
+                if message is None:
+                    return None
+                nbytes = _seqpacket._copy_into(views, message.data)
+                truncated = message.truncated or nbytes < len(message.data)
+                return ReceivedInto(nbytes, message.fds, truncated, message.credentials)
+            readable = self._readable
+            if self._framed and not readable.ready and self._pending():
+                readable.ready = True
+            conn = self._conn
+
+            def keep(got: Optional[ReceivedInto]) -> None:
+                if got is None:
+                    self._keep(None)
+                else:  # the caller is gone with its buffers: the next receive gets a copy
+                    data = b"".join(views)[: got.nbytes]
+                    self._keep(new_message((data, got.fds, got.truncated, got.credentials)))
+
+            got = await readable.run(lambda: conn.recv_message_into(views, maxfds), keep)
+        finally:
+            self._recv_turn.release()
+        if got is not None and got.fds:
+            self._push_acknowledgement()
+        return got
+
+    def take_error(self) -> Optional[OSError]:
+        """The socket's pending error (``SO_ERROR``); see ``SeqpacketConn.take_error``."""
+        return self._conn.take_error()
+
+    def pass_credentials(self, enable: bool = True) -> None:
+        """Report the sender's credentials with each message; see ``SeqpacketConn``."""
+        self._conn.pass_credentials(enable)
+
+    def peer_security_label(self) -> Optional[bytes]:
+        """The peer's security label (``SO_PEERSEC``); ``None`` without an LSM."""
+        return self._conn.peer_security_label()
 
     def peer_credentials(self) -> ConnCredentials:
         """The peer's credentials (``udscompat.peer_credentials``)."""
@@ -461,30 +566,44 @@ class AsyncSeqpacketConn:
 
 
 async def open_seqpacket_connection(
-    addr: AddressArg, *, implementation: Optional[str] = None
+    addr: AddressArg,
+    *,
+    implementation: Optional[str] = None,
+    local_addr: Optional[AddressArg] = None,
 ) -> AsyncSeqpacketConn:
     """Connect to a seqpacket listener (blocking or asyncio) at ``addr``.
 
     While the listener's backlog is full the connect is retried (Linux
     answers a non-blocking AF_UNIX connect with EAGAIN then), never blocking
-    the loop.
+    the loop.  ``local_addr``: bind this end there first, as
+    ``SeqpacketConn.connect`` does (its socket file is removed on close).
 
     Raises:
-        OSError: from ``connect``, with the address in the message.
+        OSError: from ``bind`` or ``connect``, with the address in the message.
     """
     address = as_address(addr)
+    local = None if local_addr is None else as_address(local_addr, "local_addr")
     impl = _seqpacket.resolve_implementation(implementation)
     kind = backend.SOCK_SEQPACKET if impl == "native" else socket.SOCK_STREAM
     sock = socket.socket(socket.AF_UNIX, kind)
+    file = None
     try:
+        if local is not None:
+            file = bind(sock, local)
         sock.setblocking(False)
-        await _connect(sock, address)
-    except BaseException as exc:
-        sock.close()
-        if isinstance(exc, OSError) and not isinstance(exc, (BlockingIOError, TimeoutError)):
+        try:
+            await _connect(sock, address)
+        except OSError as exc:
+            if isinstance(exc, (BlockingIOError, TimeoutError)):
+                raise
             raise connect_error(exc, address, sock) from exc
+    except BaseException:
+        close_listener(sock, file)  # the file first: never left behind
         raise
-    return AsyncSeqpacketConn(_seqpacket.SeqpacketConn.from_socket(sock))
+    conn = _seqpacket.SeqpacketConn.from_socket(sock)
+    conn._file, conn._peer = file, address
+    conn._local = None if file is None else file.address
+    return AsyncSeqpacketConn(conn)
 
 
 async def _connect(sock: socket.socket, address: UnixSocketAddr) -> None:

@@ -13,10 +13,14 @@ from typing import Optional, Tuple
 from typing_extensions import assert_type
 
 import udscompat
+import udscompat.aio
 from udscompat import (
     AncillaryMessage,
+    Message,
     ReceivedCredentials,
+    ReceivedInto,
     SendCredentials,
+    SeqpacketConn,
     UnixDatagram,
     UnixSocketAddr,
 )
@@ -57,3 +61,33 @@ def datagrams(fd: int) -> None:
     a, b = UnixDatagram.pair()
     assert_type(a.recv_message(), AncillaryMessage)
     assert_type(b.send(memoryview(b"y")), int)
+
+
+def connections(fd: int, path: str) -> None:
+    with SeqpacketConn.connect("@server", local_addr=path, timeout=1.0) as conn:
+        assert_type(conn.send([b"a", memoryview(b"b")], [fd], udscompat.send_credentials()), int)
+        conn.pass_credentials()
+        message = conn.recv_message(64, maxfds=1)
+        assert_type(message, Optional[Message])
+        if message is not None:
+            assert_type(message.fds, Tuple[int, ...])
+            assert_type(message.credentials, Optional[ReceivedCredentials])
+        assert_type(conn.peek(16, 1), Optional[Message])
+        buffer = bytearray(64)
+        got = conn.recv_message_into([buffer, memoryview(buffer)], maxfds=1)
+        assert_type(got, Optional[ReceivedInto])
+        if got is not None:
+            assert_type(got.nbytes, int)
+        assert_type(conn.dup(), SeqpacketConn)
+        assert_type(conn.take_error(), Optional[OSError])
+        assert_type(conn.peer_security_label(), Optional[bytes])
+        assert_type(conn.local_addr, UnixSocketAddr)
+
+
+async def async_connections(fd: int) -> None:
+    conn = await udscompat.aio.open_seqpacket_connection("@server", local_addr="@client")
+    assert_type(await conn.send((b"a", b"b"), [fd], None), int)
+    assert_type(await conn.peek(), Optional[Message])
+    assert_type(await conn.recv_message_into(bytearray(8)), Optional[ReceivedInto])
+    assert_type(conn.take_error(), Optional[OSError])
+    conn.pass_credentials()
