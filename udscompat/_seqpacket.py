@@ -606,7 +606,7 @@ class SeqpacketConn:
         self._waiting.add(me)
         try:
             if self._closed:  # checked after registering: close() checks in the other order
-                raise _closed_error()
+                raise self._unusable()
             wake = None if self._group is None else _monotonic() + _DUP_WAKE
             if wake is not None and (
                 deadline is None or (deadline != _NONBLOCKING and deadline > wake)
@@ -621,7 +621,11 @@ class SeqpacketConn:
         finally:
             self._waiting.discard(me)
         if self._closed:
-            raise _closed_error()
+            raise self._unusable()
+
+    def _unusable(self) -> OSError:
+        """What a call on this closed connection raises."""
+        return _closed_error()
 
 
 class _Group:
@@ -1085,6 +1089,7 @@ class _EmulatedConn(SeqpacketConn):
         if self._sending:
             self._abort("send")
         if self._closed or self._broken is not None:
+            SeqpacketConn.close(self)  # finishes an abort cut short: the peer sees the end
             raise self._unusable()
         self._flush(deadline, committed=False)
 
@@ -1205,6 +1210,7 @@ class _EmulatedConn(SeqpacketConn):
             if self._sending:
                 self._abort("send")
             if self._closed or self._broken is not None:
+                SeqpacketConn.close(self)  # finishes an abort cut short
                 raise self._unusable()
             self._flush(deadline, committed=False)
 
@@ -1261,7 +1267,10 @@ class _EmulatedConn(SeqpacketConn):
                 self._abort("receive", holding_recv=True)
             self._receiving = True
             decoder = self._decoder
-            if not (decoder.idle and self._fast):  # closed and broken decoders are not idle
+            # Closed and broken decoders are not idle, but an abort that an exception cut
+            # short may have set only _broken (its first step): the stream position is
+            # unknown then, and _receive refuses instead of reading on.
+            if not (decoder.idle and self._fast) or self._broken is not None:
                 return self._receive(bufsize, maxfds, None)
             # _receive's common case inline: nothing held, one chunk that is one plain frame.
             try:
@@ -1312,6 +1321,7 @@ class _EmulatedConn(SeqpacketConn):
                 if self._closed or self._broken is not None:
                     self._receiving = False
                     self._discard_received()
+                    SeqpacketConn.close(self)  # finishes an abort or close cut short
                     raise self._unusable()
                 peeked = self._peeked
                 if peeked is not None and not whole:
@@ -1428,8 +1438,9 @@ class _EmulatedConn(SeqpacketConn):
     def pending(self) -> bool:
         decoder = self._decoder
         if decoder.idle and not self._receiving:
-            # Nothing held (closed and broken decoders are not idle) but a peeked message.
-            return self._closed or self._peeked is not None
+            # Nothing held (closed and broken decoders are not idle; _broken covers an
+            # abort cut short before it closed the decoder) but a peeked message.
+            return self._closed or self._broken is not None or self._peeked is not None
         return (
             self._closed
             or self._broken is not None
@@ -1475,6 +1486,8 @@ class _EmulatedConn(SeqpacketConn):
             "call and the recording of its result; the stream position is unknown, so the "
             "connection was closed rather than risk a corrupt message",
         )
+        # _broken first: from here on every path refuses the connection, so an exception
+        # cutting the rest short cannot make it read or send from an unknown position.
         self._broken = error
         self._sending = self._receiving = False
         SeqpacketConn.close(self)
@@ -1497,7 +1510,8 @@ class _EmulatedConn(SeqpacketConn):
         def finish_frame() -> None:
             # Best effort, never waiting: a peer that is gone or does not read cannot hold
             # close() up (asyncio's close waits for the rest, within a limit).
-            if self._unsent and not self._sending:
+            # Not after an abort: _unsent may hold bytes that already went out.
+            if self._unsent and not self._sending and self._broken is None:
                 try:
                     self._flush(_NONBLOCKING, committed=True)
                 except OSError:
