@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import pytest
 
-from udscompat import SeqpacketConn, _seqpacket
+from udscompat import SeqpacketConn, _fdpass, _probes, _seqpacket
 from udscompat._framing import HEADER, FrameEncoder
 
 pytestmark = pytest.mark.skipif(
@@ -266,3 +266,39 @@ def test_a_call_after_an_abort_cut_short_finishes_it(call: str) -> None:
         assert a.fileno() == -1
         b.settimeout(5)
         assert b.recv_message() is None
+
+
+# -- probes inside a send --------------------------------------------------------------------
+
+
+def test_no_probe_runs_inside_a_send(hold_env: pytest.MonkeyPatch, pipe: Tuple[int, int]) -> None:
+    """The probes a descriptor send consults run when the connection is made.
+
+    Run inside the send, between setting and clearing its system-call window, a probe
+    interrupted by a raising handler leaked its pipe (or a socket) and left the window
+    marked, so the next send aborted the connection.  test_signals.py's emulated send
+    storm, first in a fresh process, leaked a socket in one run and both ends of a pipe
+    in the next.
+    """
+    caches = [_probes.fd_control_padding, _probes.same_process_fd_reuse, _fdpass.hold_sent_fds]
+    for cache in caches:
+        cache.cache_clear()
+    probed: List[str] = []
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_globals.get("__name__") == "udscompat._probes":
+            probed.append(frame.f_code.co_name)
+
+    for implementation in ("emulated", "native"):
+        a, b = _seqpacket.seqpacket_pair(implementation=implementation)
+        with a, b:
+            sys.setprofile(hook)
+            try:
+                a.send(b"x", [pipe[0]])
+            finally:
+                sys.setprofile(None)
+            message = b.recv_message(maxfds=1)
+            assert message is not None
+            for fd in message.fds:
+                os.close(fd)
+        assert not probed, f"{implementation} send ran probes: {probed}"

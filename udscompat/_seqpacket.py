@@ -142,6 +142,27 @@ def _closed_error() -> OSError:
     return OSError(errno.EBADF, "the connection is closed")
 
 
+def _run_send_probes() -> None:
+    """Run the probes a send with descriptors consults, so that no send runs one.
+
+    A connection is made here, as ``_io.cloexec_flag()`` already probes for receives.
+    Inside a send a probe runs in the system-call window (``_io.rights`` consults
+    ``fd_control_padding``), where a raising signal handler leaks the probe's pipe
+    (``os.pipe``'s result lost) or a socket (``socket.socketpair`` is Python code) and
+    leaves the window marked, so the next send aborts.  Each answer is cached after the
+    first: later calls cost a lookup.
+    """
+    for probe in (_probes.same_process_fd_reuse, _probes.fd_control_padding):
+        try:
+            probe()
+        except OSError:
+            pass  # could not run now (EMFILE?): the send tries again
+    try:
+        _fdpass.hold_sent_fds()
+    except ValueError:
+        pass  # a bad UDSCOMPAT_HOLD_SENT_FDS: the first send with descriptors says so
+
+
 def _holding(lock: threading.Lock, run: Callable[[], None]) -> None:
     """``run()`` under ``lock`` if it is free now; skip it if another thread holds it.
 
@@ -188,6 +209,7 @@ class SeqpacketConn:
         #: Objects made by ``dup()`` that share this kernel socket (None: never duplicated).
         self._group: Optional[_Group] = None
         sock.setblocking(False)
+        _run_send_probes()
 
     # -- construction ------------------------------------------------------------------
 
