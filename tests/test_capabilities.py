@@ -11,6 +11,8 @@ import platform
 import subprocess
 import sys
 
+import pytest
+
 import udscompat
 from tests.conftest import only_on
 from udscompat import _probes
@@ -27,7 +29,9 @@ def test_capabilities_are_the_probes_of_this_kernel() -> None:
     assert caps.features["fd_passing"].status == "native"
     assert caps.features["peer_credentials"].status == "native"
     assert "euid, egid" in caps.features["peer_credentials"].detail
-    assert caps.quirks["max_fds_per_message"] == _probes.max_fds_per_message()
+    measured, cap = _probes.max_fds_per_message(), backend.MAX_FDS_PER_MESSAGE
+    expected = measured if measured is None or cap is None else min(measured, cap)
+    assert caps.quirks["max_fds_per_message"] == expected
     assert caps.quirks["max_path_bytes"] == backend.MAX_PATH_BYTES
     assert caps.quirks["msg_cmsg_cloexec"] is (_probes.cmsg_cloexec_flag() is not None)
     assert caps.quirks["ctrunc"] == _probes.ctrunc_behaviour()
@@ -94,3 +98,19 @@ def test_capabilities_start_no_process() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "max_fds_per_message" in proc.stdout
+
+
+def test_capabilities_never_promise_more_descriptors_than_the_backend_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Linux-ABI kernel may carry more descriptors per message than the Linux backend
+    sends or makes room for (NetBSD's compat_linux: 509 against 253), and capabilities()
+    reported the kernel's 509 while send_fds refused 254.  A STAND-IN for such a kernel:
+    the backend's cap lowered below what this kernel carries."""
+    from udscompat import _capabilities
+
+    measured = _probes.max_fds_per_message()
+    if measured is None or measured < 3:
+        pytest.skip(f"this kernel's limit could not be measured: {_probes.undecided()}")
+    monkeypatch.setattr(backend, "MAX_FDS_PER_MESSAGE", measured - 1)
+    assert _capabilities._fds_per_message() == measured - 1

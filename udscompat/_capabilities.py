@@ -75,7 +75,7 @@ def capabilities() -> Capabilities:
     cloexec = _probes.cmsg_cloexec_flag()
     quirks: Dict[str, Any] = {
         "msg_cmsg_cloexec": cloexec is not None,
-        "max_fds_per_message": _probes.max_fds_per_message(),
+        "max_fds_per_message": _fds_per_message(),
         "max_path_bytes": _longest_bindable_path(),
         "ctrunc": _probes.ctrunc_behaviour(),
         "close_after_send_safe": _probes.close_after_send(),
@@ -89,6 +89,17 @@ def capabilities() -> Capabilities:
     }
     quirks["undecided"] = _probes.undecided()
     return Capabilities(backend.OS_NAME, platform.release(), features, quirks)
+
+
+def _fds_per_message() -> Optional[int]:
+    """The most descriptors udscompat passes in one message here: what the kernel carries
+    whole, but no more than the backend sends and makes room for on receipt (a Linux-ABI
+    layer may carry more than Linux's 253: NetBSD's compat_linux carries 509)."""
+    measured = _probes.max_fds_per_message()
+    cap = backend.MAX_FDS_PER_MESSAGE
+    if measured is None or cap is None:
+        return measured
+    return min(measured, cap)
 
 
 def _credentials_feature() -> Feature:

@@ -480,8 +480,8 @@ def test_capabilities_measured(observe: Observer) -> None:
                 b.setblocking(False)
                 try:
                     _, fds, _, _ = udscompat.recv_fds(b, 1, n)
-                except BlockingIOError:
-                    return False
+                except (BlockingIOError, udscompat.ControlTruncatedError):
+                    return False  # never arrived, or more than udscompat makes room for
                 close_all(fds)
                 return len(fds) == n
 
