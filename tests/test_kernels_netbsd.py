@@ -268,6 +268,9 @@ def test_capabilities_never_block_and_auto_is_emulated(linux_server: RumpServer)
     # 253 on a kernel that carries 509 (it reported 509 while send_fds refused 254).
     assert caps["quirks"]["max_fds_per_message"] <= netbsd.MAX_FDS_PER_MESSAGE
     assert caps["quirks"]["max_fds_per_message"] == linux.MAX_FDS_PER_MESSAGE
+    # A path limit, or why there is none (udscompat's bind cannot bind through the hijack).
+    quirks = caps["quirks"]
+    assert quirks["max_path_bytes"] is not None or "max_path_bytes" in quirks["undecided"]
 
 
 def test_native_column_matches_the_committed_one(tmp_path: Path) -> None:
@@ -349,3 +352,27 @@ def test_a_peek_never_hands_out_kernel_pointers_as_descriptors(linux_server: Rum
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads(proc.stdout.splitlines()[-1])
     assert seen == {"installs": False, "peeked": [], "read": 1}
+
+
+def test_options_compat_linux_does_not_map_are_unsupported(linux_server: RumpServer) -> None:
+    """compat_linux answers EINVAL for SO_PASSCRED and SO_PEERSEC (linux_to_bsd_so_sockopt
+    maps neither): udscompat says UnsupportedError naming the option, not a bare EINVAL."""
+    proc = _hijacked(
+        linux_server,
+        "import json, socket, udscompat\n"
+        "a, b = socket.socketpair(socket.AF_UNIX)\n"
+        "out = {}\n"
+        "for name, call in (('pass_credentials', lambda: udscompat.pass_credentials(b)),\n"
+        "                   ('peer_security_label', lambda: udscompat.peer_security_label(a))):\n"
+        "    try:\n"
+        "        out[name] = ['returned', repr(call())]\n"
+        "    except OSError as exc:\n"
+        "        out[name] = [type(exc).__name__, str(exc)]\n"
+        "print(json.dumps(out))\n",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["pass_credentials"][0] == "UnsupportedError", out
+    assert "SO_PASSCRED" in out["pass_credentials"][1]
+    assert out["peer_security_label"][0] == "UnsupportedError", out
+    assert "SO_PEERSEC" in out["peer_security_label"][1]

@@ -125,7 +125,10 @@ def _credentials_feature() -> Feature:
 
 
 def _longest_bindable_path() -> Optional[int]:
-    """Bind ever longer paths in a private directory with udscompat's bind; the longest."""
+    """Bind ever longer paths in a private directory with udscompat's bind; the longest.
+
+    None (and ``undecided`` says why) where not even the shortest length tried binds.
+    """
     from udscompat._bind import bind  # reaches a full Linux sun_path, which CPython refuses
 
     with tempfile.TemporaryDirectory(prefix="udsc") as tmp:
@@ -138,7 +141,13 @@ def _longest_bindable_path() -> Optional[int]:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 try:
                     socket_file = bind(sock, path)
-                except (OSError, ValueError):
+                except (OSError, ValueError) as exc:
+                    if best is None:
+                        _probes._note_undecided(
+                            "max_path_bytes",
+                            f"udscompat's bind() of a {length}-byte path in a private "
+                            f"directory failed: {type(exc).__name__}: {exc}",
+                        )
                     break
                 best = length
             if socket_file is not None:

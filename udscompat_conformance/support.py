@@ -227,6 +227,8 @@ def provoke_unix_gc(rounds: int = 20) -> None:
 def read_endpoint(fd: int, kind: str) -> bytes:
     """What waits on an ``endpoint(kind)`` descriptor (or a received copy of it)."""
     if kind == "unix_socket":
-        with socket.socket(fileno=os.dup(fd)) as sock:
+        # Family and type given: socket(fileno=) would ask SO_DOMAIN and SO_PROTOCOL, which
+        # Linux-ABI layers may not know (NetBSD's compat_linux: EINVAL).
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=os.dup(fd)) as sock:
             return sock.recv(10)
     return os.read(fd, 10)

@@ -21,6 +21,7 @@ from udscompat._os._posix import (
     credentials_of,
     getsockopt_bytes,
     received,
+    refuse,
     unpack_exact,
 )
 from udscompat._records import ConnCredentials
@@ -111,6 +112,7 @@ CREDENTIALS_WITH_FDS = True
 CREDENTIALS_ROOM = cmsg_space(UCRED.size, CMSGHDR_SIZE, CMSG_ALIGNMENT) + cmsg_space(
     4, CMSGHDR_SIZE, CMSG_ALIGNMENT
 )
+_UNKNOWN_OPTION = "the kernel does not know {} ({}): a Linux-ABI layer without it"
 #: SO_PEERSEC buffer sizes to try: a label rarely passes 256 bytes; ERANGE asks for more.
 _LABEL_SIZES = (256, 4096, 65536)
 
@@ -121,7 +123,13 @@ def pass_credentials(sock: socket.socket, enable: bool) -> None:
     Side effect (af_unix.c): a socket with SO_PASSCRED that connects or sends
     while unbound is autobound to an abstract name.
     """
-    sock.setsockopt(SOL_SOCKET, SO_PASSCRED, 1 if enable else 0)
+    try:
+        sock.setsockopt(SOL_SOCKET, SO_PASSCRED, 1 if enable else 0)
+    except OSError as exc:
+        # Linux always has it; a Linux-ABI layer may not (NetBSD's compat_linux: EINVAL).
+        if exc.errno in (errno.EINVAL, errno.ENOPROTOOPT):
+            refuse("ancillary credentials", OS_NAME, _UNKNOWN_OPTION.format("SO_PASSCRED", exc))
+        raise
 
 
 def credentials_cmsg(creds: SendCredentials) -> Optional[Cmsg]:
@@ -156,6 +164,8 @@ def peer_security_label(sock: socket.socket) -> Optional[bytes]:
                 continue
             if exc.errno == errno.ENOPROTOOPT:
                 return None
+            if exc.errno == errno.EINVAL:  # never Linux's answer: a layer without the option
+                refuse("security labels", OS_NAME, _UNKNOWN_OPTION.format("SO_PEERSEC", exc))
             raise
         return decode_security_label(raw)
     raise OSError(errno.ERANGE, f"SO_PEERSEC label longer than {_LABEL_SIZES[-1]} bytes")

@@ -38,7 +38,10 @@ _KINDS = ["stream", "dgram", "seqpacket"]
     rows=["ADDR-03", "ADDR-06"],
 )
 def test_path_limit(observe: Observer, short_tmp: str) -> None:
-    limit = udscompat.capabilities().quirks["max_path_bytes"]
+    quirks = udscompat.capabilities().quirks
+    limit = quirks["max_path_bytes"]
+    why = quirks["undecided"].get("max_path_bytes")
+    assert limit is not None, f"capabilities() could not measure max_path_bytes: {why}"
     prefix = short_tmp.encode() + b"/"
     longest = prefix + b"p" * (limit - len(prefix))
     with socket.socket(socket.AF_UNIX) as sock:

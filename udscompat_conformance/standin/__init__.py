@@ -20,6 +20,8 @@ FEATURES = (
     "nosockdiag",
     "emptyrights",
     "partialstream",
+    "linuxoptsunknown",
+    "pathbindfails",
 )
 #: gVisor's answers that break udscompat's assumptions (see kernel_standin.c).
 GVISOR = "peercredself,dgramrefused,nosockdiag,emptyrights,partialstream"

@@ -25,6 +25,14 @@
  *   emptyrights  a receiver out of descriptors is not told so: no MSG_CTRUNC (rightsFDs
  *                stops at the first EMFILE and does not report it), and where none fitted,
  *                an SCM_RIGHTS message with no descriptors (Linux sends none).
+ *
+ * and of NetBSD 7.99.34 through compat_linux, as the Linux-ABI rump column runs it:
+ *   linuxoptsunknown  SO_PASSCRED, SO_PEERSEC and SO_PEERGROUPS fail with EINVAL
+ *                (linux_to_bsd_so_sockopt() knows no such option).
+ *   pathbindfails every bind() of an AF_UNIX socket to a path fails with ENOENT, as
+ *                udscompat's do in that harness (its openat() walk from / reaches the host's
+ *                /tmp, not the rump kernel's).
+ *
  *   partialstream a send() on an AF_UNIX SOCK_STREAM socket goes out in two halves, so a
  *                non-blocking one near a full buffer is accepted in part (gVisor's stream
  *                queue takes partial writes where Linux takes a small send whole or not).
@@ -99,7 +107,28 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
         errno = refusal;
         return -1;
     }
+    if (addr != NULL && addr->sa_family == AF_UNIX && len > offsetof(struct sockaddr_un, sun_path) &&
+        ((const struct sockaddr_un *)addr)->sun_path[0] != '\0' && standin_has("pathbindfails")) {
+        errno = ENOENT;
+        return -1;
+    }
     return NEXT(bind)(fd, addr, len);
+}
+
+static int unknown_to_compat_linux(int level, int name)
+{
+    return level == SOL_SOCKET &&
+           (name == SO_PASSCRED || name == SO_PEERSEC || name == SO_PEERGROUPS) &&
+           standin_has("linuxoptsunknown");
+}
+
+int setsockopt(int fd, int level, int name, const void *value, socklen_t size)
+{
+    if (unknown_to_compat_linux(level, name)) {
+        errno = EINVAL;
+        return -1;
+    }
+    return NEXT(setsockopt)(fd, level, name, value, size);
 }
 
 static int unix_socket_of_type(int fd, int type)
@@ -128,6 +157,10 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len)
 
 int getsockopt(int fd, int level, int name, void *value, socklen_t *size)
 {
+    if (unknown_to_compat_linux(level, name)) {
+        errno = EINVAL;
+        return -1;
+    }
     int result = NEXT(getsockopt)(fd, level, name, value, size);
     if (level == SOL_SOCKET && name == SO_PEERCRED && standin_has("peercredself") &&
         value != NULL && size != NULL && *size >= sizeof(struct ucred)) {

@@ -1,11 +1,13 @@
-"""What udscompat does on a kernel that answers as gVisor does (runsc release 20221219).
+"""What udscompat does on kernels that answer as gVisor (runsc release 20221219) and NetBSD's
+compat_linux (7.99.34, the Linux-ABI rump column) do.
 
-gVisor cannot run in the portable tier, so these tests run udscompat in a child process
-under the project's LD_PRELOAD kernel stand-in (``udscompat_conformance/standin``), which
-makes Linux give gVisor's answers -- a STAND-IN, not gVisor: only the answers named by its
-features change.  The real gVisor runs are the tier ``rump`` test and the committed gVisor
-column (``udscompat-conformance run --kernel gvisor``).  Each gVisor answer here was seen
-under runsc and read in gVisor's sources (see kernel_standin.c and the probes' docstrings).
+Neither can run in the portable tier, so these tests run udscompat in a child process under
+the project's LD_PRELOAD kernel stand-in (``udscompat_conformance/standin``), which makes
+Linux give those answers -- a STAND-IN, not gVisor or NetBSD: only the answers named by its
+features change.  The real runs are the tier ``rump`` tests and the committed columns
+(``udscompat-conformance run --kernel gvisor`` / ``--kernel netbsd-rump-linux``).  Each
+answer here was seen on the real kernel and read in its sources (see kernel_standin.c and
+the probes' docstrings).
 """
 
 from __future__ import annotations
@@ -323,3 +325,72 @@ def test_the_shim_cases_hold_or_say_why_on_gvisors_answers(standin: Path, tmp_pa
     assert "left in place" in listener and "no peer" in listener
     if os.geteuid() == 0:
         assert "no peer" in cases["shim.creds.other_user"]["message"]
+
+
+# --- NetBSD through compat_linux: options it does not map, binds the harness cannot make -----
+
+_OPTIONS = """
+    import json, socket
+    import udscompat
+    out = {}
+    a, b = socket.socketpair(socket.AF_UNIX)
+    for name, call in (
+        ("pass_credentials", lambda: udscompat.pass_credentials(b)),
+        ("peer_security_label", lambda: udscompat.peer_security_label(a)),
+    ):
+        try:
+            out[name] = ["returned", repr(call())]
+        except OSError as exc:
+            out[name] = [type(exc).__name__, str(exc)]
+    creds = udscompat.peer_credentials(a)
+    out["peer_credentials"] = [creds.euid, creds.groups]
+    print(json.dumps(out))
+"""
+
+
+def test_an_option_the_kernel_does_not_know_is_unsupported_not_einval(standin: Path) -> None:
+    """NetBSD's compat_linux answers EINVAL for Linux options it does not map: SO_PASSCRED
+    and SO_PEERSEC came out as a bare OSError EINVAL (the committed Linux-ABI column's
+    shim.ancillary.unavailable_says_so and peer_security_label); they are UnsupportedError
+    naming the option, and peer credentials still work without SO_PEERGROUPS."""
+    out = under(standin, "linuxoptsunknown", _OPTIONS)
+    for entry, option in (
+        ("pass_credentials", "SO_PASSCRED"),
+        ("peer_security_label", "SO_PEERSEC"),
+    ):
+        name, message = out[entry]
+        assert name == "UnsupportedError", out[entry]
+        assert option in message and "Linux-ABI layer" in message
+    assert out["peer_credentials"] == [os.geteuid(), None]
+
+
+def test_a_path_limit_that_cannot_be_measured_says_why(standin: Path, tmp_path: Path) -> None:
+    """Where udscompat's bind() cannot bind in a private directory (the Linux-ABI harness),
+    capabilities() leaves max_path_bytes undecided and says why, and shim.address.path_limit
+    fails naming it -- it failed with "TypeError: unsupported operand type(s) for -:
+    'NoneType' and 'int'".  ~4 s: one case in a child suite run (capabilities() probes all)."""
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "udscompat_conformance",
+            "run",
+            "--standin",
+            "pathbindfails",
+            "--out",
+            str(out),
+            "--",
+            "-k",
+            "test_path_limit",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (case,) = json.loads(out.read_text())["cases"]
+    assert case["outcome"] == "fail"
+    assert "could not measure max_path_bytes" in case["message"], case["message"]
+    assert "No such file or directory" in case["message"]
