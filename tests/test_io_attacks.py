@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import pytest
 
+from tests.conftest import open_fds
 from udscompat import SeqpacketConn, _fdpass, _probes, _seqpacket
 from udscompat._framing import HEADER, FrameEncoder
 
@@ -266,6 +267,112 @@ def test_a_call_after_an_abort_cut_short_finishes_it(call: str) -> None:
         assert a.fileno() == -1
         b.settimeout(5)
         assert b.recv_message() is None
+
+
+# -- the sent-fd registry under interrupts -------------------------------------------------
+
+
+def _registry_round(schedule: Sequence[int], pipe: Tuple[int, int]) -> List[Event]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        interrupts = Interrupts(schedule)
+        _program(
+            [
+                lambda: _fdpass.send_fds(a, b"x", [pipe[0]]),
+                lambda: _fdpass.send_fds(a, b"y", [pipe[0], pipe[0]]),
+                lambda: _fdpass.release_sent_fds(a),
+            ],
+            interrupts,
+        )
+        _fdpass.release_sent_fds(a)
+        b.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                _, fds, _, _ = _fdpass.recv_fds(b, 10, 4)
+                _fdpass._io.close_fds(fds)
+    return interrupts.events
+
+
+def test_held_duplicates_survive_interrupts_at_every_step(
+    hold_env: pytest.MonkeyPatch, pipe: Tuple[int, int]
+) -> None:
+    """Where sent descriptors are held (macOS), an interrupt anywhere loses no duplicate.
+
+    A duplicate made before its batch was registered, or forgotten before it was closed
+    (the batch list cleared, then the close loop interrupted), stayed open for good.
+    """
+    hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
+    _probes.same_process_fd_reuse()  # the probe itself is not under test here
+    before = open_fds()
+    events = _registry_round((), pipe)
+    assert open_fds() == before
+    leaks = []
+    for point in range(1, len(events) + 1):
+        _registry_round((point,), pipe)
+        leaked = open_fds() - before
+        if leaked:
+            leaks.append((point, events[point - 1], len(leaked)))
+            _fdpass._io.close_fds(sorted(leaked))
+    assert not leaks, f"held duplicates lost to an interrupt: {leaks}"
+
+
+def test_a_send_interrupted_while_waiting_holds_nothing(
+    hold_env: pytest.MonkeyPatch, pipe: Tuple[int, int]
+) -> None:
+    """Nothing went out, so no duplicate is held and no acknowledgement awaited.
+
+    The batch stayed held (until close) and counted as a frame awaiting acknowledgement,
+    so every later batch was released one acknowledgement late and a peer acknowledging
+    one frame more than it received went unnoticed.
+    """
+    hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
+    a, b = _seqpacket.seqpacket_pair(implementation="emulated")
+
+    def raise_interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGALRM, raise_interrupted)
+    try:
+        with a, b:
+            a._sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:  # fill the socket (b never reads): the next send waits
+                    a._sock.send(b"\0" * 65536)
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            with pytest.raises(Interrupted):
+                a.send(b"x", [pipe[0]])
+            assert _fdpass.REGISTRY.held(a._sock) == 0
+            assert not _fdpass.REGISTRY.acknowledge(a._sock, 1), "awaits an acknowledgement"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_unhold_never_closes_a_batch_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send that fails after a newer send evicted its batch must not close it again.
+
+    Thread A holds a batch and sends; thread B's send on the same socket evicts A's batch
+    at the bound (closing it); A's send fails and unholds.  unhold closed the batch's
+    numbers a second time -- by then perhaps another thread's new descriptors.
+    """
+    monkeypatch.setattr(_fdpass.REGISTRY, "max_per_socket", 1)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    r, w = os.pipe()
+    with a, b:
+        first = _fdpass.REGISTRY.hold(a, [r])  # thread A, about to send
+        _fdpass.REGISTRY.hold(a, [r])  # thread B: the bound evicts A's batch
+        reused = os.open(os.devnull, os.O_RDONLY)  # another thread: gets the freed number
+        try:
+            _fdpass.REGISTRY.unhold(a, first)  # A's send failed
+            os.fstat(reused)  # still open
+            # ... and its frame, never sent, no longer awaits an acknowledgement.
+            assert not _fdpass.REGISTRY.acknowledge(a, 2), "awaits the unsent frame's too"
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(reused)
+            _fdpass.REGISTRY.release(a)
+            os.close(r)
+            os.close(w)
 
 
 # -- probes inside a send --------------------------------------------------------------------

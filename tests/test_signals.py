@@ -38,7 +38,6 @@ SIZES = [0, 7, 100, 5000, 70000, 200000]
 
 
 KEPT: List[object] = []
-STRAY: List[int] = []  # per send round: sent-descriptor copies left open (see _send_round)
 
 
 class Interrupt(BaseException):
@@ -166,7 +165,9 @@ def test_receives_under_a_storm_of_raising_handlers(impl: str, storm: List[bool]
     print(f"{impl}: {received} received, {interrupts} interrupts, {aborts} aborted")
 
 
-def _send_round(impl: str, storm: List[bool], first: int) -> Tuple[int, int, bool]:
+def _send_round(
+    impl: str, storm: List[bool], first: int, holding: bool = False
+) -> Tuple[int, int, bool]:
     """Send messages ``first``.. through one connection; returns (next, interrupts, aborted)."""
     a, b = udscompat.seqpacket_pair(implementation=impl)
     r, w = os.pipe()
@@ -221,17 +222,20 @@ def _send_round(impl: str, storm: List[bool], first: int) -> Tuple[int, int, boo
                 except ConnectionAbortedError:
                     aborted = True  # the last send was interrupted mid-system-call
         receiver.join(30)
-    # Copies of the sent descriptor still open after both ends closed.  Seen (rarely, only
-    # in runs where this side aborted) and not yet explained: counted, closed, and bounded
-    # by the test below rather than left to fail the leak check at random.
+    # The peer closed every descriptor it got, and those still in flight went with the
+    # sockets: a copy of the sent descriptor still open was leaked on our side.
     stray = [fd for fd in open_fds() - before if fd not in (r, w) and same_file(fd, r)]
     for fd in stray:
         os.close(fd)
-    STRAY.append(len(stray))
     os.close(r)
     os.close(w)
+    assert not stray, f"{len(stray)} copies of the sent descriptor left open (aborted: {aborted})"
     assert not receiver.is_alive()
-    if peer_error:
+    if peer_error and holding and isinstance(peer_error[0], ConnectionResetError):
+        # Linux resets a stream whose closing end left bytes unread: here acknowledgements
+        # the sender never read (a known gap, see coord notes attack-12), aborted or not.
+        pass
+    elif peer_error:
         # Only our own abort may end the stream mid-frame, and the peer says just that.
         assert aborted and isinstance(peer_error[0], FramingError), peer_error
         assert "mid-frame" in str(peer_error[0])
@@ -241,17 +245,25 @@ def _send_round(impl: str, storm: List[bool], first: int) -> Tuple[int, int, boo
     return i + 1, interrupts, aborted
 
 
+@pytest.mark.parametrize("holding", [False, True], ids=["", "held"])
 @pytest.mark.parametrize("impl", ["native", "emulated"])
-def test_sends_under_a_storm_of_raising_handlers(impl: str, storm: List[bool]) -> None:
+def test_sends_under_a_storm_of_raising_handlers(
+    impl: str, holding: bool, hold_env: pytest.MonkeyPatch, storm: List[bool]
+) -> None:
+    """Also with sent descriptors held (macOS's default): the registry loses none to a handler.
+
+    Held, an interrupt in the registry's close loops (the release at an abort, an
+    acknowledgement) left the rest of a batch open for good.
+    """
+    hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1" if holding else "0")
+    udscompat._fdpass.hold_sent_fds()  # the policy is read before the storm
     interrupts = aborts = 0
     first = 0
-    end = time.monotonic() + 8
-    STRAY.clear()
+    end = time.monotonic() + (5 if holding else 8)
     while first < COUNT and time.monotonic() < end:
-        first, interrupted, aborted = _send_round(impl, storm, first)
+        first, interrupted, aborted = _send_round(impl, storm, first, holding)
         interrupts += interrupted
         aborts += aborted
-        assert STRAY[-1] <= 2 * aborted, f"{STRAY[-1]} copies of a sent descriptor left open"
     assert interrupts > 10, "the storm must interrupt sends"
     assert not aborts or impl == "emulated", "a native stream is never aborted"
     print(f"{impl}: sends, {interrupts} interrupts, {aborts} aborted")

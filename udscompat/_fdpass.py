@@ -103,10 +103,18 @@ class _Held:
 
     def __init__(self) -> None:
         self.batches: Deque[List[int]] = collections.deque()
-        self.count = 0  # duplicates in all batches
+        #: Duplicates in all batches.  Kept, not summed per call (that walks up to 64
+        #: batches per held send); an interrupt between a batch's change and this update
+        #: can skew it by one batch until the entry next holds at most one batch, where it
+        #: is counted afresh.
+        self.count = 0
         #: Frames sent with an acknowledgement request and not acknowledged yet (the shim's
         #: own connections); the newest ``len(batches)`` of them still have their batch.
         self.unacked = 0
+
+    def recount(self) -> None:
+        if len(self.batches) <= 1:
+            self.count = sum(map(len, self.batches))
 
 
 class _SentFdRegistry:
@@ -116,6 +124,12 @@ class _SentFdRegistry:
     ``UDSCOMPAT_MAX_HELD_FDS`` setting), the oldest batches are closed; the
     newest batch is always kept whole.  A child process starts with an empty
     registry and a fresh lock (``os.register_at_fork``).
+
+    A signal handler that raises can interrupt any of these methods: a
+    duplicate is made straight into a batch that is already registered, and
+    is forgotten in the same C-level step that closes it (``_close_batch``),
+    so none is lost and none closed twice (which could close another
+    thread's new descriptor that took the number).
     """
 
     def __init__(self) -> None:
@@ -140,46 +154,60 @@ class _SentFdRegistry:
         Raises:
             OSError: from ``dup`` (EMFILE); nothing is held then.
         """
-        dups: List[int] = []
-        try:
-            for fd in fds:
-                dups.append(os.dup(fd))  # os.dup gives close-on-exec copies
-        except BaseException:
-            _io.close_fds(dups)
-            raise
         limit = self.max_per_socket or max_held_fds()
-        evicted: List[int] = []
+        reuse = _probes.same_process_fd_reuse()  # run outside the lock (cached after once)
+        batch: List[int] = []
         with self._lock:
             self._reap_closed()
             entry = self._held.get(sock)
             if entry is None:
                 entry = self._held[sock] = _Held()
                 weakref.finalize(sock, _close_entry, entry)
-            entry.batches.append(dups)
-            entry.count += len(dups)
+            # Registered empty, then filled: each duplicate is stored by the same C-level
+            # call that makes it (os.dup gives close-on-exec copies).
+            entry.batches.append(batch)
             entry.unacked += 1
-            while entry.count > limit and len(entry.batches) > 1:
-                oldest = entry.batches.popleft()
+            try:
+                batch.extend(map(os.dup, fds))
+            except OSError:
+                entry.unacked -= 1
+                self._drop(entry, batch)
+                raise
+            entry.count += len(batch)
+            while len(entry.batches) > 1 and entry.count > limit:
+                oldest = entry.batches[0]
+                self.evicted += len(oldest)
                 entry.count -= len(oldest)
-                evicted += oldest
-            self.evicted += len(evicted)
-            if _probes.same_process_fd_reuse():
+                _close_batch(oldest)
+                entry.batches.popleft()
+            entry.recount()
+            if reuse:
                 self.originals.update(fds)
-        _io.close_fds(evicted)
-        return dups
+        return batch
 
     def unhold(self, sock: socket.socket, batch: List[int]) -> None:
-        """Undo ``hold`` for a send that failed before anything went out."""
+        """Undo ``hold`` for a send that failed before anything went out.
+
+        Closes the batch only if it is still held: one evicted, released or
+        acknowledged meanwhile was closed then, and its numbers may already
+        name other descriptors.
+        """
         with self._lock:
             entry = self._held.get(sock)
             if entry is not None:
-                entry.unacked -= 1
-                for i in range(len(entry.batches) - 1, -1, -1):
-                    if entry.batches[i] is batch:
-                        del entry.batches[i]
-                        entry.count -= len(batch)
-                        break
-        _io.close_fds(batch)  # a batch evicted meanwhile is closed already: harmless
+                # That frame never went out: no acknowledgement will come for it, held or not.
+                entry.unacked = max(entry.unacked - 1, 0)
+                self._drop(entry, batch)
+
+    @staticmethod
+    def _drop(entry: _Held, batch: List[int]) -> None:
+        for i in range(len(entry.batches) - 1, -1, -1):
+            if entry.batches[i] is batch:
+                entry.count -= len(batch)
+                _close_batch(batch)
+                del entry.batches[i]
+                entry.recount()
+                return
 
     def acknowledge(self, sock: socket.socket, frames: int) -> bool:
         """The peer confirmed the oldest ``frames`` requests: close their batches.
@@ -192,12 +220,11 @@ class _SentFdRegistry:
             if entry is None or not 0 < frames <= entry.unacked:
                 return False
             entry.unacked -= frames
-            released: List[int] = []
             while len(entry.batches) > entry.unacked:
-                batch = entry.batches.popleft()
-                entry.count -= len(batch)
-                released += batch
-        _io.close_fds(released)
+                entry.count -= len(entry.batches[0])
+                _close_batch(entry.batches[0])
+                entry.batches.popleft()
+            entry.recount()
         return True
 
     def release(self, sock: socket.socket) -> int:
@@ -206,10 +233,9 @@ class _SentFdRegistry:
             entry = self._held.get(sock)
             if entry is None:
                 return 0
-            batches = list(entry.batches)
-            entry.batches.clear()
-            entry.count = 0
-        return _close_batches(batches)
+            count = entry.count
+            _close_entry(entry)
+        return count
 
     def held(self, sock: socket.socket) -> int:
         """How many duplicates are held for ``sock``."""
@@ -231,21 +257,31 @@ class _SentFdRegistry:
 
     def _reap_closed(self) -> None:
         for sock in [s for s in self._held if s.fileno() == -1]:
-            _close_entry(self._held.pop(sock))
+            _close_entry(self._held[sock])  # closed before it is forgotten
+            del self._held[sock]
 
 
 def _close_entry(entry: _Held) -> None:
     # Runs as a finalizer too, so it takes no lock: once its socket is gone, nothing else
-    # reaches the entry.  Popping batch by batch makes a second run close nothing.
+    # reaches the entry.  Each batch is emptied as it is closed: a second run closes nothing.
     while entry.batches:
-        _io.close_fds(entry.batches.popleft())
+        _close_batch(entry.batches[0])
+        entry.batches.popleft()
     entry.count = 0
 
 
-def _close_batches(batches: List[List[int]]) -> int:
-    fds = [fd for batch in batches for fd in batch]
-    _io.close_fds(fds)
-    return len(fds)
+def _close_batch(batch: List[int]) -> None:
+    """Close every descriptor of ``batch`` and forget it, in one C-level step per descriptor.
+
+    ``map(os.close, map(batch.pop, ...))`` drained by a ``deque`` runs in C, so no signal
+    handler can run between a close and the pop that forgets it: an interrupted call leaves
+    the rest in ``batch`` (closed by the next), never one closed and remembered.
+    """
+    while batch:
+        try:
+            collections.deque(map(os.close, map(batch.pop, [-1] * len(batch))), maxlen=0)
+        except OSError:
+            pass  # that one is gone either way (EBADF; EINTR after the kernel closed it)
 
 
 REGISTRY = _SentFdRegistry()

@@ -1149,8 +1149,10 @@ class _EmulatedConn(SeqpacketConn):
                 deadline=deadline,
             )
             return sent
-        except OSError:
-            if batch is not None:
+        except BaseException:
+            # Nothing went out unless an exception cut the window after the system call
+            # short (_sending still set): then the batch stays for the acknowledgement.
+            if batch is not None and not self._sending:
                 _fdpass.REGISTRY.unhold(self._sock, batch)
             raise
 
