@@ -409,3 +409,40 @@ def test_no_probe_runs_inside_a_send(hold_env: pytest.MonkeyPatch, pipe: Tuple[i
             for fd in message.fds:
                 os.close(fd)
         assert not probed, f"{implementation} send ran probes: {probed}"
+
+
+# -- a listener under construction -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", ["native", "emulated"])
+def test_a_listener_interrupted_while_made_leaves_no_socket_file(
+    implementation: str, tmp_path: Any
+) -> None:
+    """An interrupt at any boundary of ``SeqpacketListener(path)`` leaves no file behind.
+
+    setblocking(False) ran after the try that closes a half-built listener: a handler
+    raising there dropped the bound, listening socket, and its file stayed at the path
+    (stale: the next bind had to probe and remove it; a client meanwhile was refused).
+    """
+    path = str(tmp_path / "listener")
+    recorder = Interrupts()
+    with recorder.active():
+        _seqpacket.SeqpacketListener(path, implementation=implementation).close()
+    before = open_fds()
+    failures = []
+    for point in range(1, len(recorder.events) + 1):
+        try:
+            with Interrupts((point,)).active():
+                listener = _seqpacket.SeqpacketListener(path, implementation=implementation)
+        except Interrupted:
+            pass
+        else:
+            listener.close()
+        if os.path.lexists(path):
+            failures.append(recorder.events[point - 1])
+            os.unlink(path)
+        leaked = open_fds() - before
+        if leaked:
+            failures.append(recorder.events[point - 1])
+            _fdpass._io.close_fds(sorted(leaked))
+    assert not failures, f"interrupted after these, a listener was left behind: {failures}"

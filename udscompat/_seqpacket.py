@@ -1653,14 +1653,16 @@ class SeqpacketListener:
         self._file: Optional[SocketFile] = None
         try:
             self._file = bind(self._sock, addr, mode=mode, backlog=backlog)
+            # getsockname() names /proc/self/fd/N/... for a socket bound through a descriptor.
+            self._path = None if self._file is None else self._file.address
+            self._sock.setblocking(False)
         except BaseException:
+            # Anything (a raising signal handler too) before the listener is handed over:
+            # close it and remove its file, never leave it behind as a stale socket file.
             close_listener(self._sock, self._file)
             raise
-        # getsockname() names /proc/self/fd/N/... for a socket bound through a descriptor.
-        self._path = None if self._file is None else self._file.address
         if not remove_on_close:
             self._file = None
-        self._sock.setblocking(False)
         self._timeout: Optional[float] = None
 
     def accept(self) -> Tuple[SeqpacketConn, UnixSocketAddr]:
