@@ -288,6 +288,11 @@ REGISTRY = _SentFdRegistry()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=REGISTRY.after_fork_in_child)
 
+#: The compiled fast paths of send_fds/recv_fds (None in pure Python): the same checks in C,
+#: NotImplemented wherever the code of these functions must run.
+_fast_send = _io.enable_fast_fdpass(hold_sent_fds, REGISTRY)
+_fast_recv = _io.compiled_recv_fds
+
 
 def send_fds(
     sock: socket.socket,
@@ -322,6 +327,12 @@ def send_fds(
             sent descriptors are held (see ``release_sent_fds``); nothing was
             sent then.
     """
+    if address is None and _fast_send is not None:
+        # The common case compiled (udscompat/_speedups.c), or NotImplemented before anything
+        # was sent: the code below then does the whole call.
+        sent: int = _fast_send(sock, data, fds, flags)
+        if sent is not NotImplemented:
+            return sent
     _check_unix(sock)
     if type(data) is list:
         buffers = data  # only read, never kept
@@ -377,6 +388,11 @@ def recv_fds(
         ValueError: negative ``bufsize`` or ``maxfds``, or not AF_UNIX.
         TypeError: ``bufsize`` or ``maxfds`` is not an int.
     """
+    if _fast_recv is not None:
+        # The common case compiled, or NotImplemented before anything was received.
+        received: Tuple[bytes, List[int], int, Any] = _fast_recv(sock, bufsize, maxfds, flags)
+        if received is not NotImplemented:
+            return received
     _check_unix(sock)
     if type(bufsize) is not int or type(maxfds) is not int or bufsize < 0 or maxfds < 0:
         bufsize, maxfds = _io.check_sizes(bufsize, maxfds)

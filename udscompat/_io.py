@@ -32,11 +32,12 @@ import select
 import socket
 import termios
 import time
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from udscompat import _accel, _probes
 from udscompat._errors import ControlTruncatedError
 from udscompat._platform import backend
+from udscompat._records import Message
 
 T = TypeVar("T")
 
@@ -396,9 +397,39 @@ def close_fds(fds: Sequence[int]) -> None:
 
 
 def configure_compiled(module: Any) -> Any:
-    """Give the compiled module this OS's facts and ``truncation_error``; returns it."""
+    """Give the compiled module this OS's facts, ``truncation_error``, ``Message``; returns it."""
     module.configure(FD_ROOM, MARKER_TYPE, _FD_CMSGS, truncation_error)
+    module.configure_message(Message)
     return module
+
+
+def fast_fdpass_facts() -> Optional[Tuple[int, bool]]:
+    """What the compiled ``send_fds``/``recv_fds`` need from the probes, or None for now.
+
+    ``(receive flags, stream padding)``: MSG_CMSG_CLOEXEC where the kernel
+    honours it (else 0: the C call sets FD_CLOEXEC itself), and whether a
+    stream send with descriptors must pad its control data (``rights``).
+    None while a probe cannot run (EMFILE): the Python path runs it then.
+    """
+    try:
+        return _probes.cmsg_cloexec_flag() or 0, _probes.fd_control_padding()
+    except OSError:
+        return None
+
+
+def enable_fast_fdpass(hold: Callable[[], bool], registry: Any) -> Optional[Callable[..., Any]]:
+    """Turn on the compiled ``send_fds``/``recv_fds`` fast paths (``_fdpass`` calls this once).
+
+    ``hold`` is the policy asked at every send with descriptors (where it says
+    yes, Python holds them); ``registry.originals`` the received numbers to
+    guard (where there are any, Python receives).  Returns the compiled
+    module's ``send_fds``, or None in pure Python.
+    """
+    if _speedups is None:
+        return None
+    _speedups.configure_fast(PLAIN_SOCKETS, _MAX_FDS, fast_fdpass_facts, hold, registry)
+    send_fds: Callable[..., Any] = _speedups.send_fds
+    return send_fds
 
 
 #: Socket types whose methods the compiled calls may stand in for.  A subclass that
@@ -460,6 +491,16 @@ recv_with_fds: Callable[..., Received] = (
 #: ``(sock, bufsize, maxfds, flags) -> Received`` (address None), or None in pure Python.
 compiled_recvmsg: Optional[Callable[[socket.socket, int, int, int], Received]] = (
     _c_recvmsg if _speedups is not None else None
+)
+#: The compiled native seqpacket receive: ``(sock, bufsize, maxfds, flags, partial_records)
+#: -> Message`` for a whole message with a payload and no descriptors (built in C), else
+#: ``compiled_recvmsg``'s tuple; None in pure Python.
+compiled_recv_message: Optional[
+    Callable[[socket.socket, int, int, int, bool], Union[Message, Received]]
+] = _speedups.recv_message if _speedups is not None else None
+#: The compiled ``recv_fds`` fast path (``NotImplemented``: take the Python path), or None.
+compiled_recv_fds: Optional[Callable[[socket.socket, Any, Any, Any], Any]] = (
+    _speedups.recv_fds if _speedups is not None else None
 )
 
 

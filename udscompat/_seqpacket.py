@@ -95,7 +95,7 @@ _READS_PER_CALL = 16
 #: instead of allocating all of it.
 _LARGE_BUFSIZE = 262144
 #: The compiled receive where udscompat._accel chose it, else None (see _io.compiled_recvmsg).
-_COMPILED_RECV = _io.compiled_recvmsg
+_COMPILED_RECV = _io.compiled_recv_message
 _NO_LIMIT = 1 << 30  # the decoder, not collect_fds, limits a chunk's descriptors
 _NO_WAIT = (False,)
 #: The types of ``data`` that mean several buffers sent as one message.
@@ -783,22 +783,19 @@ class _NativeConn(SeqpacketConn):
             return None
         if self._fast and bufsize <= _LARGE_BUFSIZE and self._compiled_recv is not None:
             # The compiled receive (udscompat/_speedups.c): one call hands back the message's
-            # descriptors all or none, so only the contract's checks remain here.
+            # descriptors all or none, and builds the Message itself where the inline case
+            # below would (a payload, no descriptors, nothing cut); else recvmsg's tuple.
             try:
-                data, fds, flags, _, marked = self._compiled_recv(
-                    self._sock, bufsize, maxfds, self._recv_flags
+                message = self._compiled_recv(
+                    self._sock, bufsize, maxfds, self._recv_flags, self._partial_records
                 )
             except BlockingIOError:
                 if self._timeout == 0.0:
                     raise
             else:
-                if (
-                    data
-                    and not fds
-                    and not flags & _TRUNCATIONS
-                    and (len(data) < bufsize or not self._partial_records)
-                ):
-                    return new_message((data, (), False, None))
+                if isinstance(message, Message):
+                    return message
+                data, fds, flags, _, marked = message
                 return self._message(data, fds, flags, marked, bufsize)
         elif self._fast and bufsize <= _LARGE_BUFSIZE:
             # _receive_once's common case inline: a whole message, no descriptors, at most the

@@ -138,6 +138,8 @@ as_int(PyObject *obj, const char *name, int *out)
 typedef struct {
     PyObject_HEAD
     int sock_fd;
+    int sock_family; /* PySocketSockObject.sock_family and .sock_type follow sock_fd */
+    int sock_type;
 } socket_prefix;
 
 static PyTypeObject *socket_type = NULL; /* _socket.socket, when its layout checked out */
@@ -171,7 +173,22 @@ as_fd(PyObject *obj, int *out)
     return result;
 }
 
-/* Check the socket_prefix layout on real sockets: open, then closed (-1). */
+/* Whether attribute ``name`` of ``sock`` (a plain _socket.socket, whose getters give
+ * plain ints) equals ``field``. */
+static int
+field_matches(PyObject *sock, const char *name, int field)
+{
+    PyObject *value = PyObject_GetAttrString(sock, name);
+    long expected = value != NULL ? PyLong_AsLong(value) : -2;
+    Py_XDECREF(value);
+    int ok = expected != -2 && !PyErr_Occurred() && field == (int)expected;
+    PyErr_Clear();
+    return ok;
+}
+
+/* Check the socket_prefix layout on real sockets (a stream and a datagram socket,
+ * so that the type field differs): descriptor, family and type, open, then the
+ * descriptor closed (-1). */
 static int
 check_socket_layout(void)
 {
@@ -186,7 +203,8 @@ check_socket_layout(void)
     }
     int ok = PyType_Check(type);
     for (int round = 0; ok && round < 2; round++) {
-        PyObject *sock = PyObject_CallFunction(type, "ii", AF_UNIX, SOCK_STREAM);
+        PyObject *sock =
+            PyObject_CallFunction(type, "ii", AF_UNIX, round == 0 ? SOCK_STREAM : SOCK_DGRAM);
         if (sock == NULL) {
             PyErr_Clear(); /* no socket to check with: keep the method call */
             ok = 0;
@@ -203,6 +221,8 @@ check_socket_layout(void)
             ok = expected != -2 && !PyErr_Occurred() &&
                  ((socket_prefix *)sock)->sock_fd == (int)expected;
             PyErr_Clear();
+            ok = ok && field_matches(sock, "family", ((socket_prefix *)sock)->sock_family) &&
+                 field_matches(sock, "type", ((socket_prefix *)sock)->sock_type);
         }
         Py_DECREF(sock);
     }
@@ -469,52 +489,34 @@ unix_address(const struct sockaddr_storage *storage, socklen_t namelen)
     return PyUnicode_DecodeFSDefaultAndSize(path, (Py_ssize_t)end);
 }
 
-PyDoc_STRVAR(recvmsg_doc,
-"recvmsg(fd, bufsize, maxfds, flags, want_address=False)\n"
-"    -> (data, fds, msg_flags, address, marked)\n\n"
-"One recvmsg(2), with control room for the kernel's per-message descriptor\n"
-"cap plus the seqpacket marker.  Every SCM_RIGHTS descriptor is returned,\n"
-"close-on-exec, or, on MSG_CTRUNC, EMSGSIZE or more than maxfds, all are\n"
-"closed and the configured ControlTruncatedError is raised.  Descriptors\n"
-"from other fd-carrying cmsgs are closed.  address is None unless asked for.");
+/* What one receive got: the payload, the descriptors (open, close-on-exec, owned
+ * by whoever holds this until they are in a Python object or closed), the flags,
+ * the marker and, when asked for, the source address. */
+struct received {
+    PyObject *data;
+    PyObject *address;
+    Py_ssize_t nfds;
+    int msg_flags;
+    int marked;
+    int fds[CONTROL_MAX / sizeof(int)];
+};
 
-static PyObject *
-speedups_recvmsg(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+#define RECEIVE_WOULD_BLOCK (-2)
+
+/* One recvmsg(2) into ``out``.  Returns 0 (out->data owned, out->fds open),
+ * -1 with an exception set and nothing open, or, where ``soft_eagain``,
+ * RECEIVE_WOULD_BLOCK with no exception set and nothing received.
+ *
+ * From the successful recvmsg until the return, no Python code runs while a
+ * descriptor is open and not yet handed over, except the error factory, called
+ * after they are all closed. */
+static int
+receive(int fd, Py_ssize_t bufsize, Py_ssize_t maxfds, int flags, int want_address,
+        int soft_eagain, struct received *out)
 {
-    (void)module;
-    if (nargs < 4 || nargs > 5) {
-        PyErr_Format(PyExc_TypeError, "recvmsg() takes 4 or 5 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    int fd;
-    if (as_fd(args[0], &fd) < 0) {
-        return NULL;
-    }
-    Py_ssize_t bufsize = PyLong_AsSsize_t(args[1]);
-    if (bufsize == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    Py_ssize_t maxfds = PyLong_AsSsize_t(args[2]);
-    if (maxfds == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    int flags;
-    if (as_int(args[3], "flags", &flags) < 0) {
-        return NULL;
-    }
-    int want_address = 0;
-    if (nargs == 5 && (want_address = PyObject_IsTrue(args[4])) < 0) {
-        return NULL;
-    }
-    if (bufsize < 0 || maxfds < 0) {
-        PyErr_Format(PyExc_ValueError, "bufsize and maxfds must be >= 0, got %zd and %zd",
-                     bufsize, maxfds);
-        return NULL;
-    }
-
     PyObject *data = PyBytes_FromStringAndSize(NULL, bufsize);
     if (data == NULL) {
-        return NULL;
+        return -1;
     }
     union {
         struct cmsghdr align;
@@ -549,6 +551,9 @@ speedups_recvmsg(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         int saved = errno;
         if (saved != EINTR) {
             Py_DECREF(data);
+            if (soft_eagain && (saved == EAGAIN || saved == EWOULDBLOCK)) {
+                return RECEIVE_WOULD_BLOCK;
+            }
             errno = saved;
             if (saved == EMSGSIZE) {
                 /* OpenBSD, DragonFly: the control data did not fit and the kernel
@@ -556,24 +561,22 @@ speedups_recvmsg(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 PyObject *cause = PyObject_CallFunction(PyExc_OSError, "is", saved,
                                                         strerror(saved));
                 if (cause == NULL) {
-                    return NULL;
+                    return -1;
                 }
                 raise_truncated("emsgsize", Py_None, 0, maxfds, cause);
-                return NULL;
+                return -1;
             }
-            return PyErr_SetFromErrno(PyExc_OSError);
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
         }
         /* No descriptor has arrived yet: a raising handler loses nothing. */
         if (PyErr_CheckSignals() < 0) {
             Py_DECREF(data);
-            return NULL;
+            return -1;
         }
     }
 
-    /* From here until the return, no Python code runs while a descriptor is open
-     * and not yet in the result (the factory runs after they are closed). */
-    int fds[CONTROL_MAX / sizeof(int)];
-    fds[0] = -1; /* never read unless written; tells the compiler so */
+    int *fds = out->fds;
     Py_ssize_t nfds = 0;
     int marked = 0;
     int empty_rights = 0; /* an SCM_RIGHTS without descriptors: see _io.collect_fds */
@@ -609,20 +612,20 @@ speedups_recvmsg(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t length = received < bufsize ? (Py_ssize_t)received : bufsize;
     if (length != bufsize && _PyBytes_Resize(&data, length) < 0) {
         close_all(fds, nfds);
-        return NULL;
+        return -1;
     }
     if ((msg.msg_flags & MSG_CTRUNC) || empty_rights) {
         close_all(fds, nfds);
         raise_truncated((msg.msg_flags & MSG_CTRUNC) ? "ctrunc" : "empty", data, nfds, maxfds,
                         NULL);
         Py_DECREF(data);
-        return NULL;
+        return -1;
     }
     if (nfds > maxfds) {
         close_all(fds, nfds);
         raise_truncated("excess", data, nfds, maxfds, NULL);
         Py_DECREF(data);
-        return NULL;
+        return -1;
     }
 #ifdef MSG_CMSG_CLOEXEC
     int kernel_cloexec = (flags & MSG_CMSG_CLOEXEC) != 0;
@@ -636,46 +639,418 @@ speedups_recvmsg(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 close_all(fds, nfds);
                 Py_DECREF(data);
                 errno = saved;
-                return PyErr_SetFromErrno(PyExc_OSError);
+                PyErr_SetFromErrno(PyExc_OSError);
+                return -1;
             }
         }
     }
+    out->address = NULL;
+    if (want_address && (out->address = unix_address(&address, msg.msg_namelen)) == NULL) {
+        close_all(fds, nfds);
+        Py_DECREF(data);
+        return -1;
+    }
+    out->data = data;
+    out->nfds = nfds;
+    out->msg_flags = msg.msg_flags;
+    out->marked = marked;
+    return 0;
+}
 
-    PyObject *fd_list = PyList_New(nfds);
-    PyObject *addr = want_address ? unix_address(&address, msg.msg_namelen) : Py_NewRef(Py_None);
-    PyObject *result = NULL;
-    if (fd_list != NULL && addr != NULL) {
-        Py_ssize_t i = 0;
-        for (; i < nfds; i++) {
-            PyObject *number = PyLong_FromLong(fds[i]);
-            if (number == NULL) {
-                break;
-            }
-            PyList_SET_ITEM(fd_list, i, number);
+/* The received descriptors as a new list; on failure every one is closed. */
+static PyObject *
+fd_list(const struct received *got)
+{
+    PyObject *list = PyList_New(got->nfds);
+    for (Py_ssize_t i = 0; list != NULL && i < got->nfds; i++) {
+        PyObject *number = PyLong_FromLong(got->fds[i]);
+        if (number == NULL) {
+            Py_CLEAR(list); /* holds ints only: closes nothing */
+            break;
         }
-        if (i == nfds) {
-            result = PyTuple_New(5);
+        PyList_SET_ITEM(list, i, number);
+    }
+    if (list == NULL) {
+        close_all(got->fds, got->nfds);
+    }
+    return list;
+}
+
+/* ``(data, fds, msg_flags, address[, marked])`` from ``got``, which it consumes:
+ * on failure every descriptor is closed. */
+static PyObject *
+received_tuple(struct received *got, int with_marker)
+{
+    PyObject *result = PyTuple_New(with_marker ? 5 : 4);
+    if (result == NULL) {
+        close_all(got->fds, got->nfds);
+        Py_DECREF(got->data);
+        Py_XDECREF(got->address);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, got->data);
+    PyTuple_SET_ITEM(result, 3, got->address != NULL ? got->address : Py_NewRef(Py_None));
+    if (with_marker) {
+        PyTuple_SET_ITEM(result, 4, PyBool_FromLong(got->marked));
+    }
+    PyObject *flags = PyLong_FromLong(got->msg_flags);
+    if (flags == NULL) {
+        close_all(got->fds, got->nfds);
+        Py_DECREF(result);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 2, flags);
+    PyObject *list = fd_list(got);
+    if (list == NULL) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 1, list);
+    return result;
+}
+
+static int
+as_size(PyObject *obj, const char *name, Py_ssize_t *out)
+{
+    *out = PyLong_AsSsize_t(obj);
+    if (*out == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (*out < 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be >= 0, got %zd", name, *out);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(recvmsg_doc,
+"recvmsg(fd, bufsize, maxfds, flags, want_address=False)\n"
+"    -> (data, fds, msg_flags, address, marked)\n\n"
+"One recvmsg(2), with control room for the kernel's per-message descriptor\n"
+"cap plus the seqpacket marker.  Every SCM_RIGHTS descriptor is returned,\n"
+"close-on-exec, or, on MSG_CTRUNC, EMSGSIZE or more than maxfds, all are\n"
+"closed and the configured ControlTruncatedError is raised.  Descriptors\n"
+"from other fd-carrying cmsgs are closed.  address is None unless asked for.");
+
+static PyObject *
+speedups_recvmsg(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs < 4 || nargs > 5) {
+        PyErr_Format(PyExc_TypeError, "recvmsg() takes 4 or 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    int fd, flags;
+    Py_ssize_t bufsize, maxfds;
+    if (as_fd(args[0], &fd) < 0 || as_size(args[1], "bufsize", &bufsize) < 0 ||
+        as_size(args[2], "maxfds", &maxfds) < 0 || as_int(args[3], "flags", &flags) < 0) {
+        return NULL;
+    }
+    int want_address = 0;
+    if (nargs == 5 && (want_address = PyObject_IsTrue(args[4])) < 0) {
+        return NULL;
+    }
+    struct received got;
+    if (receive(fd, bufsize, maxfds, flags, want_address, 0, &got) < 0) {
+        return NULL;
+    }
+    return received_tuple(&got, 1);
+}
+
+/* -- the public calls' fast paths ------------------------------------------ */
+
+/* Set by configure_fast(); until then every fast path answers NotImplemented. */
+static PyObject *plain_socket_types = NULL; /* tuple: types whose methods nobody overrides */
+static PyObject *facts_source = NULL;  /* () -> (receive flags, stream padding) or None */
+static PyObject *hold_policy = NULL;   /* () -> bool: are sent descriptors held? */
+static PyObject *sent_registry = NULL; /* has .originals, a set: received fds to guard */
+static PyObject *originals_name = NULL;
+static long max_fds_per_message = -1;  /* -1: the OS states none */
+static int facts_known = 0;
+static int receive_flags = 0; /* MSG_CMSG_CLOEXEC where the kernel honours it, else 0 */
+static int stream_padding = 0; /* _probes.fd_control_padding() */
+static PyTypeObject *message_type = NULL; /* udscompat.Message: a tuple of four */
+
+/* ``sock`` as a plain AF_UNIX socket whose fields this module may read, or NULL. */
+static socket_prefix *
+plain_unix_socket(PyObject *sock)
+{
+    if (socket_type == NULL || plain_socket_types == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(plain_socket_types);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if ((PyObject *)Py_TYPE(sock) == PyTuple_GET_ITEM(plain_socket_types, i)) {
+            socket_prefix *s = (socket_prefix *)sock;
+            return s->sock_family == AF_UNIX ? s : NULL;
         }
-        if (result != NULL) {
-            PyTuple_SET_ITEM(result, 0, data);
-            PyTuple_SET_ITEM(result, 1, fd_list);
-            PyTuple_SET_ITEM(result, 2, PyLong_FromLong(msg.msg_flags));
-            PyTuple_SET_ITEM(result, 3, addr);
-            PyTuple_SET_ITEM(result, 4, PyBool_FromLong(marked));
-            if (PyTuple_GET_ITEM(result, 2) != NULL) {
-                return result;
+    }
+    return NULL;
+}
+
+/* The probes' answers, asked for once; 0 while they cannot be had (the Python
+ * path then runs the probes itself and says why). */
+static int
+know_facts(void)
+{
+    if (facts_known) {
+        return 1;
+    }
+    if (facts_source == NULL) {
+        return 0;
+    }
+    PyObject *facts = PyObject_CallObject(facts_source, NULL);
+    int flags = 0, padding = 0;
+    if (facts != NULL && facts != Py_None &&
+        PyArg_ParseTuple(facts, "ip:facts", &flags, &padding)) {
+        receive_flags = flags;
+        stream_padding = padding;
+        facts_known = 1;
+    }
+    Py_XDECREF(facts);
+    PyErr_Clear();
+    return facts_known;
+}
+
+/* A C int from an int (``exact``: not a subclass, so no bool), 0 with no exception for
+ * anything else.  An int subclass (socket.MSG_PEEK is an IntFlag) is read as its value,
+ * which is what the Python code passes on, without running any of its Python code. */
+static int
+int_value(PyObject *obj, int exact, int *out)
+{
+    if (exact ? !PyLong_CheckExact(obj) : !PyLong_Check(obj)) {
+        return 0;
+    }
+    int overflow;
+    long value = PyLong_AsLongAndOverflow(obj, &overflow);
+    if (overflow || value < INT_MIN || value > INT_MAX) {
+        return 0;
+    }
+    *out = (int)value;
+    return 1;
+}
+
+/* A size from a non-negative int (or int subclass); 0 (no exception) for anything else. */
+static int
+size_value(PyObject *obj, Py_ssize_t *out)
+{
+    if (!PyLong_Check(obj)) {
+        return 0;
+    }
+    Py_ssize_t value = PyLong_AsSsize_t(obj);
+    if (value < 0) {
+        PyErr_Clear(); /* -1 with OverflowError, or negative */
+        return 0;
+    }
+    *out = value;
+    return 1;
+}
+
+PyDoc_STRVAR(send_fds_doc,
+"send_fds(sock, data, fds, flags) -> int or NotImplemented\n\n"
+"udscompat.send_fds without an address, all in C for the common case: a plain\n"
+"AF_UNIX socket, data bytes or a list of bytes, fds a list or tuple of exact ints\n"
+"(0..INT_MAX, at most the OS's per-message cap), flags an int, sent\n"
+"descriptors not held.  Anything else, and EAGAIN, answers NotImplemented\n"
+"before anything was sent: the Python code then does the whole call.");
+
+static PyObject *
+speedups_send_fds(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "send_fds() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    socket_prefix *sock = plain_unix_socket(args[0]);
+    int flags;
+    if (sock == NULL || !int_value(args[3], 0, &flags)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    struct iovec iov[IOV_STACK];
+    Py_ssize_t nbuf;
+    size_t payload = 0;
+    PyObject *data = args[1];
+    if (PyBytes_CheckExact(data)) {
+        iov[0].iov_base = PyBytes_AS_STRING(data);
+        iov[0].iov_len = (size_t)PyBytes_GET_SIZE(data);
+        payload = iov[0].iov_len;
+        nbuf = 1;
+    }
+    else if (PyList_CheckExact(data) && PyList_GET_SIZE(data) <= IOV_STACK) {
+        nbuf = PyList_GET_SIZE(data);
+        for (Py_ssize_t i = 0; i < nbuf; i++) {
+            PyObject *item = PyList_GET_ITEM(data, i);
+            if (!PyBytes_CheckExact(item)) {
+                Py_RETURN_NOTIMPLEMENTED;
             }
-            /* The tuple owns data, the list and the address now. */
-            close_all(fds, nfds);
-            Py_DECREF(result);
+            iov[i].iov_base = PyBytes_AS_STRING(item);
+            iov[i].iov_len = (size_t)PyBytes_GET_SIZE(item);
+            payload += iov[i].iov_len;
+        }
+    }
+    else {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    PyObject *fds = args[2];
+    if (!PyList_CheckExact(fds) && !PyTuple_CheckExact(fds)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    Py_ssize_t nfds = PySequence_Fast_GET_SIZE(fds);
+    if (nfds > SEND_STACK_FDS || (max_fds_per_message >= 0 && nfds > max_fds_per_message)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * SEND_STACK_FDS)];
+    } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = iov;
+    msg.msg_iovlen = (int)nbuf;
+    if (nfds > 0) {
+        int stream = (sock->sock_type & 0xF) == SOCK_STREAM;
+        if ((stream && payload == 0) || !know_facts() || (stream && stream_padding)) {
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        size_t space = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        memset(control.buf, 0, space);
+        msg.msg_control = control.buf;
+        msg.msg_controllen = space;
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        int *numbers = (int *)CMSG_DATA(cmsg);
+        for (Py_ssize_t i = 0; i < nfds; i++) {
+            if (!int_value(PySequence_Fast_GET_ITEM(fds, i), 1, &numbers[i]) || numbers[i] < 0) {
+                Py_RETURN_NOTIMPLEMENTED;
+            }
+        }
+        /* Asked last (a cached Python call): where descriptors are held, Python holds them. */
+        PyObject *hold = PyObject_CallObject(hold_policy, NULL);
+        int held = hold != NULL ? PyObject_IsTrue(hold) : -1;
+        Py_XDECREF(hold);
+        if (held != 0) {
+            PyErr_Clear(); /* a bad setting: the Python path raises it */
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+    }
+    int fd = sock->sock_fd;
+    ssize_t sent;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        sent = sendmsg(fd, &msg, flags);
+        Py_END_ALLOW_THREADS
+        if (sent >= 0) {
+            return PyLong_FromSsize_t(sent);
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            /* Nothing was sent: the Python path retries and waits as the socket's
+             * timeout says (or raises BlockingIOError on a non-blocking socket). */
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        if (errno != EINTR) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        if (PyErr_CheckSignals() < 0) { /* nothing was sent: a raising handler loses nothing */
             return NULL;
         }
     }
-    close_all(fds, nfds);
-    Py_DECREF(data);
-    Py_XDECREF(fd_list);
-    Py_XDECREF(addr);
-    return NULL;
+}
+
+PyDoc_STRVAR(recv_fds_doc,
+"recv_fds(sock, bufsize, maxfds, flags) -> (data, fds, msg_flags, address) or NotImplemented\n\n"
+"udscompat.recv_fds all in C for the common case: a plain AF_UNIX socket,\n"
+"non-negative int sizes, an int flags without MSG_PEEK, no received\n"
+"descriptor to guard.  Anything else, and EAGAIN, answers NotImplemented\n"
+"before anything was received: the Python code then does the whole call.");
+
+static PyObject *
+speedups_recv_fds(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "recv_fds() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    socket_prefix *sock = plain_unix_socket(args[0]);
+    Py_ssize_t bufsize, maxfds;
+    int flags;
+    if (sock == NULL || !size_value(args[1], &bufsize) || !size_value(args[2], &maxfds) ||
+        !int_value(args[3], 0, &flags) || (flags & MSG_PEEK) || !know_facts()) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    PyObject *originals = PyObject_GetAttr(sent_registry, originals_name);
+    Py_ssize_t guarded = originals != NULL ? PyObject_Length(originals) : -1;
+    Py_XDECREF(originals);
+    if (guarded != 0) {
+        PyErr_Clear();
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    struct received got;
+    int status = receive(sock->sock_fd, bufsize, maxfds, flags | receive_flags, 1, 1, &got);
+    if (status == RECEIVE_WOULD_BLOCK) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (status < 0) {
+        return NULL;
+    }
+    return received_tuple(&got, 0);
+}
+
+PyDoc_STRVAR(recv_message_doc,
+"recv_message(sock, bufsize, maxfds, flags, partial_records) -> Message or tuple\n\n"
+"A native seqpacket receive: one recvmsg as recvmsg() makes it.  A whole\n"
+"message with a payload and no descriptors comes back as a Message built here;\n"
+"anything else as recvmsg()'s tuple, for the connection to finish.  A record\n"
+"that filled bufsize is 'anything else' where the kernel keeps the rest of a\n"
+"record queued (partial_records true: FreeBSD).");
+
+static PyObject *
+speedups_recv_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "recv_message() takes 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    int fd, flags;
+    Py_ssize_t bufsize, maxfds;
+    if (as_fd(args[0], &fd) < 0 || as_size(args[1], "bufsize", &bufsize) < 0 ||
+        as_size(args[2], "maxfds", &maxfds) < 0 || as_int(args[3], "flags", &flags) < 0) {
+        return NULL;
+    }
+    int partial_records = PyObject_IsTrue(args[4]);
+    if (partial_records < 0) {
+        return NULL;
+    }
+    struct received got;
+    if (receive(fd, bufsize, maxfds, flags, 0, 0, &got) < 0) {
+        return NULL;
+    }
+    Py_ssize_t length = PyBytes_GET_SIZE(got.data);
+    if (message_type == NULL || length == 0 || got.nfds != 0 ||
+        (got.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || (length == bufsize && partial_records)) {
+        return received_tuple(&got, 1);
+    }
+    /* Message((data, (), False, None)), as tuple.__new__(Message, ...) builds it. */
+    PyObject *message = message_type->tp_alloc(message_type, 4);
+    if (message == NULL) {
+        Py_DECREF(got.data);
+        return NULL;
+    }
+    PyObject *no_fds = PyTuple_New(0);
+    if (no_fds == NULL) {
+        Py_DECREF(message);
+        Py_DECREF(got.data);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(message, 0, got.data);
+    PyTuple_SET_ITEM(message, 1, no_fds);
+    PyTuple_SET_ITEM(message, 2, Py_NewRef(Py_False));
+    PyTuple_SET_ITEM(message, 3, Py_NewRef(Py_None));
+    return message;
 }
 
 /* -- configuration --------------------------------------------------------- */
@@ -735,6 +1110,74 @@ speedups_configure(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(configure_fast_doc,
+"configure_fast(socket_types, max_fds, facts, hold, registry)\n\n"
+"Turn on send_fds() and recv_fds(): socket_types, a tuple of the socket types\n"
+"whose methods they may stand in for; max_fds, the OS's per-message cap or\n"
+"None; facts() -> (receive flags, stream padding), or None while the probes\n"
+"cannot run (asked until it answers, then kept: kernel facts); hold() -> bool,\n"
+"asked at every send with descriptors; registry.originals, a set of sent\n"
+"descriptor numbers a receive must guard (none: the fast receive runs).");
+
+static PyObject *
+speedups_configure_fast(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *types, *max_fds, *facts, *hold, *registry;
+    if (!PyArg_ParseTuple(args, "O!OOOO:configure_fast", &PyTuple_Type, &types, &max_fds, &facts,
+                          &hold, &registry)) {
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(types);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(types, i);
+        if (!PyType_Check(item) || socket_type == NULL ||
+            !PyType_IsSubtype((PyTypeObject *)item, socket_type)) {
+            PyErr_SetString(PyExc_TypeError,
+                            "socket_types must be subtypes of _socket.socket (whose layout "
+                            "this module checked at import)");
+            return NULL;
+        }
+    }
+    long cap = -1;
+    if (max_fds != Py_None && ((cap = PyLong_AsLong(max_fds)) == -1 && PyErr_Occurred())) {
+        return NULL;
+    }
+    if (!PyCallable_Check(facts) || !PyCallable_Check(hold)) {
+        PyErr_SetString(PyExc_TypeError, "facts and hold must be callable");
+        return NULL;
+    }
+    if (originals_name == NULL &&
+        (originals_name = PyUnicode_InternFromString("originals")) == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(plain_socket_types, Py_NewRef(types));
+    Py_XSETREF(facts_source, Py_NewRef(facts));
+    Py_XSETREF(hold_policy, Py_NewRef(hold));
+    Py_XSETREF(sent_registry, Py_NewRef(registry));
+    max_fds_per_message = cap;
+    facts_known = 0;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(configure_message_doc,
+"configure_message(type)\n\n"
+"The Message type recv_message() builds: a tuple subclass without slots of its own.");
+
+static PyObject *
+speedups_configure_message(PyObject *module, PyObject *type)
+{
+    (void)module;
+    if (!PyType_Check(type) || !PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type) ||
+        ((PyTypeObject *)type)->tp_basicsize != PyTuple_Type.tp_basicsize ||
+        ((PyTypeObject *)type)->tp_itemsize != PyTuple_Type.tp_itemsize) {
+        PyErr_SetString(PyExc_TypeError, "expected a tuple subclass with no fields of its own");
+        return NULL;
+    }
+    Py_XSETREF(message_type, (PyTypeObject *)Py_NewRef(type));
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(control_size_doc,
 "control_size() -> int\n\nThe control buffer size a receive uses now (CMSG_SPACE based).");
 
@@ -749,7 +1192,13 @@ speedups_control_size(PyObject *module, PyObject *unused)
 static PyMethodDef speedups_methods[] = {
     {"sendmsg", (PyCFunction)(void (*)(void))speedups_sendmsg, METH_FASTCALL, sendmsg_doc},
     {"recvmsg", (PyCFunction)(void (*)(void))speedups_recvmsg, METH_FASTCALL, recvmsg_doc},
+    {"send_fds", (PyCFunction)(void (*)(void))speedups_send_fds, METH_FASTCALL, send_fds_doc},
+    {"recv_fds", (PyCFunction)(void (*)(void))speedups_recv_fds, METH_FASTCALL, recv_fds_doc},
+    {"recv_message", (PyCFunction)(void (*)(void))speedups_recv_message, METH_FASTCALL,
+     recv_message_doc},
     {"configure", speedups_configure, METH_VARARGS, configure_doc},
+    {"configure_fast", speedups_configure_fast, METH_VARARGS, configure_fast_doc},
+    {"configure_message", speedups_configure_message, METH_O, configure_message_doc},
     {"control_size", speedups_control_size, METH_NOARGS, control_size_doc},
     {NULL, NULL, 0, NULL},
 };
