@@ -55,6 +55,8 @@ class Interrupts:
     def __init__(self, schedule: Sequence[int] = ()) -> None:
         self.schedule = list(schedule)
         self.events: List[Event] = []
+        #: The I/O-module function in which each boundary of ``events`` happened.
+        self.frames: List[str] = []
         self.fired = 0
         self._count = 0
 
@@ -63,6 +65,7 @@ class Interrupts:
             return
         name = frame.f_code.co_name if event == "call" else getattr(arg, "__name__", "?")
         self.events.append((event, name))
+        self.frames.append(frame.f_code.co_name)
         self._count += 1
         if self.fired < len(self.schedule) and self._count == self.schedule[self.fired]:
             self.fired += 1
@@ -446,3 +449,45 @@ def test_a_listener_interrupted_while_made_leaves_no_socket_file(
             failures.append(recorder.events[point - 1])
             _fdpass._io.close_fds(sorted(leaked))
     assert not failures, f"interrupted after these, a listener was left behind: {failures}"
+
+
+# -- a peek's copies -------------------------------------------------------------------------
+
+
+def test_a_peek_interrupted_while_copying_leaks_no_copy(pipe: Tuple[int, int]) -> None:
+    """An emulated peek copies the held message's descriptors; an interrupt never leaks one.
+
+    Each copy was appended after the call that made it returned: a handler raising in
+    between dropped that copy (the except clause closes only what the list holds).
+    """
+    a, b = _seqpacket.seqpacket_pair(implementation="emulated")
+    with a, b:
+        a.send(b"x", [pipe[0], pipe[0]])
+        b.settimeout(5)
+        first = b.peek(maxfds=2)  # the message is held from now on; each peek copies
+        assert first is not None
+        _fdpass._io.close_fds(first.fds)
+        recorder = Interrupts()
+        with recorder.active():
+            _fdpass._io.close_fds(b.peek(maxfds=2).fds)  # type: ignore[union-attr]
+        points = [i + 1 for i, f in enumerate(recorder.frames) if f == "_peek_copy"]
+        assert points, recorder.events
+        before = open_fds()
+        leaks = []
+        for point in points:
+            try:
+                with Interrupts((point,)).active():
+                    peeked = b.peek(maxfds=2)
+            except Interrupted:
+                pass
+            else:
+                assert peeked is not None
+                _fdpass._io.close_fds(peeked.fds)
+            leaked = open_fds() - before
+            if leaked:
+                leaks.append(recorder.events[point - 1])
+                _fdpass._io.close_fds(sorted(leaked))
+        message = b.recv_message(maxfds=2)
+        assert message is not None and len(message.fds) == 2
+        _fdpass._io.close_fds(message.fds)
+    assert not leaks, f"a copy was leaked by an interrupt after: {leaks}"

@@ -38,7 +38,6 @@ raises right after the system call returned.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import socket
 import threading
@@ -1556,12 +1555,15 @@ def _peek_copy(message: Message, bufsize: int, maxfds: int) -> Message:
         raise _io.truncation_error("excess", data[:bufsize], len(message.fds), maxfds)
     copies: List[int] = []
     try:
-        for fd in message.fds:
-            copies.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0))
+        # Each copy (os.dup: close-on-exec) is stored by the C call that makes it, so a
+        # raising signal handler cannot drop one between the two; until the message is
+        # built, the except clause closes them all.
+        copies.extend(map(os.dup, message.fds))
+        cut = len(data) > bufsize
+        return new_message((data[:bufsize], tuple(copies), cut, message.credentials))
     except BaseException:
         _io.close_fds(copies)
         raise
-    return new_message((data[:bufsize], tuple(copies), len(data) > bufsize, message.credentials))
 
 
 def _fit(message: Message, bufsize: int, maxfds: int) -> Message:
