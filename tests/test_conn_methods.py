@@ -14,6 +14,7 @@ import errno
 import os
 import pwd
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -30,9 +31,15 @@ from tests.conftest import (
     other_user,
     same_file,
 )
-from udscompat import ControlTruncatedError, Message, ReceivedCredentials, UnsupportedError
+from udscompat import (
+    ControlTruncatedError,
+    Message,
+    ReceivedCredentials,
+    UnsupportedError,
+    _seqpacket,
+)
 from udscompat._ancillary import credentials_probe
-from udscompat._framing import HEADER, KIND_DATA
+from udscompat._framing import HEADER, KIND_DATA, FrameEncoder
 
 Pair = Tuple[udscompat.SeqpacketConn, udscompat.SeqpacketConn]
 
@@ -83,6 +90,10 @@ def test_bad_buffers_are_refused_before_anything_is_sent(pair: Pair) -> None:
     a, b = pair
     with pytest.raises(TypeError, match="data: expected a bytes-like object"):
         a.send([b"x", "text"])
+    with pytest.raises(TypeError, match="data: expected a bytes-like object"):
+        a.send("text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="data: expected a bytes-like object"):
+        a.send(42, [0])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="buffers in one message"):
         a.send([b"x"] * 5000)
     b.settimeout(0)
@@ -168,8 +179,8 @@ def test_a_raw_peer_cannot_write_credentials_into_a_frame() -> None:
         raw.sendall(header + payload)
         message = conn.recv_message()
         assert message.data == forged and message.credentials == mine()
-        raw.sendall(HEADER.pack(len(forged), 0, KIND_DATA, 0x02) + forged)  # an unknown flag
-        with pytest.raises(udscompat.FramingError, match="unknown frame flags 0x2"):
+        raw.sendall(HEADER.pack(len(forged), 0, KIND_DATA, 0x04) + forged)  # an unknown flag
+        with pytest.raises(udscompat.FramingError, match="unknown frame flags 0x4"):
             conn.recv_message()
 
 
@@ -215,6 +226,103 @@ def test_a_frame_written_by_two_identities_gets_no_credentials() -> None:
         assert alone is not None and (alone.uid, alone.gid) == (other.uid, other.gid)
         raw.sendall(header + payload)  # and root alone again
         assert conn.recv_message().credentials == theirs
+
+
+# -- claims: what a sender writes about itself where the kernel attaches nothing ------------
+
+ROOT_CLAIM = udscompat.SendCredentials(1, 0, 0)  # pid 1, root: what a hostile peer would claim
+
+
+def _claim_frame(claim: udscompat.SendCredentials, payload: bytes) -> bytes:
+    """A CLAIM frame as any peer can write it: nothing checks the ids."""
+    return FrameEncoder().encode(payload, claim=claim)
+
+
+@pytest.fixture
+def claims_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-in for macOS, OpenBSD and NetBSD past the first message: a kernel that attaches
+    no credentials to stream writes (on Linux it does, so the emulation would use those)."""
+    monkeypatch.setattr(_seqpacket, "kernel_credentials_on_streams", lambda: False)
+
+
+@only_on("Linux", "SO_PASSCRED attaches the writer's credentials to every stream write")
+def test_a_hostile_claim_never_replaces_the_kernels_credentials() -> None:
+    """A raw peer writes CLAIM frames saying pid 1 / root.  Where the kernel attaches the
+    writer's credentials, the receiver gets the kernel's (verified) even after asking for
+    claims; without asking, nothing; the claim's bytes are never part of the message."""
+    raw, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = udscompat.SeqpacketConn.from_socket(theirs)
+    with raw, conn:
+        raw.sendall(_claim_frame(ROOT_CLAIM, b"not asked"))
+        assert conn.recv_message() == Message(b"not asked")  # stripped, dropped
+        conn.pass_credentials(claimed=True)
+        raw.sendall(_claim_frame(ROOT_CLAIM, b"asked"))
+        message = conn.recv_message()
+        assert message.data == b"asked" and message.credentials == mine()
+        assert isinstance(message.credentials, ReceivedCredentials)
+        assert message.credentials.verified
+
+
+def test_claims_travel_labelled_unverified_where_the_kernel_attaches_none(
+    claims_only: None, pipe: Tuple[int, int]
+) -> None:
+    a, b = udscompat.seqpacket_pair(implementation="emulated")
+    with a, b:
+        own = udscompat.send_credentials()
+        a.send(b"before", credentials=own)
+        assert b.recv_message() == Message(b"before")  # not asked for: dropped
+        b.pass_credentials(claimed=True)
+        a.send([b"with ", b"claim"], [pipe[0]], own)
+        a.send(b"without")
+        message = b.recv_message(maxfds=1)
+        close_all(message.fds)
+        assert (message.data, len(message.fds)) == (b"with claim", 1)
+        claim = message.credentials
+        assert claim == udscompat.ClaimedCredentials(own.pid, own.uid, own.gid)
+        assert not isinstance(claim, ReceivedCredentials) and claim.verified is False
+        assert "ClaimedCredentials" in repr(claim)
+        assert b.recv_message() == Message(b"without")  # a frame without a claim: None
+        a.send(b"into", credentials=own)
+        got = b.recv_message_into(bytearray(8))
+        assert got is not None and got.credentials == claim
+        a.send(b"peeked", credentials=own)
+        assert b.peek().credentials == claim and b.recv_message().credentials == claim
+        b.pass_credentials(False, claimed=True)
+        a.send(b"off", credentials=own)
+        assert b.recv_message() == Message(b"off")
+        b.send(b"reply")  # a claim asks for no acknowledgement: none reached the sender
+        assert a.recv_message() == Message(b"reply")
+
+
+def test_a_hostile_claim_is_only_ever_a_labelled_claim(claims_only: None) -> None:
+    """Where only claims exist, a raw peer's claim of root arrives -- as ClaimedCredentials,
+    never as ReceivedCredentials; impossible ids break the connection (FramingError)."""
+    raw, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = udscompat.SeqpacketConn.from_socket(theirs)
+    with raw, conn:
+        conn.pass_credentials(claimed=True)
+        raw.sendall(_claim_frame(ROOT_CLAIM, b"I am root"))
+        message = conn.recv_message()
+        assert message.data == b"I am root"
+        assert message.credentials == udscompat.ClaimedCredentials(1, 0, 0)
+        assert message.credentials is not None and not message.credentials.verified
+        impossible = HEADER.pack(12, 0, KIND_DATA, 0x02) + struct.pack("!III", 7, 2**32 - 1, 0)
+        raw.sendall(impossible)
+        with pytest.raises(udscompat.FramingError, match="impossible claimed credentials"):
+            conn.recv_message()
+
+
+def test_a_sender_claims_only_its_own_ids(claims_only: None) -> None:
+    a, b = udscompat.seqpacket_pair(implementation="emulated")
+    with a, b:
+        other = udscompat.SendCredentials(os.getpid(), os.getuid() + 1, os.getgid())
+        with pytest.raises(UnsupportedError, match="claim"):
+            a.send(b"x", credentials=other)
+        with pytest.raises(TypeError, match="credentials: expected a SendCredentials"):
+            a.send(b"x", credentials=(1, 2, 3))  # type: ignore[arg-type]
+        b.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            b.recv_message()  # nothing went out
 
 
 # -- peek -----------------------------------------------------------------------------------

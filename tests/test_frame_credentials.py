@@ -3,17 +3,35 @@
 The kernel attaches credentials per write; a stream read may join writes, and
 a frame may span reads.  A frame gets credentials only if every chunk that
 brought one of its bytes brought the same ones; otherwise None.  Nothing in
-the bytes themselves can give a frame credentials.
+the bytes themselves can give a frame verified credentials; a CLAIM frame's
+claim is checked and stripped always, and becomes ``ClaimedCredentials``
+only where the decoder accepts claims.
 """
 
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 import pytest
 
-from udscompat import Message, ReceivedCredentials
-from udscompat._framing import MAX_CREDENTIAL_RANGES, NEED_DATA, FrameDecoder, FrameEncoder
+from udscompat import (
+    ClaimedCredentials,
+    FramingError,
+    Message,
+    ReceivedCredentials,
+    SendCredentials,
+)
+from udscompat._framing import CLAIM as CLAIM_BYTES
+from udscompat._framing import (
+    FLAG_CLAIM,
+    HEADER,
+    KIND_DATA,
+    MAX_CREDENTIAL_RANGES,
+    NEED_DATA,
+    FrameDecoder,
+    FrameEncoder,
+)
 
 ALICE = ReceivedCredentials(100, 1000, 1000, None, None, None)
 BOB = ReceivedCredentials(200, 2000, 2000, None, None, None)
@@ -119,3 +137,67 @@ def test_close_forgets_the_ranges() -> None:
     decoder.receive_data(ENC.encode(b"m")[:4], credentials=ALICE)
     decoder.close()
     assert not decoder._credentials
+
+
+# -- CLAIM frames: checked and stripped always, credentials only when accepted --------------
+
+CLAIM = SendCredentials(4242, 1000, 1000)
+
+
+def test_a_claim_is_stripped_and_given_only_when_accepted() -> None:
+    stream = ENC.encode(b"claimed", claim=CLAIM) + ENC.encode(b"plain")
+    for accept in (False, True):
+        decoder = FrameDecoder()
+        decoder.accept_claims = accept
+        decoder.receive_data(stream)
+        first, second = messages(decoder)
+        assert first.data == b"claimed" and second == Message(b"plain")
+        expected = ClaimedCredentials(4242, 1000, 1000) if accept else None
+        assert first.credentials == expected
+
+
+def test_kernel_credentials_are_kept_when_claims_are_not_accepted() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(ENC.encode(b"x", claim=CLAIM), credentials=ALICE)
+    assert messages(decoder)[0].credentials == ALICE
+
+
+def test_the_size_limit_is_the_messages_not_the_claims() -> None:
+    encoder, decoder = FrameEncoder(max_message_size=8), FrameDecoder(max_message_size=8)
+    decoder.accept_claims = True
+    frame = encoder.encode(b"12345678", claim=CLAIM)
+    decoder.receive_data(frame[:10])
+    assert not decoder.has_message()  # a whole frame's header at the limit is no error
+    decoder.receive_data(frame[10:])
+    assert decoder.has_message() and messages(decoder)[0].data == b"12345678"
+    with pytest.raises(ValueError, match="9 bytes"):
+        encoder.encode(b"123456789", claim=CLAIM)
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (HEADER.pack(11, 0, KIND_DATA, FLAG_CLAIM) + b"\0" * 11, "shorter than its claim"),
+        (HEADER.pack(12, 0, KIND_DATA, FLAG_CLAIM) + CLAIM_BYTES.pack(0, 1, 1), "pid=0"),
+        (HEADER.pack(12, 0, KIND_DATA, FLAG_CLAIM) + CLAIM_BYTES.pack(1, 2**32 - 1, 1), "uid="),
+        (HEADER.pack(12, 0, KIND_DATA, FLAG_CLAIM) + CLAIM_BYTES.pack(1, 1, 2**32 - 1), "gid="),
+    ],
+)
+def test_an_impossible_claim_breaks_the_framing(frame: bytes, reason: str) -> None:
+    """Checked whether accepted or not: a peer writing impossible claims is broken."""
+    decoder = FrameDecoder()
+    decoder.receive_data(frame)
+    with pytest.raises(FramingError, match=reason):
+        decoder.next_event()
+
+
+def test_an_impossible_claim_closes_the_frames_descriptors() -> None:
+    r, w = os.pipe()
+    os.close(w)
+    decoder = FrameDecoder()
+    decoder.receive_data(HEADER.pack(12, 1, KIND_DATA, FLAG_CLAIM), [r])
+    decoder.receive_data(CLAIM_BYTES.pack(1, 2**32 - 1, 1))
+    with pytest.raises(FramingError):
+        decoder.next_event()
+    with pytest.raises(OSError):
+        os.fstat(r)  # closed by the decoder

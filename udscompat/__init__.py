@@ -22,7 +22,7 @@ from udscompat._creds import peer_credentials
 from udscompat._dgram import UnixDatagram
 from udscompat._errors import ControlTruncatedError, FramingError, UnsupportedError
 from udscompat._fdpass import recv_fds, release_sent_fds, send_fds
-from udscompat._msgcreds import ReceivedCredentials, SendCredentials
+from udscompat._msgcreds import ClaimedCredentials, ReceivedCredentials, SendCredentials
 from udscompat._records import ConnCredentials, Message, ReceivedInto
 from udscompat._seqpacket import SeqpacketConn, SeqpacketListener, seqpacket_pair
 
@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AncillaryMessage",
     "Capabilities",
+    "ClaimedCredentials",
     "ConnCredentials",
     "ControlTruncatedError",
     "Feature",

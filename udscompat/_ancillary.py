@@ -92,6 +92,8 @@ class AncillaryMessage(Message):
         def flags(self) -> int: ...
         @property
         def address(self) -> UnixSocketAddr: ...
+        @property
+        def credentials(self) -> Optional[ReceivedCredentials]: ...  # the kernel's, never a claim
 
     else:
         flags = tuplegetter(4, "the msg_flags recvmsg returned")
@@ -107,6 +109,11 @@ class AncillaryMessage(Message):
         address: Optional[UnixSocketAddr] = None,
     ) -> AncillaryMessage:
         """Build one, checking every field (the library's own use skips the checks)."""
+        if credentials is not None and not isinstance(credentials, ReceivedCredentials):
+            raise TypeError(
+                "AncillaryMessage.credentials must be a ReceivedCredentials or None (the "
+                f"kernel's; claims exist only in emulated frames), not {type(credentials).__name__}"
+            )
         fields = _checked_fields(cls, data, fds, truncated, credentials)
         if type(flags) is not int:
             raise TypeError(f"AncillaryMessage.flags must be an int, not {type(flags).__name__}")

@@ -10,7 +10,9 @@ Wire format, big-endian, one frame per message::
 
 ``kind`` is DATA (0) or ACK (1; ``length`` then counts acknowledged frames and
 there is no payload).  ``flags`` bit 0 asks the receiver to acknowledge the
-frame's descriptors.  A frame's descriptors travel in the same ``sendmsg`` as
+frame's descriptors; bit 1 (CLAIM) says the payload starts with the sender's
+claimed credentials, ``u32 pid | u32 uid | u32 gid`` (counted in ``length``,
+not part of the message).  A frame's descriptors travel in the same ``sendmsg`` as
 its first byte, so they arrive with the chunk that holds that byte: the
 kernels stop a stream read after the data that carried descriptors, so one
 chunk brings the descriptors of at most one frame, and that frame starts in it.
@@ -20,10 +22,10 @@ What a hostile peer can make the decoder hold is bounded: bytes by
 chunk whose descriptors no frame starting in it declares is refused as it
 arrives, not when the frame ends).
 
-Credentials are never read from the frames.  Nothing a peer writes into the
-stream can vouch for who wrote it, so the wire carries no credentials at
-all: a frame's ``Message.credentials`` are those the *kernel* attached to
-the chunks that delivered it (``receive_data(..., credentials=...)``, from
+Verified credentials are never read from the frames: nothing a peer writes
+into the stream can vouch for who wrote it.  A frame's verified
+``Message.credentials`` are those the *kernel* attached to the chunks that
+delivered it (``receive_data(..., credentials=...)``, from
 ``SCM_CREDENTIALS``/``SCM_CREDS``/``SCM_UCRED``).  A kernel attaches them
 per write, and a stream read may join writes, so what is true of a frame is
 only what is true of every byte of it: the frame gets credentials only if
@@ -31,6 +33,12 @@ every chunk that brought one of its bytes (header included) brought the same
 ones, else ``None`` -- never the credentials of whoever wrote the header
 while someone else wrote the payload.  The sender attaches its credentials
 to every write of a frame, so its frames stay whole under this rule.
+
+A CLAIM is what a sender wrote about itself, for kernels that attach no
+credentials to stream writes.  The decoder always checks and strips it; it
+becomes the message's credentials -- as ``ClaimedCredentials``, a type that
+says it is unverified -- only when ``accept_claims`` is set, which the
+connection does only where no kernel credentials exist to be given instead.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from collections import deque
 from typing import Any, Deque, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from udscompat._errors import FramingError
-from udscompat._msgcreds import ReceivedCredentials
+from udscompat._msgcreds import ClaimedCredentials, ReceivedCredentials, SendCredentials
 from udscompat._records import Message, new_message
 
 __all__ = [
@@ -65,7 +73,11 @@ _unpack_length_and_rest = struct.Struct("!II").unpack_from
 KIND_DATA = 0
 KIND_ACK = 1
 FLAG_ACK_REQUESTED = 0x01
-_KNOWN_FLAGS = FLAG_ACK_REQUESTED
+FLAG_CLAIM = 0x02
+_KNOWN_FLAGS = FLAG_ACK_REQUESTED | FLAG_CLAIM
+#: A claim at the start of a CLAIM frame's payload: pid, uid, gid.
+CLAIM = struct.Struct("!III")
+_CLAIM_SIZE = CLAIM.size
 #: The most frames one ACK frame can acknowledge (its length field).
 MAX_ACK_COUNT = 0xFFFFFFFF
 
@@ -139,21 +151,45 @@ class FrameEncoder:
         self.max_message_size = max_message_size
         self.max_fds = max_fds
 
-    def header(self, length: int, nfds: int, *, ack_requested: bool = False) -> bytes:
+    def header(
+        self, length: int, nfds: int, *, ack_requested: bool = False, claimed: bool = False
+    ) -> bytes:
         """The header of a DATA frame with a ``length``-byte payload and ``nfds`` descriptors.
+
+        ``claimed``: the payload is a ``claim()`` followed by the message
+        (``length`` counts both; the limit applies to the message alone).
 
         Raises:
             ValueError: ``length`` over ``max_message_size`` or ``nfds`` over ``max_fds``.
         """
-        if length > self.max_message_size:
-            raise ValueError(f"message is {length} bytes; the limit is {self.max_message_size}")
+        size = length - _CLAIM_SIZE if claimed else length
+        if size > self.max_message_size:
+            raise ValueError(f"message is {size} bytes; the limit is {self.max_message_size}")
         if nfds > self.max_fds:
             raise ValueError(f"{nfds} descriptors in one message; the limit is {self.max_fds}")
-        return HEADER.pack(length, nfds, KIND_DATA, FLAG_ACK_REQUESTED if ack_requested else 0)
+        flags = (FLAG_ACK_REQUESTED if ack_requested else 0) | (FLAG_CLAIM if claimed else 0)
+        return HEADER.pack(length, nfds, KIND_DATA, flags)
 
-    def encode(self, data: bytes, nfds: int = 0, *, ack_requested: bool = False) -> bytes:
-        """A whole DATA frame: header and payload."""
-        return self.header(len(data), nfds, ack_requested=ack_requested) + data
+    def encode(
+        self,
+        data: bytes,
+        nfds: int = 0,
+        *,
+        ack_requested: bool = False,
+        claim: Optional[SendCredentials] = None,
+    ) -> bytes:
+        """A whole DATA frame: header and payload (after ``claim``, if given)."""
+        if claim is not None:
+            data = self.claim(claim) + data
+        return (
+            self.header(len(data), nfds, ack_requested=ack_requested, claimed=claim is not None)
+            + data
+        )
+
+    @staticmethod
+    def claim(credentials: SendCredentials) -> bytes:
+        """The bytes that start a CLAIM frame's payload."""
+        return CLAIM.pack(credentials.pid, credentials.uid, credentials.gid)
 
     @staticmethod
     def ack(count: int) -> bytes:
@@ -196,6 +232,8 @@ class FrameDecoder:
         #: Frames delivered whose sender asked for an acknowledgement: a running total that
         #: only grows (the connection counts what it sent, so no two threads write one field).
         self.ack_requests = 0
+        #: A CLAIM becomes the message's ``ClaimedCredentials`` (else it is checked and dropped).
+        self.accept_claims = False
         #: True while the decoder holds nothing: no undecoded bytes, no descriptors, no
         #: end-of-stream, no error.  A plain attribute (read per message): ``receive_data``,
         #: ``close`` and errors clear it, consuming the last buffered byte sets it again.
@@ -222,7 +260,7 @@ class FrameDecoder:
                     len(buffer) - offset >= _HEADER_SIZE + length
                     or kind != KIND_DATA
                     or bool(flags & ~_KNOWN_FLAGS)
-                    or length > self.max_message_size
+                    or length > self.max_message_size + (_CLAIM_SIZE if flags & FLAG_CLAIM else 0)
                     or nfds > self.max_fds
                 )
             offset += _HEADER_SIZE
@@ -346,13 +384,19 @@ class FrameDecoder:
         if nfds:
             fds, lost = self._claim(frame_start, nfds)
         body_start = self._pos + _HEADER_SIZE
-        body = self._buffer[body_start : body_start + length]
-        data = body if type(body) is bytes else bytes(body)
-        creds = None
+        creds: Union[ReceivedCredentials, ClaimedCredentials, None] = None
         if self._credentials:
             creds = self._credentials_of(frame_start, frame_start + _HEADER_SIZE + length)
+        if flags & FLAG_CLAIM:
+            claim = self._read_claim(body_start, fds)
+            if self.accept_claims:
+                creds = claim
+            body = self._buffer[body_start + _CLAIM_SIZE : body_start + length]
+        else:
+            body = self._buffer[body_start : body_start + length]
+        data = body if type(body) is bytes else bytes(body)
         self._consume(_HEADER_SIZE + length)
-        if flags:  # FLAG_ACK_REQUESTED, the only one known
+        if flags & FLAG_ACK_REQUESTED:
             self.ack_requests += 1
         if lost >= 0:
             return DescriptorsLost(data, lost)
@@ -377,6 +421,10 @@ class FrameDecoder:
             self._fail(f"unknown frame kind {kind}")
         if flags & ~_KNOWN_FLAGS:
             self._fail(f"unknown frame flags {flags:#x}")
+        if flags & FLAG_CLAIM:
+            if length < _CLAIM_SIZE:
+                self._fail(f"CLAIM frame of {length} bytes: shorter than its claim")
+            length -= _CLAIM_SIZE
         if length > self.max_message_size:
             self._fail(f"frame declares {length} bytes; the limit is {self.max_message_size}")
         if nfds > self.max_fds:
@@ -446,6 +494,16 @@ class FrameDecoder:
         chunks.popleft()
         self.held_fds -= nfds
         return fds, -1
+
+    def _read_claim(self, offset: int, fds: List[int]) -> ClaimedCredentials:
+        """The claim at ``offset`` of the buffer, checked (the frame's ``fds`` closed if bad)."""
+        pid, uid, gid = CLAIM.unpack_from(self._buffer, offset)
+        try:
+            return ClaimedCredentials(pid, uid, gid)
+        except ValueError as exc:
+            _close(fds)
+            self._fail(f"impossible claimed credentials: {exc}")
+            raise AssertionError("unreachable") from None  # pragma: no cover
 
     def _note_credentials(
         self, start: int, end: int, credentials: Optional[ReceivedCredentials]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, ClassVar, Optional, Tuple
 
-__all__ = ["ReceivedCredentials", "SendCredentials"]
+__all__ = ["ClaimedCredentials", "ReceivedCredentials", "SendCredentials"]
 
 _MAX_ID = 2**32 - 2  # (uid_t)-1 means "no id" to every kernel here
 _MAX_PID = 2**31 - 1
@@ -112,6 +112,9 @@ class ReceivedCredentials:
 
     __slots__ = ("egid", "euid", "gid", "groups", "pid", "uid")
 
+    #: Vouched for by the kernel (``ClaimedCredentials.verified`` is False).
+    verified: ClassVar[bool] = True
+
     pid: Optional[int]
     uid: int
     gid: int
@@ -138,5 +141,46 @@ class ReceivedCredentials:
         )
 
 
+@dataclass(frozen=True)
+class ClaimedCredentials:
+    """Credentials a peer WROTE into an emulated frame: NOT verified by any kernel.
+
+    A peer can claim anything here -- any pid, root's ids.  An emulated
+    seqpacket connection carries them only where the kernel attaches no
+    credentials to stream writes (macOS, OpenBSD; NetBSD after a
+    connection's first message) and only when both ends ask: the sender
+    with ``send(..., credentials=send_credentials())`` (its own ids only),
+    the receiver with ``pass_credentials(claimed=True)``.  Where the kernel
+    does attach credentials, the receiver gets the kernel's
+    ``ReceivedCredentials`` and claims are dropped unread.  Use them for
+    diagnostics, or to cross-check ``peer_credentials()``; never to grant
+    anything.  ``verified`` is ``False`` (``ReceivedCredentials.verified``
+    is ``True``), so one test tells the two apart.
+
+    Attributes:
+        pid: the process id the peer claims.
+        uid: the user id the peer claims.
+        gid: the group id the peer claims.
+    """
+
+    __slots__ = ("gid", "pid", "uid")
+
+    #: Never vouched for by a kernel.
+    verified: ClassVar[bool] = False
+
+    pid: int
+    uid: int
+    gid: int
+
+    def __post_init__(self) -> None:
+        _check_pid(self.pid, optional=False)
+        _check_id("uid", self.uid)
+        _check_id("gid", self.gid)
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (ClaimedCredentials, (self.pid, self.uid, self.gid))
+
+
 SendCredentials.__module__ = "udscompat"
+ClaimedCredentials.__module__ = "udscompat"
 ReceivedCredentials.__module__ = "udscompat"

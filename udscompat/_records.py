@@ -6,9 +6,19 @@ import array
 import operator
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, List, NamedTuple, Optional, Tuple, Union
 
-from udscompat._msgcreds import ReceivedCredentials
+from udscompat._msgcreds import ClaimedCredentials, ReceivedCredentials
 
-__all__ = ["ConnCredentials", "Message", "ReceivedInto", "WritableBuffers", "new_message"]
+#: What ``Message.credentials`` holds: the kernel's, a peer's unverified claim, or None.
+MessageCredentials = Optional[Union[ReceivedCredentials, ClaimedCredentials]]
+
+__all__ = [
+    "ConnCredentials",
+    "Message",
+    "MessageCredentials",
+    "ReceivedInto",
+    "WritableBuffers",
+    "new_message",
+]
 
 
 def tuplegetter(index: int, doc: str) -> Any:
@@ -63,11 +73,14 @@ class Message(Tuple[Any, ...]):
             the rest was discarded (for ``peek``: will be, if received with
             that ``bufsize``).
         credentials: the sender's credentials as the *kernel* attached them
-            to this message (see ``pass_credentials``), else ``None``.  Never
-            built from bytes a peer wrote: on an emulated connection they are
-            the credentials the kernel attached to every write that carried
-            a byte of this message, and ``None`` if those writes did not all
-            carry the same ones.
+            to this message (``ReceivedCredentials``, see ``pass_credentials``),
+            else ``None``.  On an emulated connection they are the credentials
+            the kernel attached to every write that carried a byte of this
+            message, and ``None`` if those writes did not all carry the same
+            ones.  Only after ``pass_credentials(claimed=True)`` on a kernel
+            that attaches none to stream writes, a ``ClaimedCredentials``:
+            what the peer wrote into the frame, NOT verified (``.verified``
+            is False: a peer can lie).
     """
 
     __slots__ = ()
@@ -82,20 +95,20 @@ class Message(Tuple[Any, ...]):
         @property
         def truncated(self) -> bool: ...
         @property
-        def credentials(self) -> Optional[ReceivedCredentials]: ...
+        def credentials(self) -> MessageCredentials: ...
 
     else:
         data = tuplegetter(0, "the payload")
         fds = tuplegetter(1, "descriptors that came with the message (the caller's to close)")
         truncated = tuplegetter(2, "the message was longer than bufsize; the rest was discarded")
-        credentials = tuplegetter(3, "the sender's credentials as the kernel attached them")
+        credentials = tuplegetter(3, "the kernel's credentials of the sender, a claim, or None")
 
     def __new__(
         cls,
         data: bytes,
         fds: Iterable[int] = (),
         truncated: bool = False,
-        credentials: Optional[ReceivedCredentials] = None,
+        credentials: MessageCredentials = None,
     ) -> Message:
         """Build a message, checking every field (the library's own use skips the checks)."""
         return tuple.__new__(cls, _checked_fields(cls, data, fds, truncated, credentials))
@@ -124,7 +137,7 @@ class ReceivedInto(NamedTuple):
     nbytes: int
     fds: Tuple[int, ...]
     truncated: bool
-    credentials: Optional[ReceivedCredentials]
+    credentials: MessageCredentials
 
 
 #: What ``recv_message_into`` takes: one writable bytes-like object (bytearray,
@@ -134,7 +147,7 @@ WritableBuffers = Union[bytearray, memoryview, "array.array[Any]", List[Any], Tu
 
 def _checked_fields(
     cls: type, data: Any, fds: Any, truncated: Any, credentials: Any
-) -> Tuple[bytes, Tuple[int, ...], bool, Optional[ReceivedCredentials]]:
+) -> Tuple[bytes, Tuple[int, ...], bool, MessageCredentials]:
     name = cls.__name__
     if not isinstance(data, bytes):
         raise TypeError(f"{name}.data must be bytes, not {type(data).__name__}")
@@ -146,9 +159,11 @@ def _checked_fields(
             raise ValueError(f"{name}.fds: invalid file descriptor {fd}")
     if type(truncated) is not bool:
         raise TypeError(f"{name}.truncated must be a bool, not {type(truncated).__name__}")
-    if credentials is not None and not isinstance(credentials, ReceivedCredentials):
+    if credentials is not None and not isinstance(
+        credentials, (ReceivedCredentials, ClaimedCredentials)
+    ):
         raise TypeError(
-            f"{name}.credentials must be a ReceivedCredentials or None, "
+            f"{name}.credentials must be a ReceivedCredentials, ClaimedCredentials or None, "
             f"not {type(credentials).__name__}"
         )
     return bytes(data), numbers, truncated, credentials

@@ -460,8 +460,16 @@ class SeqpacketConn:
         code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         return OSError(code, os.strerror(code)) if code else None
 
-    def pass_credentials(self, enable: bool = True) -> None:
+    def pass_credentials(self, enable: bool = True, *, claimed: bool = False) -> None:
         """Have messages report the sender's credentials as the kernel attaches them.
+
+        ``claimed=True`` (emulated connections): where the kernel attaches
+        no credentials to stream writes (macOS, OpenBSD, NetBSD after the
+        first message), report instead what the sender claims in its frames
+        -- ``ClaimedCredentials``, NOT verified, a peer can lie -- and
+        change nothing on the socket.  Where the kernel does attach them,
+        ``claimed`` changes nothing: the kernel's ``ReceivedCredentials``,
+        claims dropped unread.  Native connections ignore it.
 
         ``udscompat.pass_credentials`` on this connection's socket, and
         ``Message.credentials`` filled from then on.  On an emulated
@@ -472,7 +480,8 @@ class SeqpacketConn:
         may have come without.
 
         Raises:
-            UnsupportedError: macOS and OpenBSD have no such mechanism.
+            UnsupportedError: macOS and OpenBSD have no such mechanism
+                (unless ``claimed`` on an emulated connection).
 
         Availability: Linux, FreeBSD 13+, DragonFly, NetBSD 7+, illumos.
         """
@@ -734,9 +743,9 @@ class _NativeConn(SeqpacketConn):
             if self._timeout == 0.0:
                 raise
         except TypeError:
-            if type(data) in _SEVERAL:  # several buffers: found here, off the common path
-                return self._send_general(data, fds, credentials)
-            raise
+            # Several buffers (found here, off the common path), or not bytes-like at all:
+            # _send_general's as_buffers raises the TypeError that names `data`.
+            return self._send_general(data, fds, credentials)
         sock, flags = self._sock, self._flags
         sent: int = _io.call(
             lambda: sock.send(data, flags),
@@ -1032,6 +1041,14 @@ class _EmulatedConn(SeqpacketConn):
         self._fast = not self._credentials and self._peeked is None
         self._ancbuf = _ancillary.ANCILLARY_ROOM if self._credentials else _ANCBUF
 
+    def pass_credentials(self, enable: bool = True, *, claimed: bool = False) -> None:
+        if claimed and not kernel_credentials_on_streams():
+            with self._recv_lock:
+                self._decoder.accept_claims = bool(enable)
+            return
+        SeqpacketConn.pass_credentials(self, enable)
+        self._decoder.accept_claims = False
+
     def dup(self) -> SeqpacketConn:
         raise UnsupportedError(
             "duplicates (dup) of emulated seqpacket connections",
@@ -1053,17 +1070,28 @@ class _EmulatedConn(SeqpacketConn):
         elif type(data) in _SEVERAL:
             payload = b"".join(_ancillary.as_buffers(data)[0])
         else:
-            payload = memoryview(data).cast("B")
-        size = len(payload)
+            try:
+                payload = memoryview(data).cast("B")
+            except TypeError:
+                _ancillary.as_buffers(data)  # raises the TypeError that names `data`
+                raise
+        length = size = len(payload)
         hold = False
-        cmsgs = None
+        cmsgs = claim = None
         if credentials is not None:
-            cmsgs = _ancillary.credentials_data(credentials, bool(numbers)) or None
-        if numbers is None and size <= self._encoder.max_message_size:
+            if kernel_credentials_on_streams():
+                cmsgs = _ancillary.credentials_data(credentials, bool(numbers)) or None
+            else:
+                claim = _claim(credentials)
+                payload = claim + payload
+                size = len(payload)
+        if numbers is None and claim is None and size <= self._encoder.max_message_size:
             header = _DATA_HEADER(size, 0, _KIND_DATA, 0)  # what header() builds, inline
         else:
             hold = bool(numbers) and _fdpass.hold_sent_fds()
-            header = self._encoder.header(size, len(numbers) if numbers else 0, ack_requested=hold)
+            header = self._encoder.header(
+                size, len(numbers) if numbers else 0, ack_requested=hold, claimed=claim is not None
+            )
         timeout = self._timeout
         deadline = timeout and _monotonic() + timeout  # once per call: see _io.deadline
         with self._send_lock:
@@ -1100,7 +1128,7 @@ class _EmulatedConn(SeqpacketConn):
             self._sending = False
             if self._unsent and deadline != _NONBLOCKING:
                 self._flush(deadline, committed=True)
-        return size
+        return length
 
     def _before_send(self, deadline: Optional[float]) -> None:
         """Refuse an unusable connection; send an earlier frame's rest and owed acknowledgements."""
@@ -1542,6 +1570,32 @@ class _EmulatedConn(SeqpacketConn):
         super().close()
         # A receive running in another thread closes the decoder itself when it wakes.
         _holding(self._recv_lock, self._discard_received)
+
+
+def kernel_credentials_on_streams() -> bool:
+    """Does the kernel attach credentials to every stream write (else emulated frames claim)?"""
+    return _ancillary.credentials_probe().stream == "every message"
+
+
+def _claim(credentials: SendCredentials) -> bytes:
+    """The CLAIM an emulated frame carries where the kernel attaches no credentials.
+
+    Raises:
+        TypeError: ``credentials`` is not a ``SendCredentials``.
+        UnsupportedError: ids other than this process's own.
+    """
+    if not isinstance(credentials, SendCredentials):
+        raise TypeError(
+            f"credentials: expected a SendCredentials, not {type(credentials).__name__}"
+        )
+    if not credentials.is_own():
+        raise UnsupportedError(
+            "claiming ids other than this process's own",
+            backend.OS_NAME,
+            "the kernel attaches no credentials to stream writes, so the emulation carries "
+            "the sender's claim; udscompat never helps a sender claim another's ids",
+        )
+    return _framing.FrameEncoder.claim(credentials)
 
 
 def _peek_copy(message: Message, bufsize: int, maxfds: int) -> Message:

@@ -472,9 +472,9 @@ class AsyncSeqpacketConn:
         """The socket's pending error (``SO_ERROR``); see ``SeqpacketConn.take_error``."""
         return self._conn.take_error()
 
-    def pass_credentials(self, enable: bool = True) -> None:
+    def pass_credentials(self, enable: bool = True, *, claimed: bool = False) -> None:
         """Report the sender's credentials with each message; see ``SeqpacketConn``."""
-        self._conn.pass_credentials(enable)
+        self._conn.pass_credentials(enable, claimed=claimed)
 
     def peer_security_label(self) -> Optional[bytes]:
         """The peer's security label (``SO_PEERSEC``); ``None`` without an LSM."""

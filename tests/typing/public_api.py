@@ -8,7 +8,7 @@ widens to ``Any``, or a parameter that stops accepting what users pass, fails.
 from __future__ import annotations
 
 import socket
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 from typing_extensions import assert_type
 
@@ -16,6 +16,7 @@ import udscompat
 import udscompat.aio
 from udscompat import (
     AncillaryMessage,
+    ClaimedCredentials,
     Message,
     ReceivedCredentials,
     ReceivedInto,
@@ -66,12 +67,15 @@ def datagrams(fd: int) -> None:
 def connections(fd: int, path: str) -> None:
     with SeqpacketConn.connect("@server", local_addr=path, timeout=1.0) as conn:
         assert_type(conn.send([b"a", memoryview(b"b")], [fd], udscompat.send_credentials()), int)
-        conn.pass_credentials()
+        conn.pass_credentials(claimed=True)
         message = conn.recv_message(64, maxfds=1)
         assert_type(message, Optional[Message])
         if message is not None:
             assert_type(message.fds, Tuple[int, ...])
-            assert_type(message.credentials, Optional[ReceivedCredentials])
+            creds = message.credentials
+            assert_type(creds, Optional[Union[ReceivedCredentials, ClaimedCredentials]])
+            if isinstance(creds, ClaimedCredentials):
+                assert_type(creds.verified, bool)
         assert_type(conn.peek(16, 1), Optional[Message])
         buffer = bytearray(64)
         got = conn.recv_message_into([buffer, memoryview(buffer)], maxfds=1)
@@ -90,4 +94,4 @@ async def async_connections(fd: int) -> None:
     assert_type(await conn.peek(), Optional[Message])
     assert_type(await conn.recv_message_into(bytearray(8)), Optional[ReceivedInto])
     assert_type(conn.take_error(), Optional[OSError])
-    conn.pass_credentials()
+    conn.pass_credentials(claimed=True)
