@@ -33,13 +33,14 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from udscompat import _fdpass, _io, _probes
+from udscompat import _fdpass, _io, _probes, _sockarg
 from udscompat._address import AddressArg, UnixSocketAddr
 from udscompat._bind import sendmsg_to
 from udscompat._errors import UnsupportedError
 from udscompat._msgcreds import ReceivedCredentials, SendCredentials
 from udscompat._platform import backend
 from udscompat._records import Message, _checked_fields, tuplegetter
+from udscompat._sockarg import SocketLike
 
 __all__ = [
     "AncillaryMessage",
@@ -129,7 +130,7 @@ class AncillaryMessage(Message):
         return f"{Message.__repr__(self)[:-1]}, flags={self.flags:#x}, address={self.address!r})"
 
 
-def pass_credentials(sock: socket.socket, enable: bool = True) -> None:
+def pass_credentials(sock: SocketLike, enable: bool = True) -> None:
     """Ask the kernel to attach the sender's credentials to what ``sock`` receives.
 
     Linux ``SO_PASSCRED``; FreeBSD ``LOCAL_CREDS_PERSISTENT`` (13+);
@@ -146,6 +147,9 @@ def pass_credentials(sock: socket.socket, enable: bool = True) -> None:
 
     Availability: Linux, FreeBSD 13+, DragonFly, NetBSD 7+, illumos.
     """
+    if not isinstance(sock, socket.socket):
+        _sockarg.pass_credentials(sock, enable)
+        return
     _fdpass._check_unix(sock)
     backend.pass_credentials(sock, bool(enable))
 
@@ -172,7 +176,7 @@ def send_credentials(*, effective: bool = False) -> SendCredentials:
 
 
 def send_ancillary(
-    sock: socket.socket,
+    sock: SocketLike,
     data: Buffers,
     fds: Sequence[Any] = (),
     credentials: Optional[SendCredentials] = None,
@@ -182,7 +186,9 @@ def send_ancillary(
     """Like ``send_fds``, but may attach the sender's credentials too.
 
     Args:
-        sock: an AF_UNIX socket of any type.
+        sock: an AF_UNIX socket of any type, a ``SeqpacketConn`` or
+            ``UnixDatagram`` (their ``send``), or an object whose ``fileno()``
+            is a socket's (see ``udscompat._sockarg``).
         data: a bytes-like object, or a sequence of them sent as one message.
         fds: descriptors (ints or objects with ``fileno()``); they may be
             closed as soon as this returns.
@@ -209,6 +215,8 @@ def send_ancillary(
         OSError: from ``sendmsg`` (on Linux ``EPERM``/``ESRCH`` for ids the
             sender may not claim).
     """
+    if not isinstance(sock, socket.socket):
+        return _sockarg.send_ancillary(sock, data, fds, credentials, flags, address)
     _fdpass._check_unix(sock)
     buffers, _ = as_buffers(data)
     numbers = _io.check_fds(fds)
@@ -335,7 +343,7 @@ def _uninstalled_peek(
 
 
 def recv_ancillary(
-    sock: socket.socket, bufsize: int, maxfds: int = 0, flags: int = 0
+    sock: SocketLike, bufsize: int, maxfds: int = 0, flags: int = 0
 ) -> AncillaryMessage:
     """Like ``recv_fds``, but also returns the sender's credentials, flags and address.
 
@@ -356,6 +364,8 @@ def recv_ancillary(
             kernel's headers say it is (descriptors closed first).
         ValueError: negative ``bufsize`` or ``maxfds``, or not AF_UNIX.
     """
+    if not isinstance(sock, socket.socket):
+        return _sockarg.recv_ancillary(sock, bufsize, maxfds, flags)
     _fdpass._check_unix(sock)
     bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
     data, fds, msg_flags, source, _, creds = receive(sock, bufsize, maxfds, flags)
@@ -372,7 +382,7 @@ def recv_ancillary(
     )
 
 
-def peer_security_label(sock: socket.socket) -> Optional[bytes]:
+def peer_security_label(sock: SocketLike) -> Optional[bytes]:
     """The connected peer's security label (SELinux context, AppArmor profile, Smack label).
 
     ``SO_PEERSEC``: the label of the peer as the LSM recorded it at
@@ -389,6 +399,8 @@ def peer_security_label(sock: socket.socket) -> Optional[bytes]:
 
     Availability: Linux.
     """
+    if not isinstance(sock, socket.socket):
+        return _sockarg.peer_security_label(sock)
     _fdpass._check_unix(sock)
     return backend.peer_security_label(sock)
 

@@ -6,10 +6,11 @@ import errno
 import socket
 from typing import Optional
 
-from udscompat import _probes
+from udscompat import _probes, _sockarg
 from udscompat._errors import UnsupportedError
 from udscompat._platform import backend
 from udscompat._records import ConnCredentials
+from udscompat._sockarg import SocketLike
 
 __all__ = ["peer_credentials"]
 
@@ -17,7 +18,7 @@ __all__ = ["peer_credentials"]
 _SO_ACCEPTCONN: Optional[int] = getattr(socket, "SO_ACCEPTCONN", None)
 
 
-def peer_credentials(sock: socket.socket) -> ConnCredentials:
+def peer_credentials(sock: SocketLike) -> ConnCredentials:
     """The connected peer's pid (where the OS tells), effective uid and gid, and groups.
 
     Linux ``SO_PEERCRED`` (+ ``SO_PEERGROUPS``); OpenBSD ``SO_PEERCRED``
@@ -43,11 +44,13 @@ def peer_credentials(sock: socket.socket) -> ConnCredentials:
         UnsupportedError: the OS has no mechanism udscompat knows, or the
             kernel's answers are not the peer's (gVisor 20221219 reports the
             caller's own credentials: ``_probes.peer_credentials_name_the_peer``).
-        TypeError: ``sock`` is not a ``socket.socket``.
+        TypeError: ``sock`` is none of a ``socket.socket``, udscompat's
+            ``SeqpacketConn``/``UnixDatagram``/``AsyncSeqpacketConn`` (their
+            ``peer_credentials``) or an object with ``fileno()``.
         ValueError: the socket is not AF_UNIX.
     """
     if not isinstance(sock, socket.socket):
-        raise TypeError(f"expected a socket.socket, got {type(sock).__name__}")
+        return _sockarg.peer_credentials(sock)  # our own types; anything with fileno()
     if sock.family != socket.AF_UNIX:
         raise ValueError(f"expected an AF_UNIX socket, got {sock.family!r}")
     if _is_listening(sock):

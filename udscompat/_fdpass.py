@@ -30,9 +30,10 @@ from typing import (
     Union,
 )
 
-from udscompat import _io, _probes
+from udscompat import _io, _probes, _sockarg
 from udscompat._bind import sendmsg_to
 from udscompat._platform import backend
+from udscompat._sockarg import SocketLike
 
 __all__ = [
     "DEFAULT_MAX_HELD_FDS",
@@ -295,7 +296,7 @@ _fast_recv = _io.compiled_recv_fds
 
 
 def send_fds(
-    sock: socket.socket,
+    sock: SocketLike,
     data: Buffers,
     fds: Sequence[Any],
     flags: int = 0,
@@ -304,7 +305,9 @@ def send_fds(
     """Like ``socket.send_fds``, but honours ``flags`` and ``address`` and checks first.
 
     Args:
-        sock: an AF_UNIX socket of any type (stream, datagram, seqpacket).
+        sock: an AF_UNIX socket of any type (stream, datagram, seqpacket),
+            a ``SeqpacketConn`` or ``UnixDatagram`` (their ``send``; no
+            ``flags``), or an object whose ``fileno()`` is a socket's.
         data: a bytes-like object, or an iterable of them (as ``sendmsg``).
         fds: descriptors (ints or objects with ``fileno()``) to pass, in one
             SCM_RIGHTS message.  They may be closed as soon as this returns.
@@ -333,6 +336,8 @@ def send_fds(
         sent: int = _fast_send(sock, data, fds, flags)
         if sent is not NotImplemented:
             return sent
+    if not isinstance(sock, socket.socket):
+        return _sockarg.send_fds(sock, data, fds, flags, address)
     _check_unix(sock)
     if type(data) is list:
         buffers = data  # only read, never kept
@@ -364,12 +369,14 @@ def send_fds(
 
 
 def recv_fds(
-    sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0
+    sock: SocketLike, bufsize: int, maxfds: int, flags: int = 0
 ) -> Tuple[bytes, List[int], int, Any]:
     """Like ``socket.recv_fds``, but closes what it cannot hand over and raises.
 
     Args:
-        sock: an AF_UNIX socket.
+        sock: an AF_UNIX socket, a ``SeqpacketConn`` (its ``recv_message``,
+            or ``peek`` for ``MSG_PEEK``) or ``UnixDatagram``, or an object
+            whose ``fileno()`` is a socket's.
         bufsize: most payload bytes to receive.
         maxfds: most descriptors the caller accepts.
         flags: ``recvmsg`` flags (``MSG_PEEK`` included: on Linux a peek
@@ -393,6 +400,8 @@ def recv_fds(
         received: Tuple[bytes, List[int], int, Any] = _fast_recv(sock, bufsize, maxfds, flags)
         if received is not NotImplemented:
             return received
+    if not isinstance(sock, socket.socket):
+        return _sockarg.recv_fds(sock, bufsize, maxfds, flags)
     _check_unix(sock)
     if type(bufsize) is not int or type(maxfds) is not int or bufsize < 0 or maxfds < 0:
         bufsize, maxfds = _io.check_sizes(bufsize, maxfds)

@@ -499,7 +499,7 @@ compiled_recv_message: Optional[
     Callable[[socket.socket, int, int, int, bool], Union[Message, Received]]
 ] = _speedups.recv_message if _speedups is not None else None
 #: The compiled ``recv_fds`` fast path (``NotImplemented``: take the Python path), or None.
-compiled_recv_fds: Optional[Callable[[socket.socket, Any, Any, Any], Any]] = (
+compiled_recv_fds: Optional[Callable[..., Any]] = (  # any sock: NotImplemented unless a socket
     _speedups.recv_fds if _speedups is not None else None
 )
 

@@ -86,6 +86,11 @@ def connections(fd: int, path: str) -> None:
         assert_type(conn.take_error(), Optional[OSError])
         assert_type(conn.peer_security_label(), Optional[bytes])
         assert_type(conn.local_addr, UnixSocketAddr)
+        # The free functions take our own types (and anything with fileno()).
+        assert_type(udscompat.peer_credentials(conn), udscompat.ConnCredentials)
+        assert_type(udscompat.send_fds(conn, b"x", [fd]), int)
+        assert_type(udscompat.recv_ancillary(conn, 8), AncillaryMessage)
+        assert_type(udscompat.peer_security_label(UnixDatagram.pair()[0]), Optional[bytes])
 
 
 async def async_connections(fd: int) -> None:
