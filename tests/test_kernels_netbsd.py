@@ -28,6 +28,7 @@ from udscompat._os import cmsg_len, cmsg_space, linux, netbsd
 from udscompat_conformance.kernels import columns, rumpbuild
 from udscompat_conformance.kernels.netbsd_abi import NetBSDHeaders
 from udscompat_conformance.kernels.rump import RumpServer
+from udscompat_conformance.support import LOCAL_CREDS_OPTIONS
 
 pytestmark = [pytest.mark.tier("rump"), pytest.mark.timeout(3600)]
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +126,7 @@ def test_backend_constants_match_the_headers(build: rumpbuild.Build) -> None:
     assert h["LOCAL_PEEREID"] == netbsd.LOCAL_PEEREID
     assert h["LOCAL_CREDS"] == netbsd.LOCAL_CREDS
     assert h["SCM_CREDS"] == netbsd.SCM_CREDS
+    assert LOCAL_CREDS_OPTIONS["netbsd"] == (h["LOCAL_CREDS"], h["SCM_CREDS"])
 
 
 # --- ... and against the running kernel ----------------------------------------------------------

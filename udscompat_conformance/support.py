@@ -73,6 +73,12 @@ def pair(kind: int) -> Tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, kind)
 
 
+#: (LOCAL_CREDS at level 0, the SCM_CREDS it makes arrive) per system; CPython exposes neither.
+#: FreeBSD sys/sys/un.h LOCAL_CREDS 2, sys/sys/socket.h SCM_CREDS 0x03 (struct cmsgcred).
+#: NetBSD sys/sys/un.h rev 1.57 (2016, 7.99.34) LOCAL_CREDS 0x0004 (0x0001 is LOCAL_OCREDS,
+#: the pre-7.0 one), sys/sys/socket.h rev 1.119 SCM_CREDS 0x10 (struct sockcred).
+LOCAL_CREDS_OPTIONS = {"freebsd": (2, 0x03), "netbsd": (0x0004, 0x10)}
+
 SOCKET_KINDS = {
     "stream": socket.SOCK_STREAM,
     "dgram": socket.SOCK_DGRAM,

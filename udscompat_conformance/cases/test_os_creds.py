@@ -17,7 +17,13 @@ from typing import Any, Dict, Optional, Tuple
 import pytest
 
 from udscompat_conformance.plugin import Observer
-from udscompat_conformance.support import attempt, errno_name, kind_pair, unavailable
+from udscompat_conformance.support import (
+    LOCAL_CREDS_OPTIONS,
+    attempt,
+    errno_name,
+    kind_pair,
+    unavailable,
+)
 
 case = pytest.mark.case
 
@@ -392,19 +398,27 @@ def test_not_coalesced(observe: Observer) -> None:
     rows=["CRED-17"],
 )
 def test_local_creds_bsd(observe: Observer) -> None:
-    # <sys/un.h>: LOCAL_CREDS is 2 on FreeBSD and NetBSD (level 0);
-    # <sys/socket.h>: SCM_CREDS is 3 on FreeBSD, 4 on NetBSD.
-    if not sys.platform.startswith(("freebsd", "netbsd")):
+    system = next((name for name in LOCAL_CREDS_OPTIONS if sys.platform.startswith(name)), None)
+    if system is None:
         unavailable("LOCAL_CREDS exists on FreeBSD and NetBSD only")
-    scm_creds = 3 if sys.platform.startswith("freebsd") else 4
+    local_creds, scm_creds = LOCAL_CREDS_OPTIONS[system]
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
-        option = attempt(lambda: b.setsockopt(0, 2, 1))
+        option = attempt(lambda: b.setsockopt(0, local_creds, 1))
         if option != "ok":
             observe({"setsockopt": option})
             return
+        b.setblocking(False)
         a.send(b"x")
-        _, ancdata, _, _ = b.recvmsg(1, 1024)
+        _, first, _, _ = b.recvmsg(1, 1024)
+        a.send(b"y")
+        _, second, _, _ = b.recvmsg(1, 1024)
         observe(
-            {"setsockopt": "ok", "scm_creds_arrived": any(k == scm_creds for _, k, _ in ancdata)}
+            {
+                "setsockopt": "ok",
+                "scm_creds_arrived": any(k == scm_creds for _, k, _ in first),
+                "on_second_message": any(k == scm_creds for _, k, _ in second),
+                "local_creds": local_creds,
+                "scm_creds": hex(scm_creds),
+            }
         )
