@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import pytest
@@ -491,3 +492,71 @@ def test_a_peek_interrupted_while_copying_leaks_no_copy(pipe: Tuple[int, int]) -
         assert message is not None and len(message.fds) == 2
         _fdpass._io.close_fds(message.fds)
     assert not leaks, f"a copy was leaked by an interrupt after: {leaks}"
+
+
+# -- another thread closes the connection -----------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", ["native", "emulated"])
+def test_close_wakes_a_wait_that_lost_its_descriptor_number(implementation: str) -> None:
+    """close() lands between a wait reading the socket's number and polling it.
+
+    The number is free then and the next descriptor opened takes it (here a pipe; in a
+    program, often a descriptor another thread just received), so the wait polled an
+    unrelated file and never woke: close() had no waiter to shut down for yet.
+    """
+    a, b = _seqpacket.seqpacket_pair(implementation=implementation)
+    reached, closed = threading.Event(), threading.Event()
+    errors: List[OSError] = []
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        if (
+            event == "c_return"
+            and getattr(arg, "__name__", "") == "fileno"
+            and frame.f_code.co_name == "wait_ready"
+        ):
+            sys.setprofile(None)
+            reached.set()
+            closed.wait(5)
+
+    def receive() -> None:
+        sys.setprofile(hook)
+        try:
+            b.recv_message()
+        except OSError as exc:
+            errors.append(exc)
+        finally:
+            sys.setprofile(None)
+
+    waiter = threading.Thread(target=receive)
+    with a:
+        waiter.start()
+        assert reached.wait(5)
+        number = b.fileno()
+        b.close()
+        r, w = os.pipe()  # takes the number the wait is about to poll
+        try:
+            closed.set()
+            waiter.join(4)
+            assert number in (r, w), "the pipe did not take the number (test setup)"
+            assert not waiter.is_alive(), "the wait polls another file and never wakes"
+            assert errors and errors[0].errno == errno.EBADF, errors
+        finally:
+            os.write(w, b"x")  # wakes a poll left on the pipe, whichever end it took
+            os.close(r)
+            os.close(w)
+            waiter.join(5)
+
+
+def test_a_large_native_receive_after_close_says_ebadf() -> None:
+    """recv_message with a bufsize that sizes by FIONREAD, on a closed connection: EBADF.
+
+    The FIONREAD ioctl got the closed socket's -1 and raised ValueError, which the
+    contract does not allow (seen when another thread closed the connection).
+    """
+    a, b = _seqpacket.seqpacket_pair(implementation="native")
+    with a:
+        b.close()
+        with pytest.raises(OSError) as info:
+            b.recv_message(1 << 20)
+        assert info.value.errno == errno.EBADF

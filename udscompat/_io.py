@@ -509,10 +509,16 @@ def queued_bytes(sock: socket.socket) -> int:
 
     For a SOCK_SEQPACKET socket that bounds the next message, so a receive
     need not allocate a caller's huge ``bufsize``.
+
+    Raises:
+        OSError: ``EBADF`` if the socket is closed (another thread closed it).
     """
+    fileno = sock.fileno()
+    if fileno < 0:
+        raise OSError(errno.EBADF, "the socket is closed")  # as wait_ready says it
     count = array.array("i", [0])
     try:
-        fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+        fcntl.ioctl(fileno, termios.FIONREAD, count)
     except OSError:
         return -1
     return count[0]

@@ -102,6 +102,8 @@ _SEVERAL = (list, tuple)
 _MSG_PEEK = int(socket.MSG_PEEK)  # a plain int: IntFlag arithmetic is a Python call
 #: How soon a thread blocked on a duplicated connection notices that it was closed.
 _DUP_WAKE = 0.05
+#: Every other blocked wait looks at ``_closed`` again this often (see ``SeqpacketConn._wait``).
+_CLOSE_WAKE = 1.0
 _DATA_HEADER = _framing.HEADER.pack
 _HEADER_SIZE = _framing.HEADER.size
 _KIND_DATA = _framing.KIND_DATA
@@ -637,11 +639,12 @@ class SeqpacketConn:
         try:
             if self._closed:  # checked after registering: close() checks in the other order
                 raise self._unusable()
-            wake = None if self._group is None else _monotonic() + _DUP_WAKE
-            if wake is not None and (
-                deadline is None or (deadline != _NONBLOCKING and deadline > wake)
-            ):
-                # close() may not shut a shared socket down: wait in slices, looking again.
+            wake = _monotonic() + (_CLOSE_WAKE if self._group is None else _DUP_WAKE)
+            if deadline is None or (deadline != _NONBLOCKING and deadline > wake):
+                # Wait in slices, looking at _closed again: close() may not shut a shared
+                # socket down, and a close() between wait_ready reading the descriptor's
+                # number and polling it leaves the poll on a number that may already name
+                # another file (whatever was opened or received next).
                 try:
                     _io.wait_ready(self._sock, write=write, deadline=wake)
                 except TimeoutError:
