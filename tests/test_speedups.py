@@ -936,3 +936,37 @@ def test_a_receive_that_must_guard_sent_slots_takes_the_python_path(
         _, fds, _, _ = udscompat.recv_fds(b, 1, 1)
         _io.close_fds([slot, *fds])
     assert len(fds) == 1 and fds[0] != slot
+
+
+def test_a_socket_timeout_is_waited_for_on_both_paths(pipe: Tuple[int, int]) -> None:
+    """``send_fds``/``recv_fds`` honour the socket's own timeout as its methods do: they wait
+    for a message or room, and raise TimeoutError once it passes (the compiled calls make one
+    system call on a descriptor that timeout mode made non-blocking, so they must wait here)."""
+    a, b = socket.socketpair()
+    with a, b:
+        b.settimeout(0.05)
+        with pytest.raises(TimeoutError):
+            udscompat.recv_fds(b, 10, 1)
+        b.settimeout(30)
+        later = threading.Timer(0.1, udscompat.send_fds, (a, b"late", [pipe[0]]))
+        later.start()
+        data, fds, _, _ = udscompat.recv_fds(b, 10, 1)
+        later.join()
+        _io.close_fds(fds)
+        assert data == b"late" and len(fds) == 1
+        a.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                a.send(b"f" * 65536)
+        a.settimeout(0.05)
+        with pytest.raises(TimeoutError):
+            udscompat.send_fds(a, b"x", [pipe[0]])
+        drained = threading.Timer(0.1, lambda: b.recv(1 << 20))
+        a.settimeout(30)
+        drained.start()
+        assert udscompat.send_fds(a, b"y", [pipe[0]]) == 1  # waits for the room the drain makes
+        drained.join()
+        b.settimeout(0)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                _io.close_fds(udscompat.recv_fds(b, 1 << 20, 4)[1])
