@@ -242,7 +242,7 @@ def _claim_frame(claim: udscompat.SendCredentials, payload: bytes) -> bytes:
 def claims_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stand-in for macOS, OpenBSD and NetBSD past the first message: a kernel that attaches
     no credentials to stream writes (on Linux it does, so the emulation would use those)."""
-    monkeypatch.setattr(_seqpacket, "kernel_credentials_on_streams", lambda: False)
+    monkeypatch.setattr(_seqpacket, "kernel_stream_credentials", lambda: False)
 
 
 @only_on("Linux", "SO_PASSCRED attaches the writer's credentials to every stream write")

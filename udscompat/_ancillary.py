@@ -31,7 +31,18 @@ import errno
 import functools
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    Iterable,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from udscompat import _fdpass, _io, _probes, _sockarg
 from udscompat._address import AddressArg, UnixSocketAddr
@@ -403,6 +414,67 @@ def peer_security_label(sock: SocketLike) -> Optional[bytes]:
         return _sockarg.peer_security_label(sock)
     _fdpass._check_unix(sock)
     return backend.peer_security_label(sock)
+
+
+def features(seqpacket: str) -> Dict[str, Tuple[str, str]]:
+    """``capabilities()``' rows for issue 14's features: name -> (status, detail).
+
+    ``seqpacket`` is the seqpacket feature's status (``"native"`` or
+    ``"emulated"``).  Probes on private socketpairs; nothing blocks.
+    """
+    probe = credentials_probe()
+    rows: Dict[str, Tuple[str, str]] = {}
+    rows["ancillary_credentials"] = ("native" if probe.available else "unavailable", probe.reason)
+    try:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as exc:
+        rows["peer_security_label"] = ("unavailable", f"socketpair failed: {exc}")
+    else:
+        with a, b:
+            try:
+                label = backend.peer_security_label(a)
+            except (UnsupportedError, OSError) as exc:
+                rows["peer_security_label"] = ("unavailable", str(exc))
+            else:
+                seen = "none here (no labelling LSM)" if label is None else f"{label!r} here"
+                rows["peer_security_label"] = (
+                    "native",
+                    f"SO_PEERSEC; a socketpair's label: {seen}",
+                )
+    rows["datagram"] = ("native", "UnixDatagram: bind, send_to/recv_from with fds and credentials")
+    emulated = seqpacket != "native"
+    if not emulated:
+        rows["seqpacket_dup"] = ("native", "dup(): a new descriptor for the kernel socket")
+    else:
+        rows["seqpacket_dup"] = (
+            "unavailable",
+            "emulated connections refuse dup(): their framing state lives in one object",
+        )
+    if emulated:
+        peek = "emulated: the next frame is held; each peek hands out F_DUPFD_CLOEXEC copies"
+    elif _probes.peek_installs_fds():
+        peek = "MSG_PEEK; the kernel installs new descriptors per peek (the caller's)"
+    else:
+        peek = "MSG_PEEK; a message with descriptors raises UnsupportedError (no copies here)"
+    rows["seqpacket_peek"] = ("emulated" if emulated else "native", peek)
+    if not emulated:
+        rows["seqpacket_credentials"] = (
+            ("native", "the kernel's, per message")
+            if probe.available
+            else ("unavailable", probe.reason)
+        )
+    elif probe.stream in ("every message", "sender attaches"):
+        rows["seqpacket_credentials"] = (
+            "emulated",
+            f"the kernel's, per frame (stream writes: {probe.stream})",
+        )
+    else:
+        rows["seqpacket_credentials"] = (
+            "emulated",
+            "the sender's claims only (ClaimedCredentials, NOT verified): the kernel attaches "
+            f"none to stream writes ({probe.reason})",
+        )
+    return rows
 
 
 class CredentialsProbe(NamedTuple):

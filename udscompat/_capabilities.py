@@ -7,9 +7,10 @@ import os
 import platform
 import socket
 import tempfile
-from typing import Any, Dict, NamedTuple, Optional
+from types import MappingProxyType
+from typing import Any, Dict, Mapping, NamedTuple, Optional
 
-from udscompat import _accel, _fdpass, _probes
+from udscompat import _accel, _ancillary, _fdpass, _probes
 from udscompat._platform import backend
 
 __all__ = ["Capabilities", "Feature", "capabilities"]
@@ -23,12 +24,12 @@ class Feature(NamedTuple):
 
 
 class Capabilities(NamedTuple):
-    """What udscompat found on this OS (see ``capabilities()``)."""
+    """What udscompat found on this OS (see ``capabilities()``); read-only throughout."""
 
     os_name: str
     os_release: str
-    features: Dict[str, Feature]
-    quirks: Dict[str, Any]
+    features: Mapping[str, Feature]
+    quirks: Mapping[str, Any]
 
     def as_dict(self) -> Dict[str, Any]:
         """Plain JSON-ready data."""
@@ -46,14 +47,20 @@ def capabilities() -> Capabilities:
 
     Features: ``abstract_addresses``, ``fd_passing``, ``seqpacket``,
     ``peer_credentials``, ``speedups`` (``native``: the compiled accelerator
-    runs the system calls; ``unavailable``: pure Python, with the reason).
+    runs the system calls; ``unavailable``: pure Python, with the reason),
+    ``ancillary_credentials``, ``peer_security_label``, ``datagram``,
+    ``seqpacket_dup``, ``seqpacket_peek``, ``seqpacket_credentials`` (how
+    ``Message.credentials`` is filled: the kernel's, or on an emulation
+    without kernel credentials on streams only unverified claims).
     Quirks: ``msg_cmsg_cloexec``,
     ``max_fds_per_message``, ``max_path_bytes``, ``ctrunc``,
     ``close_after_send_safe``, ``holds_sent_fds``,
     ``same_process_fd_reuse``, ``seqpacket_short_read``,
     ``seqpacket_zero_length``, ``stream_fd_padding``, ``peek_installs_fds``,
     ``stale_socket_files`` (what ``bind()`` does with a socket file no socket
-    is bound to, and how it tells one from a live one), ``undecided``.
+    is bound to, and how it tells one from a live one),
+    ``stream_credentials`` (``"every message"``, ``"first message"``,
+    ``"sender attaches"`` or ``"none"``), ``undecided``.
     Every value comes from a probe run on a private socketpair (or a
     temporary directory), not from a table.
     No probe blocks; ``undecided`` names the probes that could not decide
@@ -87,8 +94,15 @@ def capabilities() -> Capabilities:
         "peek_installs_fds": _probes.peek_installs_fds(),
         "stale_socket_files": _probes.stale_socket_files()[1],
     }
+    # Issue 14's rows (parity): ancillary credentials, labels, datagrams, connection methods.
+    for name, (status, detail) in _ancillary.features(features["seqpacket"].status).items():
+        features[name] = Feature(status, detail)
+    quirks["stream_credentials"] = _ancillary.credentials_probe().stream
     quirks["undecided"] = _probes.undecided()
-    return Capabilities(backend.OS_NAME, platform.release(), features, quirks)
+    # Read-only views: the answer is cached, so a caller changing it would change every later one.
+    return Capabilities(
+        backend.OS_NAME, platform.release(), MappingProxyType(features), MappingProxyType(quirks)
+    )
 
 
 def _fds_per_message() -> Optional[int]:

@@ -1045,7 +1045,7 @@ class _EmulatedConn(SeqpacketConn):
         self._ancbuf = _ancillary.ANCILLARY_ROOM if self._credentials else _ANCBUF
 
     def pass_credentials(self, enable: bool = True, *, claimed: bool = False) -> None:
-        if claimed and not kernel_credentials_on_streams():
+        if claimed and not kernel_stream_credentials():
             with self._recv_lock:
                 self._decoder.accept_claims = bool(enable)
             return
@@ -1082,7 +1082,7 @@ class _EmulatedConn(SeqpacketConn):
         hold = False
         cmsgs = claim = None
         if credentials is not None:
-            if kernel_credentials_on_streams():
+            if kernel_stream_credentials():
                 cmsgs = _ancillary.credentials_data(credentials, bool(numbers)) or None
             else:
                 claim = _claim(credentials)
@@ -1575,9 +1575,13 @@ class _EmulatedConn(SeqpacketConn):
         _holding(self._recv_lock, self._discard_received)
 
 
-def kernel_credentials_on_streams() -> bool:
-    """Does the kernel attach credentials to every stream write (else emulated frames claim)?"""
-    return _ancillary.credentials_probe().stream == "every message"
+def kernel_stream_credentials() -> bool:
+    """Does the kernel attach credentials to every stream write (else emulated frames claim)?
+
+    DragonFly's do when the sender attaches ``SCM_CREDS`` (its kernel fills
+    in the truth), which the emulation does on every write of a frame.
+    """
+    return _ancillary.credentials_probe().stream in ("every message", "sender attaches")
 
 
 def _claim(credentials: SendCredentials) -> bytes:
