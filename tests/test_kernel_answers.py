@@ -394,3 +394,61 @@ def test_a_path_limit_that_cannot_be_measured_says_why(standin: Path, tmp_path: 
     assert case["outcome"] == "fail"
     assert "could not measure max_path_bytes" in case["message"], case["message"]
     assert "No such file or directory" in case["message"]
+
+
+_WRAPPED = """
+    import asyncio, json, os, socket
+    import udscompat
+    from udscompat import aio
+
+    class Wrapper:  # a framework's object whose fileno() is a socket's
+        def __init__(self, sock):
+            self.sock = sock
+
+        def fileno(self):
+            return self.sock.fileno()
+
+    def opened():
+        return len(os.listdir("/proc/self/fd"))
+
+    a, b = socket.socketpair(socket.AF_UNIX)
+    r, w = os.pipe()
+    out = {}
+    before = opened()
+    try:
+        udscompat.send_fds(Wrapper(a), b"x", [r])
+        data, fds, _, _ = udscompat.recv_fds(Wrapper(b), 1, 1)
+        out["blocking"] = [data.decode(), len(fds)]
+        for fd in fds:
+            os.close(fd)
+    except OSError as exc:
+        out["blocking"] = [type(exc).__name__, str(exc)]
+
+    async def main():
+        a.setblocking(False)
+        b.setblocking(False)
+        await aio.send_fds(Wrapper(a), b"y", [r])
+        data, fds, _, _ = await aio.recv_fds(Wrapper(b), 1, 1)
+        for fd in fds:
+            os.close(fd)
+        return [data.decode(), len(fds)]
+
+    try:
+        out["async"] = asyncio.run(main())
+    except OSError as exc:
+        out["async"] = [type(exc).__name__, str(exc)]
+    out["leaked"] = opened() - before
+    print(json.dumps(out))
+"""
+
+
+def test_a_wrapped_socket_works_where_the_kernel_does_not_name_its_protocol(
+    standin: Path,
+) -> None:
+    """Free functions and their asyncio forms take any object whose fileno() is a socket's;
+    CPython's socket(fileno=) asks SO_PROTOCOL, which NetBSD's compat_linux answers EINVAL:
+    every such call failed there (and the asyncio one leaked its duplicate)."""
+    out = under(standin, "linuxoptsunknown", _WRAPPED)
+    assert out["blocking"] == ["x", 1], out
+    assert out["async"] == ["y", 1], out
+    assert out["leaked"] == 0, out

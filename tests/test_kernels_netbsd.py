@@ -378,3 +378,22 @@ def test_options_compat_linux_does_not_map_are_unsupported(linux_server: RumpSer
     assert "SO_PASSCRED" in out["pass_credentials"][1]
     assert out["peer_security_label"][0] == "UnsupportedError", out
     assert "SO_PEERSEC" in out["peer_security_label"][1]
+
+
+def test_a_wrapped_socket_works_through_compat_linux(linux_server: RumpServer) -> None:
+    """compat_linux answers SO_PROTOCOL with EINVAL; udscompat's free functions given an
+    object whose fileno() is a socket's wrapped it with socket(fileno=), which asks it."""
+    proc = _hijacked(
+        linux_server,
+        "import json, os, socket, udscompat\n"
+        "class Wrapper:\n"
+        "    def __init__(self, sock): self.sock = sock\n"
+        "    def fileno(self): return self.sock.fileno()\n"
+        "a, b = socket.socketpair(socket.AF_UNIX)\n"
+        "r, w = os.pipe()\n"
+        "udscompat.send_fds(Wrapper(a), b'x', [r])\n"
+        "data, fds, _, _ = udscompat.recv_fds(Wrapper(b), 1, 1)\n"
+        "print(json.dumps([data.decode(), len(fds)]))\n",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == ["x", 1]

@@ -70,6 +70,17 @@ def _own(sock: object) -> Optional[str]:
     return None
 
 
+def socket_for(fd: int) -> socket.socket:
+    """``socket.socket(fileno=fd)`` without asking the kernel for ``SO_PROTOCOL``.
+
+    CPython asks for the protocol when it is not given; an AF_UNIX socket's is 0, and a
+    Linux-ABI layer without the option (NetBSD's compat_linux, linux_socket.c rev 1.131:
+    ``linux_to_bsd_so_sockopt`` maps no SO_PROTOCOL) answers EINVAL, which failed every
+    call given anything but a ``socket.socket``.  Family and type are still the kernel's.
+    """
+    return socket.socket(-1, -1, 0, fileno=fd)
+
+
 @contextmanager
 def borrowed(sock: object, name: str = "sock") -> Iterator[socket.socket]:
     """A ``socket.socket`` around ``sock.fileno()``, detached (never closed) afterwards.
@@ -91,7 +102,7 @@ def borrowed(sock: object, name: str = "sock") -> Iterator[socket.socket]:
     borrowed: Optional[socket.socket] = None
     try:
         try:
-            borrowed = socket.socket(fileno=fd)
+            borrowed = socket_for(fd)
         except OSError as exc:
             if exc.errno == errno.ENOTSOCK:
                 raise OSError(errno.ENOTSOCK, f"{name}: descriptor {fd} is not a socket") from exc

@@ -71,6 +71,7 @@ from udscompat._records import (
     WritableBuffers,
     new_message,
 )
+from udscompat._sockarg import socket_for
 
 __all__ = [
     "AsyncSeqpacketConn",
@@ -768,7 +769,12 @@ def _own_socket(sock: Any) -> Tuple[socket.socket, bool]:
     fileno = getattr(sock, "fileno", None)
     if fileno is None:
         raise TypeError(f"expected a socket, got {type(sock).__name__}")
-    dup = socket.socket(fileno=os.dup(fileno()))
+    copy = os.dup(fileno())
+    try:
+        dup = socket_for(copy)
+    except BaseException:
+        os.close(copy)  # not a socket, or one the kernel will not describe: nothing kept
+        raise
     dup.setblocking(False)
     return dup, True
 

@@ -27,8 +27,9 @@
  *                an SCM_RIGHTS message with no descriptors (Linux sends none).
  *
  * and of NetBSD 7.99.34 through compat_linux, as the Linux-ABI rump column runs it:
- *   linuxoptsunknown  SO_PASSCRED, SO_PEERSEC and SO_PEERGROUPS fail with EINVAL
- *                (linux_to_bsd_so_sockopt() knows no such option).
+ *   linuxoptsunknown  SO_PASSCRED, SO_PEERSEC, SO_PEERGROUPS, SO_PROTOCOL and SO_DOMAIN
+ *                fail with EINVAL (linux_to_bsd_so_sockopt() in linux_socket.c rev 1.131
+ *                knows none of them; SO_PEERCRED is the project's patch 02).
  *   pathbindfails every bind() of an AF_UNIX socket to a path fails with ENOENT, as
  *                udscompat's do in that harness (its openat() walk from / reaches the host's
  *                /tmp, not the rump kernel's).
@@ -118,7 +119,8 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
 static int unknown_to_compat_linux(int level, int name)
 {
     return level == SOL_SOCKET &&
-           (name == SO_PASSCRED || name == SO_PEERSEC || name == SO_PEERGROUPS) &&
+           (name == SO_PASSCRED || name == SO_PEERSEC || name == SO_PEERGROUPS ||
+            name == SO_PROTOCOL || name == SO_DOMAIN) &&
            standin_has("linuxoptsunknown");
 }
 
