@@ -18,6 +18,7 @@ from udscompat import (
     ControlTruncatedError,
     FramingError,
     SeqpacketConn,
+    SeqpacketListener,
     UnixSocketAddr,
     _framing,
     _probes,
@@ -571,3 +572,36 @@ def test_a_huge_bufsize_is_not_allocated() -> None:
             b.recv_message(2**40)
         a.close()
         assert b.recv_message(2**40) is None
+
+
+def test_close_wakes_a_thread_blocked_in_accept(impl: str, tmp_path: Path) -> None:
+    """close() from another thread: the accepting thread raises EBADF instead of blocking
+    forever, and a copy of the listening socket held elsewhere (a pre-forked child's) is
+    not shut down by it: it still accepts."""
+    path = str(tmp_path / "l.sock")
+    listener = SeqpacketListener(path, implementation=impl, remove_on_close=False)
+    copy = socket.socket(fileno=os.dup(listener.fileno()))
+    errors: List[OSError] = []
+
+    def accept() -> None:
+        try:
+            listener.accept()
+        except OSError as exc:
+            errors.append(exc)
+
+    waiter = threading.Thread(target=accept)
+    with copy:
+        waiter.start()
+        time.sleep(0.2)  # the thread is in its wait (a wait entered later is woken too)
+        listener.close()
+        waiter.join(3)
+        alive = waiter.is_alive()
+        if alive:  # unblock it for the test's sake; the assertion below says what happened
+            socket.socket(socket.AF_UNIX, copy.type).connect(path)
+            waiter.join(5)
+        assert not alive, "close() left the accepting thread blocked"
+        assert errors and errors[0].errno == errno.EBADF, errors
+        client = SeqpacketConn.connect(path, implementation=impl)
+        with client:
+            conn, _ = copy.accept()
+            conn.close()

@@ -639,18 +639,8 @@ class SeqpacketConn:
         try:
             if self._closed:  # checked after registering: close() checks in the other order
                 raise self._unusable()
-            wake = _monotonic() + (_CLOSE_WAKE if self._group is None else _DUP_WAKE)
-            if deadline is None or (deadline != _NONBLOCKING and deadline > wake):
-                # Wait in slices, looking at _closed again: close() may not shut a shared
-                # socket down, and a close() between wait_ready reading the descriptor's
-                # number and polling it leaves the poll on a number that may already name
-                # another file (whatever was opened or received next).
-                try:
-                    _io.wait_ready(self._sock, write=write, deadline=wake)
-                except TimeoutError:
-                    pass  # the caller retries
-            else:
-                _io.wait_ready(self._sock, write=write, deadline=deadline)
+            slice_s = _CLOSE_WAKE if self._group is None else _DUP_WAKE
+            _wait_a_slice(self._sock, write, deadline, slice_s)
         finally:
             self._waiting.discard(me)
         if self._closed:
@@ -659,6 +649,26 @@ class SeqpacketConn:
     def _unusable(self) -> OSError:
         """What a call on this closed connection raises."""
         return _closed_error()
+
+
+def _wait_a_slice(
+    sock: socket.socket, write: bool, deadline: Optional[float], slice_s: float
+) -> None:
+    """``_io.wait_ready``, returning after at most ``slice_s`` seconds (the caller retries).
+
+    The caller looks at its closed flag between slices: close() may not shut a shared
+    socket down, and a close() between wait_ready reading the descriptor's number and
+    polling it leaves the poll on a number that may already name another file
+    (whatever was opened or received next).
+    """
+    wake = _monotonic() + slice_s
+    if deadline is None or (deadline != _NONBLOCKING and deadline > wake):
+        try:
+            _io.wait_ready(sock, write=write, deadline=wake)
+        except TimeoutError:
+            pass
+    else:
+        _io.wait_ready(sock, write=write, deadline=deadline)
 
 
 class _Group:
@@ -1724,6 +1734,9 @@ class SeqpacketListener:
         if not remove_on_close:
             self._file = None
         self._timeout: Optional[float] = None
+        self._closed = False
+        #: Threads in ``_wait`` (``close`` looks at it; see ``SeqpacketConn._wait``).
+        self._waiting: Set[int] = set()
 
     def accept(self) -> Tuple[SeqpacketConn, UnixSocketAddr]:
         """Wait for a connection; returns it and the peer's address."""
@@ -1738,7 +1751,17 @@ class SeqpacketListener:
         return conn, UnixSocketAddr.from_sockaddr(address)
 
     def _wait(self, write: bool, deadline: Optional[float]) -> None:
-        _io.wait_ready(self._sock, write=write, deadline=deadline)
+        """``_io.wait_ready`` in slices, so that ``close`` in another thread wakes it."""
+        me = threading.get_ident()
+        self._waiting.add(me)
+        try:
+            if self._closed:  # checked after registering: close() sets it first
+                raise _closed_error()
+            _wait_a_slice(self._sock, write, deadline, _CLOSE_WAKE)
+        finally:
+            self._waiting.discard(me)
+        if self._closed:
+            raise _closed_error()
 
     @property
     def local_addr(self) -> UnixSocketAddr:
@@ -1758,7 +1781,13 @@ class SeqpacketListener:
         self.settimeout(None if flag else 0.0)
 
     def close(self) -> None:
-        """Stop listening; remove the socket file if it is still ours and removal was asked."""
+        """Stop listening; remove the socket file if it is still ours and removal was asked.
+
+        A thread blocked in ``accept`` wakes within a second and raises ``EBADF``.  The
+        listening socket is never shut down for it: a copy held elsewhere (children of a
+        pre-forking server, a descriptor passed on) keeps accepting.
+        """
+        self._closed = True
         file, self._file = self._file, None
         close_listener(self._sock, file)  # removed first: never stale while it is still there
 
