@@ -34,6 +34,13 @@ def _check_pid(value: object, *, optional: bool) -> None:
         raise ValueError(f"pid={value} is outside 1..{_MAX_PID}")
 
 
+def _check_process_ids(pid: object, uid: object, gid: object) -> None:
+    """One process's pid, uid and gid, as a sender claims them (no field optional)."""
+    _check_pid(pid, optional=False)
+    _check_id("uid", uid)
+    _check_id("gid", gid)
+
+
 @dataclass(frozen=True)
 class SendCredentials:
     """The process ids a sender attaches to a message (``send_ancillary(credentials=...)``).
@@ -59,9 +66,7 @@ class SendCredentials:
     gid: int
 
     def __post_init__(self) -> None:
-        _check_pid(self.pid, optional=False)
-        _check_id("uid", self.uid)
-        _check_id("gid", self.gid)
+        _check_process_ids(self.pid, self.uid, self.gid)
 
     def is_own(self) -> bool:
         """Whether these are this process's pid and one of its real or effective ids."""
@@ -173,9 +178,7 @@ class ClaimedCredentials:
     gid: int
 
     def __post_init__(self) -> None:
-        _check_pid(self.pid, optional=False)
-        _check_id("uid", self.uid)
-        _check_id("gid", self.gid)
+        _check_process_ids(self.pid, self.uid, self.gid)
 
     def __reduce__(self) -> Tuple[Any, ...]:
         return (ClaimedCredentials, (self.pid, self.uid, self.gid))
