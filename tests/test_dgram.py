@@ -9,7 +9,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, List, Tuple
 
 import pytest
 
@@ -237,3 +237,34 @@ def test_wrapping_refuses_other_sockets() -> None:
         pytest.raises(ValueError, match="AF_UNIX"),
     ):
         UnixDatagram(inet)
+
+
+def test_close_wakes_a_thread_blocked_in_a_receive() -> None:
+    """close() from another thread: the receiving thread raises EBADF within about a
+    second instead of blocking forever (its poll may even be left on the closed socket's
+    number, which the next descriptor opened takes: here a pipe that never becomes ready)."""
+    a, b = UnixDatagram.pair()
+    errors: List[OSError] = []
+
+    def receive() -> None:
+        try:
+            b.recv_message()
+        except OSError as exc:
+            errors.append(exc)
+
+    waiter = threading.Thread(target=receive)
+    with a:
+        waiter.start()
+        time.sleep(0.2)  # the thread is in its wait
+        b.close()
+        r, w = os.pipe()  # may take b's number: a poll left on it never wakes
+        try:
+            waiter.join(3)
+            alive = waiter.is_alive()
+        finally:
+            os.write(w, b"x")
+            os.close(r)
+            os.close(w)
+        waiter.join(5)
+        assert not alive, "close() left the receiving thread blocked"
+        assert errors and errors[0].errno == errno.EBADF, errors

@@ -63,8 +63,10 @@ _MAX_FDS = backend.MAX_FDS_PER_MESSAGE
 _MAX_FD_NUMBER = 2**31 - 1  # descriptors are C ints
 #: Longest timeout the standard library accepts (a 64-bit count of nanoseconds).
 _MAX_TIMEOUT = (2**63 - 1) / 1e9
-#: poll() takes a C int of milliseconds: longer waits are made of several polls.
-_MAX_POLL_MS = 2**31 - 1
+#: Longest single poll: a wait is made of polls this long, so that the retry finds a
+#: socket that another thread closed meanwhile (EBADF) instead of polling forever on its
+#: old number, which by then may name whatever was opened next.
+_WAKE_MS = 1000
 
 #: The deadline of a non-blocking call: it never waits.  (Real deadlines are
 #: ``time.monotonic()`` values, which are positive.)
@@ -556,15 +558,16 @@ def timeout_error() -> TimeoutError:
 def wait_ready(sock: socket.socket, *, write: bool, deadline: Optional[float]) -> None:
     """Wait until ``sock`` is readable (or writable), for what remains of ``deadline``.
 
-    Returns when the socket is ready, or when one poll of a long wait ends
-    (the caller retries either way, as ``sock_call_ex`` does).
+    Returns when the socket is ready, or after at most a second of a longer
+    wait (the caller retries either way, as ``sock_call_ex`` does, and a retry
+    on a socket another thread closed meanwhile fails with ``EBADF``).
 
     Raises:
         BlockingIOError: ``deadline`` is ``NONBLOCKING``.
         TimeoutError: the deadline has passed.
         OSError: ``EBADF`` if the socket is closed.
     """
-    millis: Optional[int] = None
+    millis = _WAKE_MS
     if deadline is not None:
         if deadline == NONBLOCKING:
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
@@ -572,7 +575,7 @@ def wait_ready(sock: socket.socket, *, write: bool, deadline: Optional[float]) -
         if remaining <= 0:
             raise timeout_error()
         # Round up: a poll that ends a hair early would only be repeated.
-        millis = min(int(remaining * 1000) + 1, _MAX_POLL_MS)
+        millis = min(int(remaining * 1000) + 1, _WAKE_MS)
     fileno = sock.fileno()
     if fileno < 0:
         raise OSError(errno.EBADF, "the socket is closed")

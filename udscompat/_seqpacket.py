@@ -1734,9 +1734,6 @@ class SeqpacketListener:
         if not remove_on_close:
             self._file = None
         self._timeout: Optional[float] = None
-        self._closed = False
-        #: Threads in ``_wait`` (``close`` looks at it; see ``SeqpacketConn._wait``).
-        self._waiting: Set[int] = set()
 
     def accept(self) -> Tuple[SeqpacketConn, UnixSocketAddr]:
         """Wait for a connection; returns it and the peer's address."""
@@ -1751,17 +1748,8 @@ class SeqpacketListener:
         return conn, UnixSocketAddr.from_sockaddr(address)
 
     def _wait(self, write: bool, deadline: Optional[float]) -> None:
-        """``_io.wait_ready`` in slices, so that ``close`` in another thread wakes it."""
-        me = threading.get_ident()
-        self._waiting.add(me)
-        try:
-            if self._closed:  # checked after registering: close() sets it first
-                raise _closed_error()
-            _wait_a_slice(self._sock, write, deadline, _CLOSE_WAKE)
-        finally:
-            self._waiting.discard(me)
-        if self._closed:
-            raise _closed_error()
+        # A second at most: a close() in another thread is seen by the retry (EBADF).
+        _io.wait_ready(self._sock, write=write, deadline=deadline)
 
     @property
     def local_addr(self) -> UnixSocketAddr:
@@ -1787,7 +1775,6 @@ class SeqpacketListener:
         listening socket is never shut down for it: a copy held elsewhere (children of a
         pre-forking server, a descriptor passed on) keeps accepting.
         """
-        self._closed = True
         file, self._file = self._file, None
         close_listener(self._sock, file)  # removed first: never stale while it is still there
 
