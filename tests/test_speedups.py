@@ -970,3 +970,36 @@ def test_a_socket_timeout_is_waited_for_on_both_paths(pipe: Tuple[int, int]) -> 
         with contextlib.suppress(BlockingIOError):
             while True:
                 _io.close_fds(udscompat.recv_fds(b, 1 << 20, 4)[1])
+
+
+@needs_compiled
+@pytest.mark.skipif("seqpacket" not in KINDS, reason="no native SOCK_SEQPACKET here")
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 70), st.sampled_from([4095, 4096, 4097, 65536, 200000])),
+            st.sampled_from([0, 1, 64, 4096, 65536, 262144, 300000]),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_every_received_payload_is_its_own_object(steps: List[Tuple[int, int]]) -> None:
+    """The compiled receive copies small payloads out of one kept buffer: whatever the sizes
+    and buffer sizes in a row, every payload handed out keeps its bytes after later receives
+    (none is the kept buffer), cut exactly where ``bufsize`` cuts it."""
+    a, b = socket.socketpair(socket.AF_UNIX, KINDS["seqpacket"])
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    kept: List[Tuple[bytes, bytes]] = []
+    with a, b:
+        for i, (size, bufsize) in enumerate(steps):
+            payload = bytes([i + 1]) * size
+            if size == 0 and bufsize != 0:
+                continue  # a zero-length message: nothing to tell apart
+            a.send(payload)
+            data = SPEEDUPS.recvmsg(b, bufsize, 0, 0)[0]
+            assert data == payload[:bufsize]
+            kept.append((data, payload[:bufsize]))
+    for data, expected in kept:
+        assert data == expected

@@ -503,6 +503,62 @@ struct received {
 
 #define RECEIVE_WOULD_BLOCK (-2)
 
+/* One receive buffer kept between calls.  A receive must offer the kernel
+ * bufsize bytes (a seqpacket message longer than that is cut), so it allocates
+ * bufsize bytes and shrinks them to what came: for a small message with the
+ * usual 64 KiB bufsize that allocation and shrink cost more than the rest of
+ * the call.  Instead a small message is copied out of the kept buffer.  It is
+ * taken and given back with the GIL held, so one receive at a time uses it (a
+ * concurrent one allocates its own); it is a bytes object nobody else holds, at
+ * most SPARE_MAX bytes: the only memory udscompat keeps between receives. */
+#define SPARE_MAX (256 * 1024)
+#define COPY_MAX 4096
+static PyObject *spare = NULL;
+
+static PyObject *
+take_buffer(Py_ssize_t bufsize)
+{
+    if (bufsize > 0 && spare != NULL && PyBytes_GET_SIZE(spare) >= bufsize) {
+        PyObject *buffer = spare;
+        spare = NULL;
+        return buffer;
+    }
+    return PyBytes_FromStringAndSize(NULL, bufsize);
+}
+
+static void
+give_back(PyObject *buffer)
+{
+    Py_ssize_t size = PyBytes_GET_SIZE(buffer);
+    if (spare == NULL && Py_REFCNT(buffer) == 1 && size > 0 && size <= SPARE_MAX) {
+        spare = buffer;
+    }
+    else {
+        Py_DECREF(buffer);
+    }
+}
+
+/* The payload, ``length`` bytes at the start of ``buffer``, as its own bytes
+ * object: copied out where small (the buffer kept), else the buffer shrunk.
+ * NULL with an exception set if memory ran out (the buffer is released). */
+static PyObject *
+payload_of(PyObject *buffer, Py_ssize_t length)
+{
+    Py_ssize_t room = PyBytes_GET_SIZE(buffer);
+    if (length == room) {
+        return buffer;
+    }
+    if (length <= COPY_MAX && room <= SPARE_MAX) {
+        PyObject *copy = PyBytes_FromStringAndSize(PyBytes_AS_STRING(buffer), length);
+        give_back(buffer);
+        return copy;
+    }
+    if (_PyBytes_Resize(&buffer, length) < 0) { /* frees the buffer */
+        return NULL;
+    }
+    return buffer;
+}
+
 /* One recvmsg(2) into ``out``.  Returns 0 (out->data owned, out->fds open),
  * -1 with an exception set and nothing open, or, where ``soft_eagain``,
  * RECEIVE_WOULD_BLOCK with no exception set and nothing received.
@@ -514,7 +570,7 @@ static int
 receive(int fd, Py_ssize_t bufsize, Py_ssize_t maxfds, int flags, int want_address,
         int soft_eagain, struct received *out)
 {
-    PyObject *data = PyBytes_FromStringAndSize(NULL, bufsize);
+    PyObject *data = take_buffer(bufsize);
     if (data == NULL) {
         return -1;
     }
@@ -550,7 +606,7 @@ receive(int fd, Py_ssize_t bufsize, Py_ssize_t maxfds, int flags, int want_addre
         }
         int saved = errno;
         if (saved != EINTR) {
-            Py_DECREF(data);
+            give_back(data);
             if (soft_eagain && (saved == EAGAIN || saved == EWOULDBLOCK)) {
                 return RECEIVE_WOULD_BLOCK;
             }
@@ -571,7 +627,7 @@ receive(int fd, Py_ssize_t bufsize, Py_ssize_t maxfds, int flags, int want_addre
         }
         /* No descriptor has arrived yet: a raising handler loses nothing. */
         if (PyErr_CheckSignals() < 0) {
-            Py_DECREF(data);
+            give_back(data);
             return -1;
         }
     }
@@ -609,8 +665,8 @@ receive(int fd, Py_ssize_t bufsize, Py_ssize_t maxfds, int flags, int want_addre
         }
     }
 
-    Py_ssize_t length = received < bufsize ? (Py_ssize_t)received : bufsize;
-    if (length != bufsize && _PyBytes_Resize(&data, length) < 0) {
+    data = payload_of(data, received < bufsize ? (Py_ssize_t)received : bufsize);
+    if (data == NULL) {
         close_all(fds, nfds);
         return -1;
     }
