@@ -337,6 +337,7 @@ _OPTIONS = """
     for name, call in (
         ("pass_credentials", lambda: udscompat.pass_credentials(b)),
         ("peer_security_label", lambda: udscompat.peer_security_label(a)),
+        ("send_credentials", udscompat.send_credentials),
     ):
         try:
             out[name] = ["returned", repr(call())]
@@ -352,11 +353,13 @@ def test_an_option_the_kernel_does_not_know_is_unsupported_not_einval(standin: P
     """NetBSD's compat_linux answers EINVAL for Linux options it does not map: SO_PASSCRED
     and SO_PEERSEC came out as a bare OSError EINVAL (the committed Linux-ABI column's
     shim.ancillary.unavailable_says_so and peer_security_label); they are UnsupportedError
-    naming the option, and peer credentials still work without SO_PEERGROUPS."""
+    naming the option, send_credentials() refuses too (it handed out credentials that
+    compat_linux's sendmsg then drops), and peer credentials work without SO_PEERGROUPS."""
     out = under(standin, "linuxoptsunknown", _OPTIONS)
     for entry, option in (
         ("pass_credentials", "SO_PASSCRED"),
         ("peer_security_label", "SO_PEERSEC"),
+        ("send_credentials", "SO_PASSCRED"),
     ):
         name, message = out[entry]
         assert name == "UnsupportedError", out[entry]

@@ -365,7 +365,8 @@ def test_options_compat_linux_does_not_map_are_unsupported(linux_server: RumpSer
         "a, b = socket.socketpair(socket.AF_UNIX)\n"
         "out = {}\n"
         "for name, call in (('pass_credentials', lambda: udscompat.pass_credentials(b)),\n"
-        "                   ('peer_security_label', lambda: udscompat.peer_security_label(a))):\n"
+        "                   ('peer_security_label', lambda: udscompat.peer_security_label(a)),\n"
+        "                   ('send_credentials', udscompat.send_credentials)):\n"
         "    try:\n"
         "        out[name] = ['returned', repr(call())]\n"
         "    except OSError as exc:\n"
@@ -378,6 +379,8 @@ def test_options_compat_linux_does_not_map_are_unsupported(linux_server: RumpSer
     assert "SO_PASSCRED" in out["pass_credentials"][1]
     assert out["peer_security_label"][0] == "UnsupportedError", out
     assert "SO_PEERSEC" in out["peer_security_label"][1]
+    assert out["send_credentials"][0] == "UnsupportedError", out
+    assert "SO_PASSCRED" in out["send_credentials"][1]
 
 
 def test_a_wrapped_socket_works_through_compat_linux(linux_server: RumpServer) -> None:

@@ -9,6 +9,7 @@ linux-libc-dev 6.1 (Debian 12) for the socket table.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 import struct
@@ -126,14 +127,40 @@ def pass_credentials(sock: socket.socket, enable: bool) -> None:
     try:
         sock.setsockopt(SOL_SOCKET, SO_PASSCRED, 1 if enable else 0)
     except OSError as exc:
-        # Linux always has it; a Linux-ABI layer may not (NetBSD's compat_linux: EINVAL).
         if exc.errno in (errno.EINVAL, errno.ENOPROTOOPT):
-            refuse("ancillary credentials", OS_NAME, _UNKNOWN_OPTION.format("SO_PASSCRED", exc))
+            refuse("ancillary credentials", OS_NAME, _no_passcred(exc))
         raise
 
 
+def _no_passcred(exc: OSError) -> str:
+    # Linux always has SO_PASSCRED; a Linux-ABI layer may not (NetBSD's compat_linux,
+    # linux_socket.c rev 1.131: EINVAL) and then drops SCM_CREDENTIALS too.
+    return _UNKNOWN_OPTION.format("SO_PASSCRED", exc)
+
+
+@functools.cache
+def _credentials_refusal() -> Optional[str]:
+    """Why this kernel has no ancillary credentials, or None: SO_PASSCRED set (off) on a
+    private socketpair, once."""
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        try:
+            a.setsockopt(SOL_SOCKET, SO_PASSCRED, 0)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOPROTOOPT):
+                return _no_passcred(exc)
+            raise
+    return None
+
+
 def credentials_cmsg(creds: SendCredentials) -> Optional[Cmsg]:
-    """``SCM_CREDENTIALS`` with ``struct ucred {pid, uid, gid}``; the kernel checks the claim."""
+    """``SCM_CREDENTIALS`` with ``struct ucred {pid, uid, gid}``; the kernel checks the claim.
+
+    Raises ``UnsupportedError`` on a Linux-ABI layer without SO_PASSCRED.
+    """
+    refusal = _credentials_refusal()
+    if refusal is not None:
+        refuse("ancillary credentials", OS_NAME, refusal)
     return (SOL_SOCKET, SCM_CREDENTIALS, UCRED.pack(creds.pid, creds.uid, creds.gid))
 
 
