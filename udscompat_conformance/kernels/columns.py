@@ -93,11 +93,9 @@ COMPAT_LINUX_VALUES: Dict[str, str] = {
     "option it does not map",
     "os.fdpass.passrights_off": "SO_PASSRIGHTS is Linux's: compat_linux answers EINVAL for any "
     "option it does not map",
-    "os.fdpass.close_after_send[unix_socket]": "socket(fileno=...) asks SO_DOMAIN and "
-    "SO_PROTOCOL, which compat_linux does not map (EINVAL)",
-    "os.fdpass.passed_socket_works": "socket(fileno=...) asks SO_DOMAIN and SO_PROTOCOL, which "
+    "os.fdpass.passed_socket_works": "socket(fileno=...) asks SO_PROTOCOL, which "
     "compat_linux does not map (EINVAL)",
-    "os.seqpacket.fd_round_trip": "socket(fileno=...) asks SO_DOMAIN and SO_PROTOCOL, which "
+    "os.seqpacket.fd_round_trip": "socket(fileno=...) asks SO_PROTOCOL, which "
     "compat_linux does not map (EINVAL)",
     "os.fdpass.receiver_out_of_fds": "the process's setrlimit() goes to the host, not to the "
     "rump kernel that holds its descriptors",
@@ -117,12 +115,10 @@ COMPAT_LINUX_VALUES: Dict[str, str] = {
     "shim.ancillary.unavailable_says_so": "SO_PASSCRED has no compat_linux mapping (EINVAL)",
     "shim.fdpass.receiver_out_of_fds": "the process's setrlimit() goes to the host, not to the "
     "rump kernel that holds its descriptors",
-    "shim.fdpass.close_after_send[unix_socket]": "socket(fileno=...) asks SO_DOMAIN and "
-    "SO_PROTOCOL, which compat_linux does not map (EINVAL)",
-    "shim.fdpass.limits_checked_first": "the Linux backend's cap (253) meets a kernel that takes "
-    "509: the case's two measures cannot agree through compat_linux",
-    "shim.capabilities.measured": "the Linux backend sizes its receives for Linux's 253 fds; "
-    "this kernel delivers up to 509 (MSG_CTRUNC past 253)",
+    "shim.capabilities.measured": "the Linux backend's capabilities: 253 fds per message "
+    "(Linux's cap; this kernel carries 509), no ancillary credentials or security labels "
+    "(unmapped options), no path limit (bind's openat walk)",
+    "shim.conn.local_addr": _WALK,
     "os.stream.sock_diag_uid": "sock_diag is the host kernel's, not the rump kernel's",
 }
 
