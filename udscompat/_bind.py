@@ -312,17 +312,26 @@ def bind(
         raise
     except OSError as exc:
         raise _with_address(exc, "cannot bind", address) from exc
-    with directory, directory.exclusive() as locked:
-        try:
-            return _bind_path(
-                sock, directory, name, path, address, mode, backlog, remove_stale, locked
-            )
-        except UnsupportedError:
-            raise
-        except OSError as exc:
-            if str(address) in str(exc):
+    made: Optional[SocketFile] = None
+    try:
+        with directory, directory.exclusive() as locked:
+            try:
+                made = _bind_path(
+                    sock, directory, name, path, address, mode, backlog, remove_stale, locked
+                )
+            except UnsupportedError:
                 raise
-            raise _with_address(exc, "cannot bind", address) from exc
+            except OSError as exc:
+                if str(address) in str(exc):
+                    raise
+                raise _with_address(exc, "cannot bind", address) from exc
+    except BaseException:
+        # Bound, but an exception (a raising signal handler) as the directory was let go:
+        # the caller never gets the SocketFile, so the file would stay behind, stale.
+        if made is not None:
+            made.remove()
+        raise
+    return made
 
 
 def _bind_path(

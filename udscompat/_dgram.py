@@ -28,6 +28,7 @@ from udscompat._bind import (
     SocketFile,
     as_address,
     bind,
+    close_listener,
     connect_error,
     connect_unix,
 )
@@ -104,9 +105,15 @@ class UnixDatagram:
                     "autobind", backend.OS_NAME, f"binding the empty address fails: {exc}"
                 ) from exc
             raise
-        datagram = cls(sock, socket_file=socket_file if remove_on_close else None)
-        if socket_file is not None:
-            datagram._path = socket_file.address
+        try:
+            datagram = cls(sock, socket_file=socket_file if remove_on_close else None)
+            if socket_file is not None:
+                datagram._path = socket_file.address
+        except BaseException:
+            # Anything (a raising signal handler too) before it is handed over: never leave
+            # the socket file behind.
+            close_listener(sock, socket_file)
+            raise
         return datagram
 
     @classmethod
@@ -224,11 +231,7 @@ class UnixDatagram:
 
     def settimeout(self, timeout: Optional[float]) -> None:
         """``None`` blocks, ``0`` is non-blocking, a positive number is a timeout in seconds."""
-        if timeout is not None:
-            timeout = float(timeout)
-            if timeout < 0:
-                raise ValueError("Timeout value out of range")
-        self._timeout = timeout
+        self._timeout = _io.check_timeout(timeout)  # NaN and infinity refused here, not later
 
     def gettimeout(self) -> Optional[float]:
         """The timeout set by ``settimeout``/``setblocking``."""

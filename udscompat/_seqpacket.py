@@ -263,14 +263,16 @@ class SeqpacketConn:
                 if isinstance(exc, TimeoutError):
                     raise
                 raise connect_error(exc, address, sock) from exc
+            # Inside the try: an exception (a raising signal handler) while the connection
+            # object is made must not leave the socket file of local_addr behind.
+            conn = _wrap(sock, impl)
+            conn._file = file
+            conn._local = None if file is None else file.address
+            conn._peer = address
+            conn.settimeout(timeout)
         except BaseException:
             close_listener(sock, file)  # the file first: never left behind, never stale
             raise
-        conn = _wrap(sock, impl)
-        conn._file = file
-        conn._local = None if file is None else file.address
-        conn._peer = address
-        conn.settimeout(timeout)
         return conn
 
     @classmethod
@@ -594,12 +596,14 @@ class SeqpacketConn:
         # _closed first (a thread about to wait checks it after registering, see _wait); the
         # socket's own state says whether there is anything left to do, so a close that an
         # exception interrupted is finished by the next one.
+        # The socket file and the group are looked up again by a close that an exception cut
+        # short (leaving a group and removing a file are idempotent), never taken away first.
         self._closed = True
         if self._sock.fileno() < 0:
             return
-        group, self._group = self._group, None
+        group = self._group
         if group is None:
-            file, self._file = self._file, None
+            file = self._file
             if self._waiting:
                 try:
                     self._sock.shutdown(socket.SHUT_RDWR)
@@ -692,16 +696,20 @@ class _Group:
             self.members.append(sock)
 
     def leave(self, sock: socket.socket) -> Optional[SocketFile]:
-        """``sock``'s member closes.  The socket file to remove if it was the last, else None."""
+        """``sock``'s member closes.  The socket file to remove if it was the last, else None.
+
+        Idempotent (a close that an exception cut short calls it again): the last
+        member gets the file every time until its socket is closed.
+        """
         with self.lock:
-            self.members.remove(sock)
+            if sock in self.members:
+                self.members.remove(sock)
             if self.members:
                 if self.file is not None:
                     # The file's removal trusts an open socket: hand it to one still open.
                     self.file = self.file.kept_by(self.members[0])
                 return None
-            file, self.file = self.file, None
-            return file
+            return self.file
 
 
 class _NativeConn(SeqpacketConn):
@@ -939,18 +947,23 @@ class _NativeConn(SeqpacketConn):
         if self._closed:
             raise _closed_error()
         twin = _NativeConn(self._sock.dup())  # close-on-exec, as every socket CPython makes
-        twin._timeout = self._timeout
-        twin._credentials = self._credentials
-        twin._local, twin._peer = self._local, self._peer
-        group = self._group
-        if group is None:
-            group = self._group = _Group(self._file, self._record, self._sock)
-            self._file = None
-        group.join(twin._sock)
-        twin._group = group
-        twin._record = group.record
-        self._update_fast()
-        twin._update_fast()
+        try:
+            twin._timeout = self._timeout
+            twin._credentials = self._credentials
+            twin._local, twin._peer = self._local, self._peer
+            group = self._group
+            if group is None:
+                group = self._group = _Group(self._file, self._record, self._sock)
+            twin._group = group  # before it joins: the except clause's close leaves the group
+            twin._record = group.record
+            group.join(twin._sock)
+            self._update_fast()
+            twin._update_fast()
+        except BaseException:
+            # A raising signal handler: a member nobody holds would keep the connection (and
+            # the socket file of local_addr) alive after every object the caller has closed.
+            twin.close()
+            raise
         return twin
 
     def _room_for_next(self, bufsize: int) -> int:
@@ -1667,6 +1680,10 @@ def _writable(buffers: WritableBuffers) -> Tuple[List[memoryview], int]:
             ) from None
         if view.readonly:
             raise TypeError(f"buffers: {type(item).__name__} is read-only")
+        if not view.c_contiguous:
+            # The kernel writes one contiguous run (recvmsg_into refuses a strided view);
+            # the emulation's copy must not fill every other byte instead.
+            raise TypeError(f"buffers: {type(item).__name__} is not C-contiguous")
         views.append(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
     return views, sum(v.nbytes for v in views)
 

@@ -22,6 +22,7 @@ a ``socket.socket`` on their fast path and come here with anything else:
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import sys
 from contextlib import contextmanager
@@ -100,9 +101,15 @@ def borrowed(sock: object, name: str = "sock") -> Iterator[socket.socket]:
     if type(fd) is not int:
         raise TypeError(f"{name}: fileno() returned {type(fd).__name__}, not an int")
     borrowed: Optional[socket.socket] = None
+    blocking = _blocking_mode(fd)
     try:
         try:
             borrowed = socket_for(fd)
+            if blocking is not None:
+                # socket.setdefaulttimeout() made CPython switch the descriptor to
+                # non-blocking (its mode is the open file's, shared with the caller): put it
+                # back, and run the call as the caller's socket would, blocking or not.
+                borrowed.settimeout(None if blocking else 0.0)
         except OSError as exc:
             if exc.errno == errno.ENOTSOCK:
                 raise OSError(errno.ENOTSOCK, f"{name}: descriptor {fd} is not a socket") from exc
@@ -111,6 +118,16 @@ def borrowed(sock: object, name: str = "sock") -> Iterator[socket.socket]:
     finally:
         if borrowed is not None:
             borrowed.detach()  # the descriptor is the caller's: never closed here
+
+
+def _blocking_mode(fd: int) -> Optional[bool]:
+    """Whether ``fd`` blocks, where wrapping it would change that (a default timeout is set)."""
+    if socket.getdefaulttimeout() is None or fd < 0:
+        return None  # socket(fileno=) leaves the descriptor's mode alone (or refuses it)
+    try:
+        return os.get_blocking(fd)
+    except OSError:
+        return None  # not open: socket(fileno=) says so
 
 
 def _no_async(name: str, instead: str) -> TypeError:

@@ -598,13 +598,13 @@ async def open_seqpacket_connection(
             if isinstance(exc, (BlockingIOError, TimeoutError)):
                 raise
             raise connect_error(exc, address, sock) from exc
+        conn = _seqpacket.SeqpacketConn.from_socket(sock)
+        conn._file, conn._peer = file, address
+        conn._local = None if file is None else file.address
+        return AsyncSeqpacketConn(conn)
     except BaseException:
         close_listener(sock, file)  # the file first: never left behind
         raise
-    conn = _seqpacket.SeqpacketConn.from_socket(sock)
-    conn._file, conn._peer = file, address
-    conn._local = None if file is None else file.address
-    return AsyncSeqpacketConn(conn)
 
 
 async def _connect(sock: socket.socket, address: UnixSocketAddr) -> None:
