@@ -9,8 +9,10 @@ listed modules, and every boundary of the operation is tried in turn.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
+import resource
 import signal
 import socket
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 import udscompat
 from tests.conftest import SEQPACKET_IMPLEMENTATIONS, only_on, open_fds
 from tests.test_io_attacks import IO_MODULES, Interrupted, Interrupts
+from udscompat import _probes
 
 # An interrupt that lands in a __del__ (bind's descriptor guard) is printed and dropped by
 # Python itself, by design: the operation goes on, which these tests then check.
@@ -459,3 +462,141 @@ def test_connections_accepted_from_a_listener_passing_credentials_receive_the_mo
         server, _ = lst.accept()
         with client, server:
             assert len(_full_message(client, server, pipe[0])) == MAX_FDS
+
+
+# -- asyncio: a message kept for a cancelled caller obeys the next caller's limits ------------
+
+
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_a_message_kept_after_a_cancelled_receive_obeys_the_next_callers_limits(
+    impl: str, pipe: Tuple[int, int]
+) -> None:
+    """A receive cancelled as its message arrived (asyncio.wait_for's timeout) keeps the
+    message for the next receive -- which on main got it as received under the cancelled
+    caller's limits: three descriptors for a caller that asked for none (never closed by
+    it: leaked) and 100 bytes for one that asked for 8, not marked truncated."""
+    import asyncio
+
+    from tests.test_aio_conn_methods import _cancel_after_it_completed
+    from udscompat import aio
+
+    async def kept_message(
+        a: aio.AsyncSeqpacketConn, b: aio.AsyncSeqpacketConn, data: bytes
+    ) -> None:
+        task = asyncio.ensure_future(b.recv_message(65536, 3))
+        await asyncio.sleep(0)
+        a.conn.send(data, [pipe[0]] * 3)
+        await _cancel_after_it_completed(task)
+
+    async def main() -> None:
+        a, b = aio.seqpacket_pair(implementation=impl)
+        async with a, b:
+            await kept_message(a, b, b"x" * 100)
+            with pytest.raises(udscompat.ControlTruncatedError, match="at most 0"):
+                await b.recv_message(8)
+            await kept_message(a, b, b"y" * 100)
+            with pytest.raises(udscompat.ControlTruncatedError, match="at most 2"):
+                await b.recv_message_into(bytearray(8), 2)
+            await kept_message(a, b, b"z" * 100)
+            message = await b.recv_message(8, 3)
+            assert message is not None
+            for fd in message.fds:
+                os.close(fd)
+            assert (message.data, len(message.fds), message.truncated) == (b"z" * 8, 3, True)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+# -- peek out of descriptors -------------------------------------------------------------------
+
+
+def _fill_table() -> List[int]:
+    """Descriptors until EMFILE (the caller lowered RLIMIT_NOFILE first); the caller closes."""
+    held: List[int] = []
+    for _ in range(4096):
+        try:
+            held.append(os.dup(0))
+        except OSError as exc:
+            if exc.errno != errno.EMFILE:
+                raise
+            return held
+    raise AssertionError("RLIMIT_NOFILE did not bound the table")
+
+
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_a_peek_out_of_descriptors_leaves_the_message_for_the_receive(
+    impl: str, pipe: Tuple[int, int]
+) -> None:
+    """A peek that cannot install the message's descriptors (the table is full) must leave
+    the message for the next receive, as the native one does (Linux: EMFILE, the message
+    still queued, received whole once there is room).  The emulation's peek consumed it on
+    main: the next receive returned the message after it, so the payload was lost too.  Now
+    the next receive reports the loss again, with the payload."""
+    a, b = udscompat.seqpacket_pair(implementation=impl)
+    with a, b:
+        b.settimeout(1.0)
+        a.send(b"precious", [pipe[0], pipe[1]])
+        a.send(b"next")
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 8, hard))
+        held = []
+        try:
+            held = _fill_table()
+            with pytest.raises(OSError):  # native: EMFILE; emulated: ControlTruncatedError
+                b.peek(maxfds=2)
+        finally:
+            for fd in held:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert b.pending() or impl == "native"
+        try:
+            message = b.recv_message(maxfds=2)
+        except udscompat.ControlTruncatedError as exc:
+            assert impl == "emulated"
+            data = exc.data
+        else:
+            assert message is not None
+            for fd in message.fds:
+                os.close(fd)
+            data = message.data
+        assert data == b"precious"
+        assert b.recv_message() == udscompat.Message(b"next")
+
+
+@pytest.mark.parametrize("how", ["peek", "recv_fds"])
+def test_a_first_peek_with_room_for_its_copies_but_not_for_the_probe_leaks_nothing(
+    how: str, pipe: Tuple[int, int]
+) -> None:
+    """The first peek of a process asked _probes.peek_installs_fds() AFTER its recvmsg had
+    installed the copies; the probe opens four descriptors, and failing with EMFILE (or
+    interrupted) it lost the copies: two leaked per such peek on main.  (The probe's answer
+    is cached; the test forgets it, as a fresh process has none.)"""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn = udscompat.SeqpacketConn.from_socket(b)
+    with a, conn:
+        udscompat.send_fds(a, b"x", [pipe[0], pipe[1]])
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 8, hard))
+        held: List[int] = []
+        _probes.peek_installs_fds.cache_clear()
+        try:
+            held = _fill_table()
+            for _ in range(2):
+                os.close(held.pop())  # room for the peek's two copies, none for the probe
+            before = open_fds()
+            with pytest.raises(OSError):
+                if how == "peek":
+                    conn.peek(8, 2)
+                else:
+                    udscompat.recv_fds(Fileno(conn.fileno()), 8, 2, socket.MSG_PEEK)
+            leaked = open_fds() - before
+        finally:
+            for fd in held:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            _probes.peek_installs_fds.cache_clear()
+        assert not leaked, f"the peek's copies {sorted(leaked)} leaked"
+        message = conn.recv_message(8, 2)  # and the message is still there
+        assert message is not None and len(message.fds) == 2
+        for fd in message.fds:
+            os.close(fd)

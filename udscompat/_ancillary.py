@@ -319,13 +319,16 @@ def receive(
     """
     cloexec = _io.cloexec_flag()
     added = (cloexec or 0) & ~flags  # reported back in msg_flags; not the caller's
+    # Asked before the receive: the probe opens descriptors, and failing (EMFILE) or
+    # interrupted after a peek that installed copies, it would leak them.
+    installed = not flags & _MSG_PEEK or _probes.peek_installs_fds()
     try:
         data, ancdata, msg_flags, source = sock.recvmsg(bufsize, ANCILLARY_ROOM, flags | added)
     except OSError as exc:
         if exc.errno == errno.EMSGSIZE:
             raise _io.emsgsize_error() from exc
         raise
-    if flags & _MSG_PEEK and ancdata and not _probes.peek_installs_fds():
+    if not installed and ancdata:
         ancdata = _uninstalled_peek(ancdata, refuse_peeked_fds)
     fds, marked = _io.collect_fds(data, ancdata, msg_flags, maxfds, cloexec is None)
     try:

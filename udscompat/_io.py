@@ -255,8 +255,10 @@ def pure_recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: in
         cloexec = _probes.cmsg_cloexec_flag()  # cached after the first answer
     except OSError:
         cloexec = None  # the probe itself could not run (EMFILE?): set FD_CLOEXEC by hand
+    # Asked before the receive: a probe failing (EMFILE) after a peek leaks its copies.
+    installed = not flags & _MSG_PEEK or _probes.peek_installs_fds()
     data, ancdata, msg_flags, address = recvmsg(sock, bufsize, flags | (cloexec or 0))
-    if flags & _MSG_PEEK and ancdata and not _probes.peek_installs_fds():
+    if not installed and ancdata:
         # The kernel copied out its own file pointers (NetBSD, FreeBSD) or zeros (macOS):
         # nothing was installed, and those numbers name unrelated descriptors of ours.
         ancdata = [c for c in ancdata if not (c[0] == _SOL_SOCKET and c[1] == _SCM_RIGHTS)]

@@ -423,7 +423,11 @@ class SeqpacketConn:
 
         Raises:
             ControlTruncatedError: more descriptors than ``maxfds`` (the
-                message stays queued; the copies were closed).
+                message stays queued; the copies were closed); or (emulated)
+                the kernel dropped the message's descriptors as the stream was
+                read (out of descriptors): the next receive raises it again,
+                with the payload in ``.data``, as a native peek leaves such a
+                message queued.
             UnsupportedError: see above.
             The rest as ``recv_message``.
         """
@@ -1058,8 +1062,9 @@ class _EmulatedConn(SeqpacketConn):
         self._fast = True
         #: Control room of a chunk's recvmsg: more once credentials come with the chunks.
         self._ancbuf = _ANCBUF
-        #: The message ``peek`` took from the decoder, for the next receive (its fds are ours).
-        self._peeked: Optional[Message] = None
+        #: The message ``peek`` took from the decoder, for the next receive (its fds are ours);
+        #: or the frame whose descriptors were lost, which the next receive reports again.
+        self._peeked: Optional[Union[Message, _framing.DescriptorsLost]] = None
         #: The credentials message attached to every write of the frame being sent, if any.
         self._cmsgs: Optional[List[Tuple[int, int, Any]]] = None
 
@@ -1402,6 +1407,8 @@ class _EmulatedConn(SeqpacketConn):
                     self._peeked = None
                     self._update_fast()
                     self._receiving = False
+                    if isinstance(peeked, _framing.DescriptorsLost):
+                        raise _descriptors_lost(peeked, bufsize)
                     return _fit(peeked, bufsize, maxfds)
                 try:
                     event = decoder.next_event()
@@ -1439,13 +1446,12 @@ class _EmulatedConn(SeqpacketConn):
                 self._receiving = False
                 if decoder.ack_requests != self._acks_sent:
                     self._acknowledge()  # the sender may let go: this frame is done
-                raise ControlTruncatedError(
-                    "control data truncated (MSG_CTRUNC): the message's descriptors were lost "
-                    f"({event.closed_fds} that did arrive were closed; is this process out of "
-                    "descriptors?)",
-                    event.data[:bufsize],
-                    event.closed_fds,
-                )
+                if whole:
+                    # A peek leaves the message for the receive, which reports the loss too
+                    # (as a native peek leaves it queued): its payload is never lost with it.
+                    self._peeked = event
+                    self._update_fast()
+                raise _descriptors_lost(event, bufsize)
             else:  # EndOfStream
                 self._receiving = False
                 return None
@@ -1527,6 +1533,8 @@ class _EmulatedConn(SeqpacketConn):
         bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
         with self._recv_lock:
             message = self._peeked
+            if isinstance(message, _framing.DescriptorsLost):
+                raise _descriptors_lost(message, bufsize)
             if message is None:
                 if self._receiving:
                     self._abort("receive", holding_recv=True)
@@ -1542,7 +1550,7 @@ class _EmulatedConn(SeqpacketConn):
         """Close the decoder and a peeked message's descriptors (receive lock held)."""
         self._decoder.close()
         peeked, self._peeked = self._peeked, None
-        if peeked is not None:
+        if type(peeked) is Message:
             _io.close_fds(peeked.fds)
 
     def _break(self, error: OSError) -> None:
@@ -1648,6 +1656,17 @@ def _peek_copy(message: Message, bufsize: int, maxfds: int) -> Message:
     except BaseException:
         _io.close_fds(copies)
         raise
+
+
+def _descriptors_lost(event: _framing.DescriptorsLost, bufsize: int) -> ControlTruncatedError:
+    """What a receive (or peek) of a frame whose descriptors the kernel dropped raises."""
+    return ControlTruncatedError(
+        "control data truncated (MSG_CTRUNC): the message's descriptors were lost "
+        f"({event.closed_fds} that did arrive were closed; is this process out of "
+        "descriptors?)",
+        event.data[:bufsize],
+        event.closed_fds,
+    )
 
 
 def _fit(message: Message, bufsize: int, maxfds: int) -> Message:

@@ -51,7 +51,7 @@ from typing import (
     Union,
 )
 
-from udscompat import _fdpass, _seqpacket
+from udscompat import _fdpass, _io, _seqpacket
 from udscompat._address import UnixSocketAddr
 from udscompat._ancillary import Buffers
 from udscompat._bind import (
@@ -378,6 +378,11 @@ class AsyncSeqpacketConn:
         try:
             if self._kept:
                 message = self._kept.pop(0)
+                if message is not None:
+                    # Received for a caller that was cancelled, under its limits: this
+                    # caller's apply (more descriptors than maxfds are closed and raise).
+                    bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
+                    message = _seqpacket._fit(message, bufsize, maxfds)
             else:
                 if self._streak >= _STREAK:
                     self._streak = 0
@@ -447,6 +452,8 @@ class AsyncSeqpacketConn:
                 message = self._kept.pop(0)
                 if message is None:
                     return None
+                _, maxfds = _io.check_sizes(0, maxfds)
+                _io.refuse_excess_fds(message.fds, maxfds, message.data)  # as recv_message's
                 nbytes = _seqpacket._copy_into(views, message.data)
                 truncated = message.truncated or nbytes < len(message.data)
                 return ReceivedInto(nbytes, message.fds, truncated, message.credentials)
