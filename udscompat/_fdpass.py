@@ -293,6 +293,7 @@ if hasattr(os, "register_at_fork"):
 #: NotImplemented wherever the code of these functions must run.
 _fast_send = _io.enable_fast_fdpass(hold_sent_fds, REGISTRY)
 _fast_recv = _io.compiled_recv_fds
+_PURE_SEND = _io.send_with_fds is _io.pure_send_with_fds
 
 
 def send_fds(
@@ -353,6 +354,11 @@ def send_fds(
     try:
         if address is None:
             try:
+                if _PURE_SEND and _io.stream_padding is False:
+                    # _io.pure_send_with_fds inline once the padding fact is known (no kernel
+                    # here pads): the call cost ~1,100 of a pure round trip's ~27,000 instructions.
+                    ancdata = [(_SOL_SOCKET, _SCM_RIGHTS, numbers)] if numbers else []
+                    return sock.sendmsg(buffers, ancdata, flags)
                 return _io.send_with_fds(sock, buffers, numbers, flags)
             except BlockingIOError:
                 timeout = sock.gettimeout()

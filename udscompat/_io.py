@@ -205,7 +205,7 @@ def pure_send_with_fds(
     ``rights``)."""
     if not fds:
         ancdata: List[Tuple[int, int, Any]] = []
-    elif _padding is False or _raw_type(sock) & 0xF != _SOCK_STREAM:
+    elif stream_padding is False or _raw_type(sock) & 0xF != _SOCK_STREAM:
         ancdata = [(_SOL_SOCKET, _SCM_RIGHTS, fds)]  # rights() inline: a call less per send
     else:
         ancdata = rights(sock, fds)
@@ -222,20 +222,21 @@ def rights(sock: socket.socket, fds: array.array[int]) -> List[Tuple[int, int, A
     buffer (NetBSD), the array goes a second time, as padding the kernel
     ignores, so that the kernel waits for room instead.
     """
-    global _padding
+    global stream_padding
     if not fds:
         return []
     # The raw C attribute: socket.socket.type builds an IntEnum on every access, which cost
     # the pure-Python send_fds+recv_fds round trip about half of its time (1.15x -> 1.7x stdlib).
     if _raw_type(sock) & 0xF == _SOCK_STREAM:
-        _padding = _probes.fd_control_padding()  # a kernel fact, kept for pure_send_with_fds
-        if _padding:
+        stream_padding = _probes.fd_control_padding()  # a kernel fact, kept for the pure sends
+        if stream_padding:
             return [(_SOL_SOCKET, _SCM_RIGHTS, fds), (_SOL_SOCKET, _SCM_RIGHTS, fds)]
     return [(_SOL_SOCKET, _SCM_RIGHTS, fds)]
 
 
-#: ``_probes.fd_control_padding()`` once ``rights`` asked it (None: not yet).
-_padding: Optional[bool] = None
+#: ``_probes.fd_control_padding()`` once ``rights`` asked it (None: not yet).  While it is
+#: False, the pure-Python sends build their one SCM_RIGHTS message inline.
+stream_padding: Optional[bool] = None
 
 
 def pure_recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0) -> Received:

@@ -10,6 +10,14 @@
  * the caller passes MSG_CMSG_CLOEXEC, else with fcntl before returning), and
  * truncation handled by closing what arrived.
  *
+ * Above those, three calls for the public hot paths: send_fds() and
+ * recv_fds() do udscompat.send_fds/recv_fds whole for the common case (every
+ * check the Python code makes, in C; NotImplemented before any system call for
+ * anything else, so the Python code does the rare cases and says what is
+ * wrong), and recv_message() builds a native seqpacket connection's Message.
+ * tests/test_speedups.py drives each against the Python code with the same
+ * random arguments.
+ *
  * Signals (PEP 475): EINTR runs the Python signal handlers and retries.  A
  * handler runs only while no descriptor has been received (the system call
  * failed with EINTR), and no Python code runs between a successful recvmsg
