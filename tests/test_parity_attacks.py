@@ -23,7 +23,7 @@ import pytest
 import udscompat
 from tests.conftest import SEQPACKET_IMPLEMENTATIONS, only_on, open_fds
 from tests.test_io_attacks import IO_MODULES, Interrupted, Interrupts
-from udscompat import _probes
+from udscompat import _probes, _seqpacket
 
 # An interrupt that lands in a __del__ (bind's descriptor guard) is printed and dropped by
 # Python itself, by design: the operation goes on, which these tests then check.
@@ -600,3 +600,51 @@ def test_a_first_peek_with_room_for_its_copies_but_not_for_the_probe_leaks_nothi
         assert message is not None and len(message.fds) == 2
         for fd in message.fds:
             os.close(fd)
+
+
+@native_only()
+@pytest.mark.parametrize("listener", ["native"], indirect=True)
+def test_dup_racing_a_close_in_another_thread_leaves_nothing_open(
+    listener: udscompat.SeqpacketListener, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread's close() lands while dup() makes the twin (stand-in for the thread
+    interleaving: the twin's constructor closes the original, exactly there).  On main the
+    twin's close raised EBADF (its group handed the file to the closed original), kept its
+    descriptor, and the peer never saw the end."""
+    before = open_fds()
+    conn = udscompat.SeqpacketConn.connect(
+        listener.local_addr, local_addr=short_tmp / "local", implementation="native"
+    )
+    listener.settimeout(None)
+    peer, _ = listener.accept()
+    real = _seqpacket._run_send_probes
+
+    def closed_meanwhile() -> None:
+        monkeypatch.setattr(_seqpacket, "_run_send_probes", real)
+        conn.close()
+
+    monkeypatch.setattr(_seqpacket, "_run_send_probes", closed_meanwhile)
+    with peer:
+        twin = conn.dup()
+        assert conn.closed and not twin.closed
+        twin.close()
+        assert _ends(peer)
+    assert not (short_tmp / "local").exists()
+    assert fds_back_to(before)
+
+
+def test_a_closed_object_is_ebadf_for_every_free_function() -> None:
+    """A closed UnixDatagram (or any wrapper of a closed socket: fileno() is -1) given to a
+    free function that borrows its descriptor: main raised ValueError("negative file
+    descriptor") from CPython where every other closed case says EBADF."""
+    a, b = udscompat.UnixDatagram.pair()
+    b.close()
+    with a:
+        for call in (
+            lambda: udscompat.peer_security_label(b),
+            lambda: udscompat.peer_credentials(Fileno(-1)),
+            lambda: udscompat.recv_fds(Fileno(-1), 8, 0),
+        ):
+            with pytest.raises(OSError, match=r"sock: fileno\(\) returned -1") as caught:
+                call()
+            assert caught.value.errno == errno.EBADF

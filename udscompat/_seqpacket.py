@@ -706,8 +706,9 @@ class _Group:
         member gets the file every time until its socket is closed.
         """
         with self.lock:
-            if sock in self.members:
-                self.members.remove(sock)
+            # A member closed without leaving (another thread's close() that ran while
+            # dup() made this group) can keep nothing: neither the connection nor the file.
+            self.members = [m for m in self.members if m is not sock and m.fileno() >= 0]
             if self.members:
                 if self.file is not None:
                     # The file's removal trusts an open socket: hand it to one still open.

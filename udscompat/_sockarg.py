@@ -88,7 +88,8 @@ def borrowed(sock: object, name: str = "sock") -> Iterator[socket.socket]:
 
     Raises:
         TypeError: ``sock`` has no ``fileno()``, or it returned no int.
-        OSError: ``ENOTSOCK`` when the descriptor is not a socket's.
+        OSError: ``ENOTSOCK`` when the descriptor is not a socket's; ``EBADF`` for a
+            negative one (a closed socket's).
     """
     try:
         fileno = sock.fileno  # type: ignore[attr-defined]
@@ -100,6 +101,8 @@ def borrowed(sock: object, name: str = "sock") -> Iterator[socket.socket]:
     fd = fileno()
     if type(fd) is not int:
         raise TypeError(f"{name}: fileno() returned {type(fd).__name__}, not an int")
+    if fd < 0:  # what a closed socket (ours or the standard library's) answers
+        raise OSError(errno.EBADF, f"{name}: fileno() returned {fd}: closed?")
     borrowed: Optional[socket.socket] = None
     blocking = _blocking_mode(fd)
     try:
@@ -122,8 +125,8 @@ def borrowed(sock: object, name: str = "sock") -> Iterator[socket.socket]:
 
 def _blocking_mode(fd: int) -> Optional[bool]:
     """Whether ``fd`` blocks, where wrapping it would change that (a default timeout is set)."""
-    if socket.getdefaulttimeout() is None or fd < 0:
-        return None  # socket(fileno=) leaves the descriptor's mode alone (or refuses it)
+    if socket.getdefaulttimeout() is None:
+        return None  # socket(fileno=) leaves the descriptor's mode alone
     try:
         return os.get_blocking(fd)
     except OSError:
