@@ -24,6 +24,7 @@ import udscompat
 from tests.conftest import SEQPACKET_IMPLEMENTATIONS, only_on, open_fds
 from tests.test_io_attacks import IO_MODULES, Interrupted, Interrupts
 from udscompat import _probes, _seqpacket
+from udscompat._ancillary import credentials_probe
 
 # An interrupt that lands in a __del__ (bind's descriptor guard) is printed and dropped by
 # Python itself, by design: the operation goes on, which these tests then check.
@@ -648,3 +649,27 @@ def test_a_closed_object_is_ebadf_for_every_free_function() -> None:
             with pytest.raises(OSError, match=r"sock: fileno\(\) returned -1") as caught:
                 call()
             assert caught.value.errno == errno.EBADF
+
+
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_a_strided_buffer_to_send_is_a_type_error_naming_data_everywhere(impl: str) -> None:
+    """main: BufferError from the native send and send_ancillary (not the documented
+    TypeError), and three different TypeErrors from the emulation, none naming `data`."""
+    strided = memoryview(bytearray(b"abcdef"))[::2]
+    a, b = udscompat.seqpacket_pair(implementation=impl)
+    d1, d2 = udscompat.UnixDatagram.pair()
+    with a, b, d1, d2:
+        sends = [
+            lambda: a.send(strided),
+            lambda: a.send([b"x", strided]),
+            lambda: d1.send(strided),
+            lambda: udscompat.send_ancillary(d1, [strided]),
+        ]
+        if credentials_probe().available:
+            sends.append(lambda: a.send(strided, credentials=udscompat.send_credentials()))
+        for send in sends:
+            with pytest.raises(TypeError, match="data: memoryview is not C-contiguous"):
+                send()
+        b.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            b.recv_message()  # nothing went out

@@ -591,11 +591,15 @@ def as_buffers(data: Buffers) -> Tuple[List[Any], int]:
 
 def _nbytes(item: Any) -> int:
     try:
-        return memoryview(item).nbytes
+        view = memoryview(item)
     except TypeError:
         raise TypeError(
             f"data: expected a bytes-like object or a list of them, not {type(item).__name__}"
         ) from None
+    if not view.c_contiguous:
+        # sendmsg refuses it (BufferError), the emulation's join too: one error for both.
+        raise TypeError(f"data: {type(item).__name__} is not C-contiguous")
+    return view.nbytes
 
 
 def _iov_max() -> Optional[int]:

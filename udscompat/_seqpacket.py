@@ -768,9 +768,10 @@ class _NativeConn(SeqpacketConn):
         except BlockingIOError:
             if self._timeout == 0.0:
                 raise
-        except TypeError:
-            # Several buffers (found here, off the common path), or not bytes-like at all:
-            # _send_general's as_buffers raises the TypeError that names `data`.
+        except (TypeError, BufferError):
+            # Several buffers (found here, off the common path), or not bytes-like at all
+            # (BufferError: a strided view): _send_general's as_buffers raises the TypeError
+            # that names `data`.
             return self._send_general(data, fds, credentials)
         sock, flags = self._sock, self._flags
         sent: int = _io.call(
