@@ -367,11 +367,8 @@ def test_an_option_the_kernel_does_not_know_is_unsupported_not_einval(standin: P
     assert out["peer_credentials"] == [os.geteuid(), None]
 
 
-def test_a_path_limit_that_cannot_be_measured_says_why(standin: Path, tmp_path: Path) -> None:
-    """Where udscompat's bind() cannot bind in a private directory (the Linux-ABI harness),
-    capabilities() leaves max_path_bytes undecided and says why, and shim.address.path_limit
-    fails naming it -- it failed with "TypeError: unsupported operand type(s) for -:
-    'NoneType' and 'int'".  ~4 s: one case in a child suite run (capabilities() probes all)."""
+def suite_case(features: str, selection: str, tmp_path: Path) -> Dict[str, Any]:
+    """The one case ``-k selection`` picks, run by the suite under the stand-in's ``features``."""
     out = tmp_path / "result.json"
     proc = subprocess.run(
         [
@@ -380,12 +377,12 @@ def test_a_path_limit_that_cannot_be_measured_says_why(standin: Path, tmp_path: 
             "udscompat_conformance",
             "run",
             "--standin",
-            "pathbindfails",
+            features,
             "--out",
             str(out),
             "--",
             "-k",
-            "test_path_limit",
+            selection,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -394,9 +391,28 @@ def test_a_path_limit_that_cannot_be_measured_says_why(standin: Path, tmp_path: 
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (case,) = json.loads(out.read_text())["cases"]
+    answer: Dict[str, Any] = case
+    return answer
+
+
+def test_a_path_limit_that_cannot_be_measured_says_why(standin: Path, tmp_path: Path) -> None:
+    """Where udscompat's bind() cannot bind in a private directory (the Linux-ABI harness),
+    capabilities() leaves max_path_bytes undecided and says why, and shim.address.path_limit
+    fails naming it -- it failed with "TypeError: unsupported operand type(s) for -:
+    'NoneType' and 'int'".  ~4 s: one case in a child suite run (capabilities() probes all)."""
+    case = suite_case("pathbindfails", "test_path_limit", tmp_path)
     assert case["outcome"] == "fail"
     assert "could not measure max_path_bytes" in case["message"], case["message"]
     assert "No such file or directory" in case["message"]
+
+
+def test_claimed_credentials_need_no_kernel_mechanism(standin: Path, tmp_path: Path) -> None:
+    """Emulated connections carry the sender's claim where the kernel attaches no
+    credentials; shim.conn.message_credentials took the claim from send_credentials(),
+    which refuses on such a kernel (NetBSD's compat_linux; macOS and OpenBSD likewise)."""
+    case = suite_case("linuxoptsunknown", "message_credentials", tmp_path)
+    assert case["outcome"] == "pass", case["message"]
+    assert "emulated: pass" in case["message"]
 
 
 _WRAPPED = """
