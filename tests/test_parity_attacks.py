@@ -673,3 +673,53 @@ def test_a_strided_buffer_to_send_is_a_type_error_naming_data_everywhere(impl: s
         b.settimeout(0)
         with pytest.raises(BlockingIOError):
             b.recv_message()  # nothing went out
+
+
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_a_failed_receive_into_lets_the_callers_buffer_go(impl: str) -> None:
+    """Growing the buffer in ``except TimeoutError:`` (or after a refused list) works with
+    the standard library's recv_into/recvmsg_into, which release the buffer before they
+    raise.  main kept it exported while the exception lived (its frames held our views):
+    BufferError 'Existing exports of data: object cannot be re-sized', sync and asyncio."""
+    import asyncio
+
+    from udscompat import aio
+
+    a, b = udscompat.seqpacket_pair(implementation=impl)
+    with a, b:
+        buffer = bytearray(4)
+        b.settimeout(0.01)
+        with pytest.raises(TimeoutError):
+            try:
+                b.recv_message_into(buffer)
+            except TimeoutError:
+                buffer.extend(b"room")  # the exception is alive here
+                raise
+        b.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            try:
+                b.recv_message_into([buffer, bytearray(2)])
+            except BlockingIOError:
+                buffer.extend(b"more")
+                raise
+        with pytest.raises(TypeError, match="read-only"):
+            try:
+                b.recv_message_into([buffer, b"read-only"])
+            except TypeError:
+                buffer.extend(b"again")
+                raise
+        assert len(buffer) == 17
+
+    async def main() -> None:
+        x, y = aio.seqpacket_pair(implementation=impl)
+        async with x, y:
+            grown = bytearray(4)
+            with pytest.raises(asyncio.TimeoutError):
+                try:
+                    await asyncio.wait_for(y.recv_message_into(grown), 0.01)
+                except asyncio.TimeoutError:
+                    grown.extend(b"room")
+                    raise
+            assert len(grown) == 8
+
+    asyncio.run(asyncio.wait_for(main(), 30))

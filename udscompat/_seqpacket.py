@@ -400,10 +400,13 @@ class SeqpacketConn:
             hold is unspecified.
         """
         views, size = _writable(buffers)
-        message = self.recv_message(size, maxfds)
-        if message is None:
-            return None
-        return ReceivedInto(_copy_into(views, message.data), *message[1:])
+        try:
+            message = self.recv_message(size, maxfds)
+            if message is None:
+                return None
+            return ReceivedInto(_copy_into(views, message.data), *message[1:])
+        finally:
+            _release(views)
 
     def peek(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
         """The next message as ``recv_message`` would return it, left for the next receive.
@@ -905,15 +908,18 @@ class _NativeConn(SeqpacketConn):
         self, buffers: WritableBuffers, maxfds: int = 0
     ) -> Optional[ReceivedInto]:
         views, size = _writable(buffers)
-        _, maxfds = _io.check_sizes(0, maxfds)
-        if self._eof:
-            return None
-        return _io.call(
-            lambda: self._receive_into_once(views, size, maxfds),
-            self._wait,
-            write=False,
-            deadline=_io.deadline(self._timeout),
-        )
+        try:
+            _, maxfds = _io.check_sizes(0, maxfds)
+            if self._eof:
+                return None
+            return _io.call(
+                lambda: self._receive_into_once(views, size, maxfds),
+                self._wait,
+                write=False,
+                deadline=_io.deadline(self._timeout),
+            )
+        finally:
+            _release(views)
 
     def _receive_into_once(
         self, views: List[memoryview], size: int, maxfds: int
@@ -1691,22 +1697,39 @@ def _writable(buffers: WritableBuffers) -> Tuple[List[memoryview], int]:
     """
     items = list(buffers) if isinstance(buffers, (list, tuple)) else [buffers]
     views: List[memoryview] = []
-    for item in items:
-        try:
-            view = memoryview(item)
-        except TypeError:
-            raise TypeError(
-                "buffers: expected a writable bytes-like object or a list of them, "
-                f"not {type(item).__name__}"
-            ) from None
-        if view.readonly:
-            raise TypeError(f"buffers: {type(item).__name__} is read-only")
-        if not view.c_contiguous:
-            # The kernel writes one contiguous run (recvmsg_into refuses a strided view);
-            # the emulation's copy must not fill every other byte instead.
-            raise TypeError(f"buffers: {type(item).__name__} is not C-contiguous")
-        views.append(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
+    try:
+        for item in items:
+            try:
+                view = memoryview(item)
+            except TypeError:
+                raise TypeError(
+                    "buffers: expected a writable bytes-like object or a list of them, "
+                    f"not {type(item).__name__}"
+                ) from None
+            views.append(view)
+            if view.readonly:
+                raise TypeError(f"buffers: {type(item).__name__} is read-only")
+            if not view.c_contiguous:
+                # The kernel writes one contiguous run (recvmsg_into refuses a strided view);
+                # the emulation's copy must not fill every other byte instead.
+                raise TypeError(f"buffers: {type(item).__name__} is not C-contiguous")
+            if view.format != "B" or view.ndim != 1:
+                views[-1] = view.cast("B")
+                view.release()  # the cast keeps the export
+    except BaseException:
+        _release(views)
+        raise
     return views, sum(v.nbytes for v in views)
+
+
+def _release(views: List[memoryview]) -> None:
+    """Let the caller's buffers go (resizable again) even while an exception holds our frames.
+
+    The standard library's recv_into/recvmsg_into release theirs before they raise; a
+    caller that grows its buffer in ``except TimeoutError:`` must be able to here too.
+    """
+    for view in views:
+        view.release()
 
 
 def _copy_into(views: List[memoryview], data: bytes) -> int:

@@ -445,36 +445,39 @@ class AsyncSeqpacketConn:
         ``buffers`` is kept (copied out) for the next receive.
         """
         views, _ = _seqpacket._writable(buffers)
-        if not self._recv_turn.take():
-            await self._recv_turn.wait_for_turn()
         try:
-            if self._kept:
-                message = self._kept.pop(0)
-                if message is None:
-                    return None
-                _, maxfds = _io.check_sizes(0, maxfds)
-                _io.refuse_excess_fds(message.fds, maxfds, message.data)  # as recv_message's
-                nbytes = _seqpacket._copy_into(views, message.data)
-                truncated = message.truncated or nbytes < len(message.data)
-                return ReceivedInto(nbytes, message.fds, truncated, message.credentials)
-            readable = self._readable
-            if self._framed and not readable.ready and self._pending():
-                readable.ready = True
-            conn = self._conn
+            if not self._recv_turn.take():
+                await self._recv_turn.wait_for_turn()
+            try:
+                if self._kept:
+                    message = self._kept.pop(0)
+                    if message is None:
+                        return None
+                    _, maxfds = _io.check_sizes(0, maxfds)
+                    _io.refuse_excess_fds(message.fds, maxfds, message.data)  # as recv_message's
+                    nbytes = _seqpacket._copy_into(views, message.data)
+                    truncated = message.truncated or nbytes < len(message.data)
+                    return ReceivedInto(nbytes, message.fds, truncated, message.credentials)
+                readable = self._readable
+                if self._framed and not readable.ready and self._pending():
+                    readable.ready = True
+                conn = self._conn
 
-            def keep(got: Optional[ReceivedInto]) -> None:
-                if got is None:
-                    self._keep(None)
-                else:  # the caller is gone with its buffers: the next receive gets a copy
-                    data = b"".join(views)[: got.nbytes]
-                    self._keep(new_message((data, got.fds, got.truncated, got.credentials)))
+                def keep(got: Optional[ReceivedInto]) -> None:
+                    if got is None:
+                        self._keep(None)
+                    else:  # the caller is gone with its buffers: the next receive gets a copy
+                        data = b"".join(views)[: got.nbytes]
+                        self._keep(new_message((data, got.fds, got.truncated, got.credentials)))
 
-            got = await readable.run(lambda: conn.recv_message_into(views, maxfds), keep)
+                got = await readable.run(lambda: conn.recv_message_into(views, maxfds), keep)
+            finally:
+                self._recv_turn.release()
+            if got is not None and got.fds:
+                self._push_acknowledgement()
+            return got
         finally:
-            self._recv_turn.release()
-        if got is not None and got.fds:
-            self._push_acknowledgement()
-        return got
+            _seqpacket._release(views)  # the caller's buffers are resizable again
 
     def take_error(self) -> Optional[OSError]:
         """The socket's pending error (``SO_ERROR``); see ``SeqpacketConn.take_error``."""
