@@ -1,7 +1,6 @@
 """Attacks on issue 14's API that its own tests did not try (see coord notes attack-14).
 
-Each test here failed on main at 9b1c95f without its fix, except those marked xfail,
-which are reported on the board and fail until the design question is settled.  The
+Each test here failed on main (9b1c95f and later) without its fix.  The
 signal tests place a real signal exactly (``tests.test_io_attacks.Interrupts``): a
 profile hook sends SIGUSR1, whose handler raises, after a chosen call boundary in the
 listed modules, and every boundary of the operation is tried in turn.
@@ -428,41 +427,66 @@ def _full_message(
     return message.fds
 
 
-reported = pytest.mark.xfail(
-    strict=True,
-    raises=udscompat.ControlTruncatedError,
-    reason="reported to parity on the board (attack-parity 01:30): the native receive's "
-    "control buffer has no room for SCM_CREDENTIALS next to the marker and the most fds",
-)
+def _every_receive(
+    sender: udscompat.SeqpacketConn, receiver: udscompat.SeqpacketConn, fd: int
+) -> List[int]:
+    """How many descriptors a full message brings through each receive path of ``receiver``:
+    the compiled receive (where built), the inline one, recv_message_into and peek."""
+    counts = [len(_full_message(sender, receiver, fd))]
+    compiled = receiver._compiled_recv  # type: ignore[attr-defined]
+    receiver._compiled_recv = None  # type: ignore[attr-defined]
+    try:
+        counts.append(len(_full_message(sender, receiver, fd)))
+    finally:
+        receiver._compiled_recv = compiled  # type: ignore[attr-defined]
+    assert MAX_FDS is not None
+    sender.send(b"full", [fd] * MAX_FDS)
+    peeked = receiver.peek(8, MAX_FDS)
+    got = receiver.recv_message_into(bytearray(8), MAX_FDS)
+    assert peeked is not None and got is not None
+    for number in peeked.fds + got.fds:
+        os.close(number)
+    return [*counts, len(peeked.fds), len(got.fds)]
 
 
-@only_on("Linux", "SO_TIMESTAMP marker + SCM_CREDENTIALS + 253 fds overflow the control room")
-@reported
+CREDENTIALS_ON = "Linux: SO_PASSCRED set behind the connection's back (SO_TIMESTAMP marker too)"
+
+
+@only_on("Linux", CREDENTIALS_ON)
 def test_a_dup_receives_the_most_fds_after_another_object_passes_credentials(
     pipe: Tuple[int, int],
 ) -> None:
+    """b.pass_credentials(), then b.dup()'s twin receives a message with the most
+    descriptors: main's control room (1064 B on Linux) held the marker (32) and the
+    credentials (32) the kernel now attaches, and 246 of 253 descriptors: ControlTruncated-
+    Error blaming a full descriptor table.  Every receive has room for credentials now."""
     a, b = udscompat.seqpacket_pair(implementation="native")
     twin = b.dup()
     with a, b, twin:
         b.pass_credentials()  # the kernel socket is shared: twin's messages bring them too
-        assert len(_full_message(a, twin, pipe[0])) == MAX_FDS
+        assert _every_receive(a, twin, pipe[0]) == [MAX_FDS] * 4
 
 
-@only_on("Linux", "SO_TIMESTAMP marker + SCM_CREDENTIALS + 253 fds overflow the control room")
-@reported
+@only_on("Linux", CREDENTIALS_ON)
 def test_connections_accepted_from_a_listener_passing_credentials_receive_the_most_fds(
     short_tmp: Path, pipe: Tuple[int, int]
 ) -> None:
     """udscompat.pass_credentials(listener) (a SeqpacketListener has fileno()): Linux gives
-    every accepted socket SO_PASSCRED too, and each full message lost its descriptors with
-    an error blaming a full descriptor table."""
+    every accepted socket SO_PASSCRED too; and a socket handed to from_socket() with it on."""
     lst = udscompat.SeqpacketListener(short_tmp / "srv", implementation="native")
     with lst:
         udscompat.pass_credentials(lst)
         client = udscompat.SeqpacketConn.connect(lst.local_addr, implementation="native")
         server, _ = lst.accept()
         with client, server:
-            assert len(_full_message(client, server, pipe[0])) == MAX_FDS
+            assert _every_receive(client, server, pipe[0]) == [MAX_FDS] * 4
+    x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    y.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    with (
+        udscompat.SeqpacketConn.from_socket(x) as left,
+        udscompat.SeqpacketConn.from_socket(y) as right,
+    ):
+        assert _every_receive(left, right, pipe[0]) == [MAX_FDS] * 4
 
 
 # -- asyncio: a message kept for a cancelled caller obeys the next caller's limits ------------
@@ -723,3 +747,20 @@ def test_a_failed_receive_into_lets_the_callers_buffer_go(impl: str) -> None:
             assert len(grown) == 8
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_the_compiled_receive_has_the_same_room_for_credentials() -> None:
+    speedups = pytest.importorskip("udscompat._speedups")
+    from udscompat import _io
+    from udscompat._platform import backend
+
+    room = socket.CMSG_SPACE(4 * _io.FD_ROOM) + socket.CMSG_SPACE(16) + backend.CREDENTIALS_ROOM
+    assert room == _io.ANCBUF_SIZE
+    assert speedups.control_size() == _io.ANCBUF_SIZE
+    try:
+        for extra in (-1, 8193):
+            with pytest.raises(ValueError, match=r"extra_room must be 0\.\.8192"):
+                speedups.configure(_io.FD_ROOM, None, (), None, extra)
+        assert speedups.control_size() == _io.ANCBUF_SIZE  # refused before anything changed
+    finally:
+        _io.configure_compiled(speedups)

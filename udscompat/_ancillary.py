@@ -71,8 +71,9 @@ Buffers = Union[bytes, bytearray, memoryview, List[Any], Tuple[Any, ...]]
 _SOL_SOCKET = backend.SOL_SOCKET
 _MSG_PEEK = int(socket.MSG_PEEK)  # a plain int: IntFlag arithmetic is a Python call
 _FD_CMSG_TYPES = frozenset({backend.SCM_RIGHTS, *backend.FD_CARRYING_CMSG_TYPES})
-#: Room for the kernel's descriptor cap, the marker and this kernel's credential messages.
-ANCILLARY_ROOM = _io.ANCBUF_SIZE + backend.CREDENTIALS_ROOM
+#: Room for the kernel's descriptor cap, the marker and this kernel's credential messages
+#: (every receive's room: see ``_io.ANCBUF_SIZE``).
+ANCILLARY_ROOM = _io.ANCBUF_SIZE
 
 
 class AncillaryMessage(Message):

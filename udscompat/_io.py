@@ -46,7 +46,11 @@ T = TypeVar("T")
 #: what does not fit, #80931).  Where the cap is unknown, room for 256.
 FD_ROOM = backend.MAX_FDS_PER_MESSAGE or 256
 _MARKER_ROOM = socket.CMSG_SPACE(16)  # a struct timeval
-ANCBUF_SIZE = socket.CMSG_SPACE(4 * FD_ROOM) + _MARKER_ROOM
+# And room for this kernel's credential messages on every receive: credentials passing can
+# be on without udscompat's knowing (another dup() object turned it on; Linux gives every
+# socket a listener accepts the listener's SO_PASSCRED), and where they do not fit the kernel
+# drops descriptors instead (Linux: SO_TIMESTAMP 32 + SCM_CREDENTIALS 32 B left room for 246).
+ANCBUF_SIZE = socket.CMSG_SPACE(4 * FD_ROOM) + _MARKER_ROOM + backend.CREDENTIALS_ROOM
 # Backend values read on every receive, bound once.
 _SOL_SOCKET = backend.SOL_SOCKET
 _SCM_RIGHTS = backend.SCM_RIGHTS
@@ -415,7 +419,7 @@ def close_fds(fds: Sequence[int]) -> None:
 
 def configure_compiled(module: Any) -> Any:
     """Give the compiled module this OS's facts, ``truncation_error``, ``Message``; returns it."""
-    module.configure(FD_ROOM, MARKER_TYPE, _FD_CMSGS, truncation_error)
+    module.configure(FD_ROOM, MARKER_TYPE, _FD_CMSGS, truncation_error, backend.CREDENTIALS_ROOM)
     module.configure_message(Message)
     return module
 

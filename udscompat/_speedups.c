@@ -72,13 +72,19 @@ PyModule_AddObjectRef(PyObject *module, const char *name, PyObject *value)
 /* The seqpacket marker is a struct timeval; 16 bytes also covers Linux's
  * SO_TIMESTAMP_NEW layout on 32-bit machines. */
 #define MARKER_PAYLOAD (sizeof(struct timeval) > 16 ? sizeof(struct timeval) : 16)
-#define CONTROL_MAX (CMSG_SPACE(sizeof(int) * MAX_FD_ROOM) + CMSG_SPACE(MARKER_PAYLOAD))
+/* Room for the credentials a socket may carry with every message (SO_PASSCRED and
+ * the like can be on without udscompat's knowing: a dup's other object, a listener
+ * that passed it to every accepted socket); illumos' ucred_t is the largest. */
+#define MAX_EXTRA_ROOM 8192
+#define CONTROL_MAX \
+    (CMSG_SPACE(sizeof(int) * MAX_FD_ROOM) + CMSG_SPACE(MARKER_PAYLOAD) + MAX_EXTRA_ROOM)
 /* A send of up to this many descriptors builds its control data on the stack. */
 #define SEND_STACK_FDS 256
 #define IOV_STACK 8
 
 /* Set once by configure() from udscompat's platform facts, before any call. */
 static int fd_room = 256;
+static int extra_room = 0;             /* bytes for credentials next to the descriptors */
 static int marker_type = -1;           /* cmsg type of the seqpacket marker, -1: none */
 static int fd_cmsg_types[8];           /* other SOL_SOCKET cmsg types that carry fds */
 static int fd_cmsg_type_count = 0;
@@ -87,7 +93,8 @@ static PyObject *truncated_factory = NULL; /* (reason, data, closed) -> exceptio
 static size_t
 control_size(void)
 {
-    return CMSG_SPACE(sizeof(int) * (size_t)fd_room) + CMSG_SPACE(MARKER_PAYLOAD);
+    return CMSG_SPACE(sizeof(int) * (size_t)fd_room) + CMSG_SPACE(MARKER_PAYLOAD) +
+           (size_t)extra_room;
 }
 
 static void
@@ -1120,8 +1127,9 @@ speedups_recv_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* -- configuration --------------------------------------------------------- */
 
 PyDoc_STRVAR(configure_doc,
-"configure(fd_room, marker_type, fd_cmsg_types, truncated)\n\n"
-"Set the platform facts the receive needs: room for fd_room descriptors,\n"
+"configure(fd_room, marker_type, fd_cmsg_types, truncated, extra_room=0)\n\n"
+"Set the platform facts the receive needs: room for fd_room descriptors\n"
+"(and extra_room bytes for credential messages),\n"
 "the marker's cmsg type (None: no marker), other SOL_SOCKET cmsg types that\n"
 "install descriptors (closed on receipt), and truncated(reason, data, closed,\n"
 "maxfds), which builds the exception for reason 'ctrunc', 'empty', 'excess' or\n"
@@ -1132,12 +1140,17 @@ speedups_configure(PyObject *module, PyObject *args)
 {
     (void)module;
     int room;
+    int extra = 0;
     PyObject *marker, *types, *factory;
-    if (!PyArg_ParseTuple(args, "iOOO:configure", &room, &marker, &types, &factory)) {
+    if (!PyArg_ParseTuple(args, "iOOO|i:configure", &room, &marker, &types, &factory, &extra)) {
         return NULL;
     }
     if (room < 1 || room > MAX_FD_ROOM) {
         PyErr_Format(PyExc_ValueError, "fd_room must be 1..%d, got %d", MAX_FD_ROOM, room);
+        return NULL;
+    }
+    if (extra < 0 || extra > MAX_EXTRA_ROOM) {
+        PyErr_Format(PyExc_ValueError, "extra_room must be 0..%d, got %d", MAX_EXTRA_ROOM, extra);
         return NULL;
     }
     int marker_value = -1;
@@ -1167,6 +1180,7 @@ speedups_configure(PyObject *module, PyObject *args)
         return NULL;
     }
     fd_room = room;
+    extra_room = extra;
     marker_type = marker_value;
     memcpy(fd_cmsg_types, values, sizeof(int) * (size_t)count);
     fd_cmsg_type_count = (int)count;
