@@ -588,14 +588,15 @@ def test_a_peek_out_of_descriptors_leaves_the_message_for_the_receive(
         assert b.recv_message() == udscompat.Message(b"next")
 
 
-@pytest.mark.parametrize("how", ["peek", "recv_fds"])
-def test_a_first_peek_with_room_for_its_copies_but_not_for_the_probe_leaks_nothing(
-    how: str, pipe: Tuple[int, int]
+def test_a_peek_with_room_for_its_copies_but_not_for_the_probe_leaks_nothing(
+    pipe: Tuple[int, int],
 ) -> None:
     """The first peek of a process asked _probes.peek_installs_fds() AFTER its recvmsg had
     installed the copies; the probe opens four descriptors, and failing with EMFILE (or
-    interrupted) it lost the copies: two leaked per such peek on main.  (The probe's answer
-    is cached; the test forgets it, as a fresh process has none.)"""
+    interrupted) it lost the copies: two leaked per such peek on main.  A connection now
+    runs the probe when it is made, and a peek asks it before its receive.  (The answer is
+    cached: the test forgets it before making the connection, as in a fresh process.)"""
+    _probes.peek_installs_fds.cache_clear()
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     conn = udscompat.SeqpacketConn.from_socket(b)
     with a, conn:
@@ -603,28 +604,52 @@ def test_a_first_peek_with_room_for_its_copies_but_not_for_the_probe_leaks_nothi
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 8, hard))
         held: List[int] = []
-        _probes.peek_installs_fds.cache_clear()
         try:
             held = _fill_table()
             for _ in range(2):
-                os.close(held.pop())  # room for the peek's two copies, none for the probe
+                os.close(held.pop())  # room for the peek's two copies, none for a probe
             before = open_fds()
-            with pytest.raises(OSError):
-                if how == "peek":
-                    conn.peek(8, 2)
-                else:
-                    udscompat.recv_fds(Fileno(conn.fileno()), 8, 2, socket.MSG_PEEK)
+            peeked = conn.peek(8, 2)
+            assert peeked is not None and len(peeked.fds) == 2
+            for fd in peeked.fds:
+                os.close(fd)
             leaked = open_fds() - before
         finally:
             for fd in held:
                 os.close(fd)
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-            _probes.peek_installs_fds.cache_clear()
         assert not leaked, f"the peek's copies {sorted(leaked)} leaked"
         message = conn.recv_message(8, 2)  # and the message is still there
         assert message is not None and len(message.fds) == 2
         for fd in message.fds:
             os.close(fd)
+
+
+@pytest.mark.parametrize("how", ["peek", "recv_fds"])
+def test_a_peek_without_descriptors_never_fails_on_the_probe(how: str) -> None:
+    """A full table and no probe answer yet: a peek of a message WITHOUT descriptors works
+    (the probe is asked after the receive only when descriptors came), as on main."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn = udscompat.SeqpacketConn.from_socket(b)
+    with a, conn:
+        a.send(b"plain")
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 8, hard))
+        held: List[int] = []
+        _probes.peek_installs_fds.cache_clear()
+        try:
+            held = _fill_table()
+            if how == "peek":
+                peeked = conn.peek(8)
+                assert peeked is not None and peeked.data == b"plain"
+            else:
+                data, fds, _, _ = udscompat.recv_fds(Fileno(conn.fileno()), 8, 0, socket.MSG_PEEK)
+                assert (data, fds) == (b"plain", [])
+        finally:
+            for fd in held:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            _probes.peek_installs_fds.cache_clear()
 
 
 @native_only()
@@ -750,9 +775,11 @@ def test_a_failed_receive_into_lets_the_callers_buffer_go(impl: str) -> None:
 
 
 def test_the_compiled_receive_has_the_same_room_for_credentials() -> None:
-    speedups = pytest.importorskip("udscompat._speedups")
     from udscompat import _io
     from udscompat._platform import backend
+
+    # Configured here as udscompat configures it (not yet under UDSCOMPAT_SPEEDUPS=0).
+    speedups = _io.configure_compiled(pytest.importorskip("udscompat._speedups"))
 
     room = socket.CMSG_SPACE(4 * _io.FD_ROOM) + socket.CMSG_SPACE(16) + backend.CREDENTIALS_ROOM
     assert room == _io.ANCBUF_SIZE

@@ -320,17 +320,18 @@ def receive(
     """
     cloexec = _io.cloexec_flag()
     added = (cloexec or 0) & ~flags  # reported back in msg_flags; not the caller's
-    # Asked before the receive: the probe opens descriptors, and failing (EMFILE) or
-    # interrupted after a peek that installed copies, it would leak them.
-    installed = not flags & _MSG_PEEK or _probes.peek_installs_fds()
+    installed = True if not flags & _MSG_PEEK else _io.peek_installs_now()
     try:
         data, ancdata, msg_flags, source = sock.recvmsg(bufsize, ANCILLARY_ROOM, flags | added)
     except OSError as exc:
         if exc.errno == errno.EMSGSIZE:
             raise _io.emsgsize_error() from exc
         raise
-    if not installed and ancdata:
-        ancdata = _uninstalled_peek(ancdata, refuse_peeked_fds)
+    if ancdata and installed is not True and _carries_fds(ancdata):
+        if installed is None:
+            installed = _probes.peek_installs_fds()  # could not run before: may raise now
+        if not installed:
+            ancdata = _uninstalled_peek(ancdata, refuse_peeked_fds)
     fds, marked = _io.collect_fds(data, ancdata, msg_flags, maxfds, cloexec is None)
     try:
         creds = backend.credentials_from_cmsgs(ancdata)
@@ -340,6 +341,11 @@ def receive(
     if fds and _fdpass.REGISTRY.originals:
         fds = _fdpass.guard_reused(fds)
     return data, fds, msg_flags & ~added, source, marked, creds
+
+
+def _carries_fds(ancdata: List[Tuple[int, int, Any]]) -> bool:
+    """Whether some control message carries descriptors (the marker and credentials do not)."""
+    return any(c[0] == _SOL_SOCKET and c[1] in _FD_CMSG_TYPES for c in ancdata)
 
 
 def _uninstalled_peek(

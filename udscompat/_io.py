@@ -260,10 +260,14 @@ def pure_recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: in
         cloexec = _probes.cmsg_cloexec_flag()  # cached after the first answer
     except OSError:
         cloexec = None  # the probe itself could not run (EMFILE?): set FD_CLOEXEC by hand
-    # Asked before the receive: a probe failing (EMFILE) after a peek leaks its copies.
-    installed = not flags & _MSG_PEEK or _probes.peek_installs_fds()
+    installed = True if not flags & _MSG_PEEK else peek_installs_now()
     data, ancdata, msg_flags, address = recvmsg(sock, bufsize, flags | (cloexec or 0))
-    if not installed and ancdata:
+    if (
+        ancdata
+        and installed is not True
+        and any(c[0] == _SOL_SOCKET and c[1] == _SCM_RIGHTS for c in ancdata)
+        and not (installed is None and peek_installs_fds())
+    ):
         # The kernel copied out its own file pointers (NetBSD, FreeBSD) or zeros (macOS):
         # nothing was installed, and those numbers name unrelated descriptors of ours.
         ancdata = [c for c in ancdata if not (c[0] == _SOL_SOCKET and c[1] == _SCM_RIGHTS)]
@@ -284,6 +288,24 @@ def pure_recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: in
                 return data, memoryview(payload).cast("i").tolist(), msg_flags, address, False
     fds, marked = collect_fds(data, ancdata, msg_flags, maxfds, cloexec is None)
     return data, fds, msg_flags, address, marked
+
+
+def peek_installs_fds() -> bool:
+    """``_probes.peek_installs_fds()`` (may raise ``OSError`` where it cannot run)."""
+    return _probes.peek_installs_fds()
+
+
+def peek_installs_now() -> Optional[bool]:
+    """``_probes.peek_installs_fds()`` asked before a peek's receive; None if it cannot run now.
+
+    The probe opens descriptors: run after a peek that installed copies, its EMFILE (or a
+    raising signal handler) would lose them.  None (the table is full now) means: ask again
+    after the receive, and only if descriptors came (a peek without them never fails on it).
+    """
+    try:
+        return _probes.peek_installs_fds()
+    except OSError:
+        return None
 
 
 def cloexec_flag() -> Optional[int]:

@@ -153,7 +153,13 @@ def _run_send_probes() -> None:
     leaves the window marked, so the next send aborts.  Each answer is cached after the
     first: later calls cost a lookup.
     """
-    for probe in (_probes.same_process_fd_reuse, _probes.fd_control_padding):
+    # peek_installs_fds: a peek asks it before its receive, and where it cannot run then
+    # (EMFILE) after it, where failing it would lose the copies the peek installed.
+    for probe in (
+        _probes.same_process_fd_reuse,
+        _probes.fd_control_padding,
+        _probes.peek_installs_fds,
+    ):
         try:
             probe()
         except OSError:
