@@ -744,3 +744,83 @@ def test_closing_wakes_a_task_waiting_to_receive(impl: str) -> None:
         b.close()
 
     run(main)
+
+
+# -- one readiness, several waiters: a send, a cancelled send's rest, a close ---------------------
+
+
+def test_a_send_after_a_cancelled_one_never_waits_on_its_rest() -> None:
+    """A cancelled emulated send leaves its frame's rest going out in the background; the
+    next send waited on the same write readiness and took over its slot, so the rest's flush
+    was never woken and the next send, awaiting it, stalled (for ever without a timeout; the
+    cancelled-sends test took 6 s of 1 s timeouts instead of 0.1 s)."""
+
+    async def main() -> None:
+        a, b = aio.seqpacket_pair(implementation="emulated")
+        big = b"x" * 1_000_000  # more than the socket buffers hold: the send must wait
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(a.send(big), 0.05)  # cancelled mid-frame: its rest remains
+        second = asyncio.ensure_future(a.send(big))
+        await asyncio.sleep(0.05)  # the second send waits for writability too
+
+        async def read_all() -> List[int]:
+            sizes = []
+            for _ in range(2):
+                message = await b.recv_message(2_000_000)
+                assert message is not None
+                sizes.append(len(message.data))
+            return sizes
+
+        try:
+            sizes = await asyncio.wait_for(read_all(), 10)
+            await asyncio.wait_for(second, 5)
+        finally:
+            second.cancel()
+            a.close()
+            b.close()
+        assert sizes == [len(big), len(big)]
+
+    run(main)
+
+
+@pytest.mark.parametrize("reads", [True, False], ids=["peer-reads", "peer-stalls"])
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_close_while_a_send_waits(impl: str, reads: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() while a task waits to send.  Native: the task raises EBADF.  Emulated: the
+    frame in flight is finished first (``CLOSE_DRAIN_TIMEOUT``): the send returns once the
+    peer reads it, or raises OSError when the drain gives up -- never hangs, never a
+    CancelledError in a task nobody cancelled."""
+    monkeypatch.setattr(aio, "CLOSE_DRAIN_TIMEOUT", 0.5)
+
+    async def main() -> None:
+        a, b = aio.seqpacket_pair(implementation=impl)
+        big = b"x" * (1_000_000 if impl == "emulated" else 100_000)
+        sent = 0
+        sending = asyncio.ensure_future(a.send(big))
+        try:
+            while True:  # fill the buffers until a send waits on the loop
+                await asyncio.sleep(0.02)
+                if not sending.done():
+                    break
+                sending.result()
+                sent += 1
+                sending = asyncio.ensure_future(a.send(big))
+            a.close()
+            if reads:
+                for _ in range(sent + 1):
+                    message = await asyncio.wait_for(b.recv_message(len(big)), 5)
+                    if message is None:
+                        break
+            if impl == "emulated" and reads:
+                assert await asyncio.wait_for(sending, 5) == len(big)
+            else:
+                with pytest.raises(OSError) as info:
+                    await asyncio.wait_for(sending, 5)
+                if impl == "native":
+                    assert info.value.errno == errno.EBADF
+        finally:
+            sending.cancel()
+            a.close()
+            b.close()
+
+    run(main)

@@ -140,15 +140,16 @@ class _Readiness:
     once next time.
     """
 
-    __slots__ = ("_fd", "_loop", "_operation", "_registered", "_waiter", "_write", "ready")
+    __slots__ = ("_fd", "_loop", "_registered", "_waiting", "_write", "ready")
 
     def __init__(self, fd: int, *, write: bool) -> None:
         self._fd = fd
         self._write = write
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._registered = False
-        self._waiter: Optional[asyncio.Future[Any]] = None
-        self._operation: Optional[Callable[[], Any]] = None
+        #: The operations waiting, in order: a send and a cancelled send's rest (or a
+        #: close's flush) may wait at once, and each must be woken (or failed by ``stop``).
+        self._waiting: Deque[Tuple[asyncio.Future[Any], Callable[[], Any]]] = collections.deque()
         #: Worth trying the operation before waiting for the loop.
         self.ready = True
 
@@ -160,7 +161,7 @@ class _Readiness:
         If the caller is cancelled after the operation succeeded in the
         callback, its result goes to ``keep`` (a receive must not lose it).
         """
-        if self.ready:
+        if self.ready and not self._waiting:
             try:
                 return operation()
             except BlockingIOError:
@@ -176,7 +177,8 @@ class _Readiness:
             self._loop = loop
             self._registered = True
         waiter: asyncio.Future[T] = loop.create_future()
-        self._waiter, self._operation = waiter, operation
+        entry = (waiter, operation)
+        self._waiting.append(entry)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -185,28 +187,36 @@ class _Readiness:
                 keep(waiter.result())
             raise
         finally:
-            self._waiter = self._operation = None
+            if waiter.cancelled():  # the caller was cancelled while it waited
+                try:
+                    self._waiting.remove(entry)
+                except ValueError:
+                    pass  # _wake or stop took it already
 
     def _wake(self) -> None:
-        waiter, operation = self._waiter, self._operation
-        if waiter is None or operation is None or waiter.done():
+        waiting = self._waiting
+        if not waiting:
             self.stop()
             self.ready = True
             return
-        try:
-            result = operation()
-        except BlockingIOError:
-            return  # not ready after all: keep waiting
-        except BaseException as exc:
-            waiter.set_exception(exc)
-        else:
-            waiter.set_result(result)
+        while waiting:
+            waiter, operation = waiting[0]
+            if not waiter.done():
+                try:
+                    result = operation()
+                except BlockingIOError:
+                    return  # not ready after all: keep waiting
+                except BaseException as exc:
+                    waiter.set_exception(exc)
+                else:
+                    waiter.set_result(result)
+            waiting.popleft()
 
     def stop(self, error: Optional[BaseException] = None) -> None:
         """Unregister from the loop (before the descriptor is closed).
 
-        A waiting operation gets ``error`` (the connection was closed) instead
-        of waiting for ever.
+        Every waiting operation gets ``error`` (the connection was closed)
+        instead of waiting for ever.
         """
         if self._registered and self._loop is not None and not self._loop.is_closed():
             if self._write:
@@ -214,9 +224,11 @@ class _Readiness:
             else:
                 self._loop.remove_reader(self._fd)
         self._registered = False
-        waiter = self._waiter
-        if error is not None and waiter is not None and not waiter.done():
-            waiter.set_exception(error)
+        if error is not None:
+            waiting, self._waiting = self._waiting, collections.deque()
+            for waiter, _ in waiting:
+                if not waiter.done():
+                    waiter.set_exception(error)
 
 
 class _Turn:
@@ -322,6 +334,11 @@ class AsyncSeqpacketConn:
             await self._send_turn.wait_for_turn()
         conn = self._conn
         try:
+            flushing = self._flushing
+            if flushing is not None and not flushing.done():
+                # A cancelled send's rest (or an owed acknowledgement) is still going out in
+                # the background, waiting on the same readiness: wait for it, never beside it.
+                await self._await_flushing(flushing)
             if self._streak >= _STREAK:  # inline, not a coroutine: this runs per message
                 self._streak = 0
                 await asyncio.sleep(0)  # yield once: other connections get their turn
@@ -344,10 +361,21 @@ class AsyncSeqpacketConn:
                 try:
                     self._flush()  # nothing left over: the usual case, without a coroutine
                 except BlockingIOError:
-                    await asyncio.shield(self._start_flushing())
+                    await self._await_flushing(self._start_flushing())
             return sent
         finally:
             self._send_turn.release()
+
+    async def _await_flushing(self, flushing: asyncio.Future[None]) -> None:
+        """Wait for the background flush; cancelling the caller does not stop it."""
+        try:
+            await asyncio.shield(flushing)
+        except asyncio.CancelledError:
+            if flushing.cancelled() and (self._closing is not None or self._closed_event.is_set()):
+                # close() gave up on the frame (the peer did not read it in time): the
+                # message was not delivered whole; this task itself was not cancelled.
+                raise OSError(errno.EBADF, "the connection was closed mid-message") from None
+            raise
 
     async def _drain(self) -> None:
         """Finish a partly sent frame in a task that cancelling the caller does not stop."""
