@@ -17,6 +17,7 @@ import contextlib
 import errno
 import functools
 import os
+import platform
 import resource
 import signal
 import socket
@@ -55,6 +56,23 @@ CLOEXEC = _probes.cmsg_cloexec_flag()
 KINDS = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM}
 if _probes.seqpacket().available:
     KINDS["seqpacket"] = backend.SOCK_SEQPACKET
+
+
+def test_these_tests_run_the_accelerator_wherever_it_can_be_built() -> None:
+    """Where CPython and a C compiler can build it, the accelerator is what these tests run.
+
+    They import udscompat from the checkout, which holds a build only when installed
+    editable: tox's `tests` env installed a wheel, so CI ran the pure path twice and
+    skipped every compiled-only test, green.
+    """
+    if os.environ.get(_accel.ENV) == "0" or os.environ.get("UDSCOMPAT_BUILD_SPEEDUPS") == "0":
+        pytest.skip("the pure-Python path was asked for")
+    if platform.python_implementation() != "CPython" or c_compiler() is None:
+        pytest.skip("the accelerator cannot be built here (CPython and a C compiler needed)")
+    assert _compiled is not None, (
+        f"udscompat is imported from {Path(udscompat.__file__).parent}, which holds no build of "
+        "the accelerator: install the checkout editable (pip install -e .) to test it"
+    )
 
 
 # -- the selector -------------------------------------------------------------------------------
