@@ -217,6 +217,9 @@ def test_max_fds_per_message_is_what_arrives(server: RumpServer) -> None:
 def linux_server(
     build: rumpbuild.Build, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RumpServer]:
+    hidden = columns.hidden_from_hijacked_children()
+    if hidden:  # e.g. a clone in /tmp: its children would look for it in the rump kernel
+        pytest.skip(f"hijacked children see /tmp in the rump kernel: {', '.join(hidden)}")
     with RumpServer(build, tmp_path_factory.mktemp("rumplx"), linux_abi=True) as running:
         yield running
 

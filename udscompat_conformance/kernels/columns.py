@@ -341,6 +341,21 @@ def _under_blanket(path: Path) -> bool:
     return resolved == Path("/tmp") or Path("/tmp") in resolved.parents
 
 
+def hidden_from_hijacked_children() -> List[str]:
+    """What a hijacked Python child needs from the host but would look for in the rump
+    kernel (``blanket=/tmp``): its interpreter, its packages, its working directory."""
+    import udscompat
+
+    needed = {
+        "the Python environment": Path(sys.prefix),
+        "the interpreter": Path(sys.executable),
+        "udscompat": Path(udscompat.__file__).parent,
+        "udscompat_conformance": Path(__file__).parent.parent,
+        "the working directory": Path.cwd(),
+    }
+    return [f"{what} ({path})" for what, path in needed.items() if _under_blanket(path)]
+
+
 def _finish(result: Dict[str, Any], started: float, extra_run: Dict[str, Any]) -> None:
     result["run"].pop("stage", None)
     result["run"].update(extra_run)
@@ -357,6 +372,13 @@ def run_netbsd(kernel: str, timeout: float, select: List[str]) -> Dict[str, Any]
         raise KernelError(
             f"the run directory {workdir} is under /tmp, which the hijacked cases see in the "
             "rump kernel: set UDSCOMPAT_CACHE_DIR elsewhere"
+        )
+    hidden = hidden_from_hijacked_children() if linux_abi else []
+    if hidden:
+        raise KernelError(
+            "the hijacked cases see /tmp in the rump kernel, so they cannot reach "
+            + ", ".join(hidden)
+            + ": run from a checkout and an environment outside /tmp"
         )
     # A short private directory for the server's socket (sun_path holds 107 bytes).
     rundir = Path(tempfile.mkdtemp(prefix="udsc-rump-"))
