@@ -351,12 +351,16 @@ class AsyncSeqpacketConn:
                 except BlockingIOError:
                     writable.ready = False
                     self._streak = 0  # this one waits on the loop: a turn for the others
-                    sent = await writable.run(functools.partial(conn.send, data, fds, credentials))
+                    sent = await writable.run(
+                        functools.partial(conn.send, data, fds, credentials), self._keep_sent
+                    )
                 else:
                     self._streak += 1
             else:
                 self._streak = 0
-                sent = await writable.run(functools.partial(conn.send, data, fds, credentials))
+                sent = await writable.run(
+                    functools.partial(conn.send, data, fds, credentials), self._keep_sent
+                )
             if self._framed:
                 try:
                     self._flush()  # nothing left over: the usual case, without a coroutine
@@ -365,6 +369,24 @@ class AsyncSeqpacketConn:
             return sent
         finally:
             self._send_turn.release()
+
+    def _keep_sent(self, sent: int) -> None:
+        """A send cancelled after the readiness callback sent (part of) its frame.
+
+        The frame's rest must still go out: in the background, as for a
+        send cancelled while it flushed.
+        """
+        if self._framed:
+            self._flush_in_background()
+
+    def _flush_in_background(self) -> None:
+        """Push out what the emulation still owes the peer; a flush task finishes the rest."""
+        try:
+            self._flush()
+        except BlockingIOError:
+            self._start_flushing()
+        except OSError:
+            pass  # the peer is gone: the next send reports it
 
     async def _await_flushing(self, flushing: asyncio.Future[None]) -> None:
         """Wait for the background flush; cancelling the caller does not stop it."""
@@ -434,12 +456,7 @@ class AsyncSeqpacketConn:
         if self._framed and not self._send_turn.busy:
             # An acknowledgement the receive could not push out at once (the socket was full);
             # only messages with descriptors ask for one.
-            try:
-                self._flush()
-            except BlockingIOError:
-                self._start_flushing()
-            except OSError:
-                pass  # the peer is gone: the next send reports it
+            self._flush_in_background()
 
     async def peek(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
         """The next message, left for the next receive; see ``SeqpacketConn.peek``.
@@ -696,7 +713,11 @@ class SeqpacketServer:
         return self._listener.implementation
 
     def _accept_ready(self) -> None:
-        while not self._closed.is_set():
+        # At most _STREAK accepts per readiness callback (asyncio's servers bound theirs
+        # too): a peer connecting as fast as we accept must not keep the loop here.
+        for _ in range(_STREAK):
+            if self._closed.is_set():
+                return
             try:
                 conn, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
