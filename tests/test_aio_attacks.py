@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from pathlib import Path
 from typing import Any, Awaitable, Callable, List
 
-from udscompat import aio
+import pytest
+
+from tests.conftest import SEQPACKET_IMPLEMENTATIONS
+from udscompat import _seqpacket, aio
 
 
 def run(main: Callable[[], Awaitable[Any]]) -> Any:
@@ -119,3 +123,27 @@ def test_a_connection_flood_does_not_hold_the_loop_in_one_callback(tmp_path: Pat
     finally:
         for client in clients:
             client.close()
+
+
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_close_after_a_loop_closed_with_a_receive_waiting(impl: str) -> None:
+    """A careless user closes a loop with a receive still waiting (the task abandoned), then
+    closes the connection: close() woke the dead loop's waiter, which raised RuntimeError
+    ("Event loop is closed") before the socket was closed -- the descriptor stayed open."""
+    raw_a, raw_b = _seqpacket.seqpacket_pair(implementation=impl)
+    a, b = aio.AsyncSeqpacketConn(raw_a), aio.AsyncSeqpacketConn(raw_b)
+    fd = b.fileno()
+    loop = asyncio.new_event_loop()
+    abandoned = loop.create_task(b.recv_message())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    assert not abandoned.done()
+    try:
+        b.close()
+        assert b.closed
+        with pytest.raises(OSError):
+            os.fstat(fd)  # the descriptor is closed (this process opens nothing meanwhile)
+    finally:
+        a.close()
+        b.close()
+        abandoned._log_destroy_pending = False  # abandoned on purpose

@@ -227,7 +227,9 @@ class _Readiness:
         if error is not None:
             waiting, self._waiting = self._waiting, collections.deque()
             for waiter, _ in waiting:
-                if not waiter.done():
+                # A waiter of a loop closed meanwhile (a task abandoned with its loop) can
+                # no longer be woken: setting it would raise, and the socket stay open.
+                if not waiter.done() and not waiter.get_loop().is_closed():
                     waiter.set_exception(error)
 
 
