@@ -13,7 +13,12 @@ from typing import Iterator, List, Tuple
 import pytest
 
 import udscompat
-from tests.conftest import SEQPACKET_IMPLEMENTATIONS, needs_abstract, needs_kernel_seqpacket
+from tests.conftest import (
+    SEQPACKET_IMPLEMENTATIONS,
+    needs_abstract,
+    needs_kernel_seqpacket,
+    only_on,
+)
 from udscompat import (
     ControlTruncatedError,
     FramingError,
@@ -605,3 +610,41 @@ def test_close_wakes_a_thread_blocked_in_accept(impl: str, tmp_path: Path) -> No
         with client:
             conn, _ = copy.accept()
             conn.close()
+
+
+@only_on("Linux", "a full backlog makes a timed connect fail with EAGAIN at once; BSDs refuse")
+def test_a_timed_connect_waits_for_room_in_a_full_backlog(tmp_path: Path) -> None:
+    """connect(timeout=) to a listener whose queue is full waits for room until its deadline
+    (the timeout is for the whole call): it raised BlockingIOError at once, so a client of
+    a busy server failed where a blocking connect would have waited."""
+    path = str(tmp_path / "busy.sock")
+    listener = SeqpacketListener(path, backlog=0, implementation="native")
+    queued: List[SeqpacketConn] = []
+    try:
+        while True:  # fill the queue: a non-blocking connect says when it is full
+            try:
+                queued.append(SeqpacketConn.connect(path, implementation="native", timeout=0))
+            except BlockingIOError:
+                break
+            assert len(queued) < 64, "the backlog never filled"
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            SeqpacketConn.connect(path, implementation="native", timeout=0.3)
+        assert 0.25 < time.monotonic() - started < 2.0
+
+        def make_room() -> None:
+            time.sleep(0.2)
+            conn, _ = listener.accept()
+            conn.close()
+
+        helper = threading.Thread(target=make_room)
+        helper.start()
+        try:
+            with SeqpacketConn.connect(path, implementation="native", timeout=5):
+                pass
+        finally:
+            helper.join(5)
+    finally:
+        for conn in queued:
+            conn.close()
+        listener.close()

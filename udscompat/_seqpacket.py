@@ -41,6 +41,7 @@ import errno
 import os
 import socket
 import threading
+import time
 from typing import Any, Callable, List, NoReturn, Optional, Sequence, Set, Tuple, Union
 
 from udscompat import _ancillary, _fdpass, _framing, _io, _probes
@@ -264,7 +265,7 @@ class SeqpacketConn:
                 file = bind(sock, local)
             sock.settimeout(timeout)
             try:
-                connect_unix(sock, address)
+                _connect_within(sock, address, _io.deadline(timeout))
             except OSError as exc:
                 if isinstance(exc, TimeoutError):
                     raise
@@ -686,6 +687,30 @@ def _wait_a_slice(
             pass
     else:
         _io.wait_ready(sock, write=write, deadline=deadline)
+
+
+def _connect_within(
+    sock: socket.socket, address: UnixSocketAddr, deadline: Optional[float]
+) -> None:
+    """``connect_unix``, retried until ``deadline`` while the listener's backlog is full.
+
+    Linux answers a connect with a timeout (a non-blocking socket inside CPython) EAGAIN at
+    once when the listener's queue is full, where a blocking connect would wait for room;
+    nothing can be polled for that room, so the retries back off from 1 ms to 50 ms.
+    """
+    delay = 0.001
+    while True:
+        try:
+            connect_unix(sock, address)
+            return
+        except BlockingIOError:
+            if deadline is None or deadline == _NONBLOCKING:
+                raise
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                raise _io.timeout_error() from None
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.05)
 
 
 class _Group:
