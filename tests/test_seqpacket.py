@@ -602,7 +602,8 @@ def test_close_wakes_a_thread_blocked_in_accept(impl: str, tmp_path: Path) -> No
         waiter.join(3)
         alive = waiter.is_alive()
         if alive:  # unblock it for the test's sake; the assertion below says what happened
-            socket.socket(socket.AF_UNIX, copy.type).connect(path)
+            with socket.socket(socket.AF_UNIX, copy.type) as unblock:
+                unblock.connect(path)
             waiter.join(5)
         assert not alive, "close() left the accepting thread blocked"
         assert errors and errors[0].errno == errno.EBADF, errors

@@ -584,19 +584,22 @@ def timeout_error() -> TimeoutError:
     return TimeoutError(errno.ETIMEDOUT, "timed out")
 
 
-def wait_ready(sock: socket.socket, *, write: bool, deadline: Optional[float]) -> None:
+def wait_ready(
+    sock: socket.socket, *, write: bool, deadline: Optional[float], longest_ms: int = _WAKE_MS
+) -> None:
     """Wait until ``sock`` is readable (or writable), for what remains of ``deadline``.
 
-    Returns when the socket is ready, or after at most a second of a longer
-    wait (the caller retries either way, as ``sock_call_ex`` does, and a retry
-    on a socket another thread closed meanwhile fails with ``EBADF``).
+    Returns when the socket is ready, or after at most ``longest_ms`` (a
+    second) of a longer wait (the caller retries either way, as
+    ``sock_call_ex`` does, and a retry on a socket another thread closed
+    meanwhile fails with ``EBADF``).
 
     Raises:
         BlockingIOError: ``deadline`` is ``NONBLOCKING``.
         TimeoutError: the deadline has passed.
         OSError: ``EBADF`` if the socket is closed.
     """
-    millis = _WAKE_MS
+    millis = longest_ms
     if deadline is not None:
         if deadline == NONBLOCKING:
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
@@ -604,7 +607,7 @@ def wait_ready(sock: socket.socket, *, write: bool, deadline: Optional[float]) -
         if remaining <= 0:
             raise timeout_error()
         # Round up: a poll that ends a hair early would only be repeated.
-        millis = min(int(remaining * 1000) + 1, _WAKE_MS)
+        millis = min(int(remaining * 1000) + 1, longest_ms)
     fileno = sock.fileno()
     if fileno < 0:
         raise OSError(errno.EBADF, "the socket is closed")

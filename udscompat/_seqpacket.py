@@ -101,10 +101,9 @@ _NO_WAIT = (False,)
 #: The types of ``data`` that mean several buffers sent as one message.
 _SEVERAL = (list, tuple)
 _MSG_PEEK = int(socket.MSG_PEEK)  # a plain int: IntFlag arithmetic is a Python call
-#: How soon a thread blocked on a duplicated connection notices that it was closed.
-_DUP_WAKE = 0.05
-#: Every other blocked wait looks at ``_closed`` again this often (see ``SeqpacketConn._wait``).
-_CLOSE_WAKE = 1.0
+#: How soon a thread blocked on a duplicated connection notices that it was closed (ms;
+#: every other wait looks again after ``_io.wait_ready``'s second).
+_DUP_WAKE_MS = 50
 _DATA_HEADER = _framing.HEADER.pack
 _HEADER_SIZE = _framing.HEADER.size
 _KIND_DATA = _framing.KIND_DATA
@@ -604,7 +603,7 @@ class SeqpacketConn:
         this descriptor is closed, and a copy held elsewhere (after ``fork``
         or passed on) keeps the connection.  While objects made by ``dup()``
         are open the socket is never shut down: a blocked thread wakes
-        within ``_DUP_WAKE`` seconds instead.  The socket file of
+        within ``_DUP_WAKE_MS`` milliseconds instead.  The socket file of
         ``connect(local_addr=...)`` is removed by the last of them.
         """
         # _closed first (a thread about to wait checks it after registering, see _wait); the
@@ -624,7 +623,7 @@ class SeqpacketConn:
                 except OSError:
                     pass  # already disconnected
         else:
-            # Shared with duplicates: never shut down (a blocked thread wakes within _DUP_WAKE).
+            # Shared with duplicates: never shut down (a blocked thread wakes within _DUP_WAKE_MS).
             file = group.leave(self._sock)
         _fdpass.REGISTRY.release(self._sock)
         try:
@@ -657,8 +656,14 @@ class SeqpacketConn:
         try:
             if self._closed:  # checked after registering: close() checks in the other order
                 raise self._unusable()
-            slice_s = _CLOSE_WAKE if self._group is None else _DUP_WAKE
-            _wait_a_slice(self._sock, write, deadline, slice_s)
+            # Polls in slices (the caller retries), looking at _closed again after each:
+            # close() may not shut a shared socket down, and a close() between wait_ready
+            # reading the descriptor's number and polling it leaves the poll on a number
+            # that may already name another file (whatever was opened or received next).
+            if self._group is None:
+                _io.wait_ready(self._sock, write=write, deadline=deadline)
+            else:
+                _io.wait_ready(self._sock, write=write, deadline=deadline, longest_ms=_DUP_WAKE_MS)
         finally:
             self._waiting.discard(me)
         if self._closed:
@@ -667,26 +672,6 @@ class SeqpacketConn:
     def _unusable(self) -> OSError:
         """What a call on this closed connection raises."""
         return _closed_error()
-
-
-def _wait_a_slice(
-    sock: socket.socket, write: bool, deadline: Optional[float], slice_s: float
-) -> None:
-    """``_io.wait_ready``, returning after at most ``slice_s`` seconds (the caller retries).
-
-    The caller looks at its closed flag between slices: close() may not shut a shared
-    socket down, and a close() between wait_ready reading the descriptor's number and
-    polling it leaves the poll on a number that may already name another file
-    (whatever was opened or received next).
-    """
-    wake = _monotonic() + slice_s
-    if deadline is None or (deadline != _NONBLOCKING and deadline > wake):
-        try:
-            _io.wait_ready(sock, write=write, deadline=wake)
-        except TimeoutError:
-            pass
-    else:
-        _io.wait_ready(sock, write=write, deadline=deadline)
 
 
 def _connect_within(
