@@ -223,6 +223,35 @@ def python_peer(code: str, *args: str, user: int | None = None) -> subprocess.Po
     )
 
 
+def send_with_the_table_full(send_call: str) -> List[str]:
+    """Run ``send_call`` -- sending pipe end ``r`` over datagram socket ``a`` to ``b`` --
+    in a child process whose descriptor table has no room left (held sent descriptors are
+    duplicated first); the words it printed: ``refused before sending ERRNO``, ``error but
+    sent ERRNO`` or ``sent``."""
+    code = f"""
+import os, resource, socket, udscompat
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+free = os.dup(0); os.close(free)
+resource.setrlimit(resource.RLIMIT_NOFILE, (free, hard))
+try:
+    {send_call}
+    print("sent")
+except OSError as exc:
+    b.setblocking(False)
+    try:
+        b.recv(10)
+        print("error but sent", exc.errno)
+    except BlockingIOError:
+        print("refused before sending", exc.errno)
+"""
+    child = python_peer(code)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    return out.decode().split()
+
+
 @pytest.fixture
 def hold_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """Set UDSCOMPAT_HOLD_SENT_FDS through the returned monkeypatch; the policy is re-read."""

@@ -29,6 +29,7 @@ from tests.conftest import (
     other_user,
     python_peer,
     same_file,
+    send_with_the_table_full,
 )
 from udscompat import _ancillary
 from udscompat._fdpass import REGISTRY
@@ -187,29 +188,11 @@ def test_out_of_descriptors_fails_send_ancillary_before_anything_went_out(
     hold_env: pytest.MonkeyPatch,
 ) -> None:
     """Sent descriptors are held before sendmsg: EMFILE there means nothing went out (child)."""
-    code = r"""
-import os, resource, socket, udscompat
-a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-r, w = os.pipe()
-hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-free = os.dup(0); os.close(free)
-resource.setrlimit(resource.RLIMIT_NOFILE, (free, hard))
-try:
-    udscompat.send_ancillary(a, b"x", [r], udscompat.send_credentials())
-    print("sent")
-except OSError as exc:
-    b.setblocking(False)
-    try:
-        b.recv(10)
-        print("error but sent", exc.errno)
-    except BlockingIOError:
-        print("refused before sending", exc.errno)
-"""
     hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
-    child = python_peer(code)
-    out, err = child.communicate(timeout=30)
-    assert child.returncode == 0, err
-    assert out.decode().split() == ["refused", "before", "sending", str(errno.EMFILE)]
+    outcome = send_with_the_table_full(
+        'udscompat.send_ancillary(a, b"x", [r], udscompat.send_credentials())'
+    )
+    assert outcome == ["refused", "before", "sending", str(errno.EMFILE)]
 
 
 def test_a_failed_send_ancillary_holds_nothing(

@@ -14,7 +14,15 @@ from typing import Iterator, Tuple
 import pytest
 
 import udscompat
-from tests.conftest import c_compiler, needs_c_compiler, open_fds, peer_pid, python_peer, same_file
+from tests.conftest import (
+    c_compiler,
+    needs_c_compiler,
+    open_fds,
+    peer_pid,
+    python_peer,
+    same_file,
+    send_with_the_table_full,
+)
 from udscompat import ControlTruncatedError, UnixSocketAddr, _probes
 from udscompat._fdpass import REGISTRY
 from udscompat._platform import backend
@@ -380,29 +388,9 @@ def test_out_of_descriptors_fails_the_send_before_anything_went_out(
     hold_env: pytest.MonkeyPatch,
 ) -> None:
     """The duplicate is made first: EMFILE there means nothing was sent (child process)."""
-    code = r"""
-import os, resource, socket, udscompat
-a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-r, w = os.pipe()
-hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-free = os.dup(0); os.close(free)
-resource.setrlimit(resource.RLIMIT_NOFILE, (free, hard))
-try:
-    udscompat.send_fds(a, b"x", [r])
-    print("sent")
-except OSError as exc:
-    b.setblocking(False)
-    try:
-        b.recv(10)
-        print("error but sent", exc.errno)
-    except BlockingIOError:
-        print("refused before sending", exc.errno)
-"""
     hold_env.setenv("UDSCOMPAT_HOLD_SENT_FDS", "1")
-    child = python_peer(code)
-    out, err = child.communicate(timeout=30)
-    assert child.returncode == 0, err
-    assert out.decode().split() == ["refused", "before", "sending", str(errno.EMFILE)]
+    outcome = send_with_the_table_full('udscompat.send_fds(a, b"x", [r])')
+    assert outcome == ["refused", "before", "sending", str(errno.EMFILE)]
 
 
 def test_one_way_sender_releases_as_acknowledgements_arrive(hold_env: pytest.MonkeyPatch) -> None:
