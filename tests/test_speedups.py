@@ -856,72 +856,8 @@ def test_public_send_fds_recv_fds_agree_with_their_python_code(case: Dict[str, A
     assert open_fds() == before
 
 
-native_message = st.fixed_dictionaries(
-    {
-        "sizes": st.lists(
-            st.one_of(st.integers(0, 100), st.sampled_from([4096, 65536])), min_size=1, max_size=3
-        ),
-        "nfds": st.lists(st.integers(0, 3), min_size=3, max_size=3),
-        "short_by": st.one_of(st.just(-1), st.integers(-2, 10)),
-        "maxfds": st.integers(0, 3),
-        "partial_records": st.booleans(),
-        "eof": st.booleans(),
-    }
-)
-
-
-@needs_compiled
-@pytest.mark.skipif("seqpacket" not in KINDS, reason="no native SOCK_SEQPACKET here")
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=native_message)
-def test_native_receive_builds_the_message_the_python_code_builds(case: Dict[str, Any]) -> None:
-    """A native connection's ``recv_message`` with the compiled receive (which builds the common
-    Message in C) and with the inline Python receive, over the same random messages -- empty,
-    cut, with descriptors, end-of-stream, the FreeBSD partial-record rule forced on: the same
-    Messages (type, payload, descriptor count, truncation, credentials) or errors."""
-    before = open_fds()
-    r, w = os.pipe()
-    results: Dict[str, List[Any]] = {}
-    received: List[int] = []
-    try:
-        for impl in ("c", "py"):
-            x, y = udscompat.seqpacket_pair(implementation="native")
-            with x, y:
-                y._partial_records = case["partial_records"]  # type: ignore[attr-defined]
-                if impl == "py":
-                    y._compiled_recv = None  # type: ignore[attr-defined]
-                for size, nfds in zip(case["sizes"], case["nfds"]):
-                    x.send(bytes(range(256)) * (size // 256) + bytes(size % 256), [r] * nfds)
-                if case["eof"]:
-                    x.close()
-                y.settimeout(0)
-                steps: List[Any] = []
-                for size in case["sizes"] + [0]:
-                    bufsize = max(0, size - case["short_by"])
-                    try:
-                        message = y.recv_message(bufsize, case["maxfds"])
-                    except (OSError, BlockingIOError) as exc:
-                        steps.append((type(exc), str(exc)))
-                        continue
-                    if message is None:
-                        steps.append(None)
-                        continue
-                    received += message.fds
-                    steps.append(
-                        (
-                            type(message),
-                            message.data,
-                            len(message.fds),
-                            message.truncated,
-                            message.credentials,
-                        )
-                    )
-            results[impl] = steps
-        assert results["c"] == results["py"]
-    finally:
-        _io.close_fds(received)
-        _io.close_fds([r, w])
-    assert open_fds() == before
+# The native receive's compiled, Python-with-compiled and pure layers are compared in
+# tests/test_speedups_native.py.
 
 
 @needs_compiled

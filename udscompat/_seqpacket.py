@@ -44,7 +44,7 @@ import threading
 import time
 from typing import Any, Callable, List, NoReturn, Optional, Sequence, Set, Tuple, Union
 
-from udscompat import _ancillary, _fdpass, _framing, _io, _probes
+from udscompat import _accel, _ancillary, _fdpass, _framing, _io, _probes
 from udscompat._address import UnixSocketAddr
 from udscompat._ancillary import Buffers
 from udscompat._bind import (
@@ -749,12 +749,16 @@ class _NativeConn(SeqpacketConn):
         self._compiled_recv = _COMPILED_RECV if type(sock) in _io.PLAIN_SOCKETS else None
         self._recv_flags = cloexec or 0
         self._set_cloexec = cloexec is None
-        #: Inline the common receive (property-tested equal to ``_receive_once``); off while
-        #: the rest of a FreeBSD record is being discarded and while credentials are reported.
+        #: Inline the common receive (property-tested equal to ``_receive_once``); off after
+        #: the end of the stream, while the rest of a FreeBSD record is being discarded and
+        #: while credentials are reported.
         self._fast = True
         #: ``[True]`` while the rest of a cut FreeBSD 15 record waits to be discarded; one list
         #: shared by the objects ``dup()`` made, since they read one queue.
         self._record = [False]
+        #: What the compiled send and recv_message read, as one attribute (each lookup costs
+        #: a tenth of a small message's round trip): none of it changes after this.
+        self._inline_args = (sock, self._flags, self._recv_flags)
 
     @property
     def _discarding(self) -> bool:
@@ -769,7 +773,8 @@ class _NativeConn(SeqpacketConn):
         # Duplicates on a kernel that cuts records take the general path: another object may
         # have left the rest of a record for whoever receives next to discard.
         self._fast = not (
-            self._credentials
+            self._eof
+            or self._credentials
             or self._record[0]
             or (self._group is not None and self._partial_records)
         )
@@ -1032,6 +1037,7 @@ class _NativeConn(SeqpacketConn):
         """None at end-of-stream (recorded), else whether the message was truncated."""
         if not (nbytes or fds or marked or flags & self._message_flags):
             self._eof = True
+            self._update_fast()
             return None
         truncated = bool(flags & _MSG_TRUNC)
         if self._partial_records and not flags & _MSG_EOR and nbytes == bufsize:
@@ -1052,6 +1058,21 @@ class _NativeConn(SeqpacketConn):
                 continue  # its descriptors were closed; the record goes on
             if flags & _MSG_EOR or not data:
                 self._discarding = False
+
+
+#: _NativeConn's send and recv_message as written above: the reference the compiled methods
+#: hand every call but the common case to, and what tests compare them with.
+PYTHON_NATIVE_SEND = _NativeConn.send
+PYTHON_NATIVE_RECV_MESSAGE = _NativeConn.recv_message
+
+if _accel.speedups is not None:
+    # A Python method call costs as much as the system call of a small message: where the
+    # accelerator runs, these two are C method descriptors (_speedups.c, configure_native).
+    _compiled_send, _compiled_recv_message = _accel.speedups.configure_native(
+        _NativeConn, PYTHON_NATIVE_SEND, PYTHON_NATIVE_RECV_MESSAGE, _LARGE_BUFSIZE
+    )
+    setattr(_NativeConn, "send", _compiled_send)  # noqa: B010 (mypy: a method)
+    setattr(_NativeConn, "recv_message", _compiled_recv_message)  # noqa: B010
 
 
 class _EmulatedConn(SeqpacketConn):

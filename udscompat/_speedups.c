@@ -794,6 +794,22 @@ as_size(PyObject *obj, const char *name, Py_ssize_t *out)
     return 0;
 }
 
+/* A descriptor count: as as_size, but an int past any size means no limit (as the
+ * Python path reads maxfds) rather than an OverflowError. */
+static int
+as_count(PyObject *obj, const char *name, Py_ssize_t *out)
+{
+    if (PyLong_Check(obj)) {
+        int overflow;
+        long long value = PyLong_AsLongLongAndOverflow(obj, &overflow);
+        if (overflow > 0 || (overflow == 0 && value > PY_SSIZE_T_MAX)) {
+            *out = PY_SSIZE_T_MAX;
+            return 0;
+        }
+    }
+    return as_size(obj, name, out);
+}
+
 PyDoc_STRVAR(recvmsg_doc,
 "recvmsg(fd, bufsize, maxfds, flags, want_address=False)\n"
 "    -> (data, fds, msg_flags, address, marked)\n\n"
@@ -814,7 +830,7 @@ speedups_recvmsg(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int fd, flags;
     Py_ssize_t bufsize, maxfds;
     if (as_fd(args[0], &fd) < 0 || as_size(args[1], "bufsize", &bufsize) < 0 ||
-        as_size(args[2], "maxfds", &maxfds) < 0 || as_int(args[3], "flags", &flags) < 0) {
+        as_count(args[2], "maxfds", &maxfds) < 0 || as_int(args[3], "flags", &flags) < 0) {
         return NULL;
     }
     int want_address = 0;
@@ -1070,6 +1086,31 @@ speedups_recv_fds(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return received_tuple(&got, 0);
 }
 
+/* A whole message with a payload and no descriptors as a Message built here,
+ * as tuple.__new__(Message, (data, (), False, None)) builds it; anything else
+ * as recvmsg()'s tuple (with the marker).  Consumes got. */
+static PyObject *
+message_or_tuple(struct received *got, Py_ssize_t bufsize, int partial_records)
+{
+    Py_ssize_t length = PyBytes_GET_SIZE(got->data);
+    if (message_type == NULL || length == 0 || got->nfds != 0 ||
+        (got->msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || (length == bufsize && partial_records)) {
+        return received_tuple(got, 1);
+    }
+    PyObject *message = message_type->tp_alloc(message_type, 4);
+    PyObject *no_fds = message != NULL ? PyTuple_New(0) : NULL;
+    if (no_fds == NULL) {
+        Py_XDECREF(message);
+        Py_DECREF(got->data);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(message, 0, got->data);
+    PyTuple_SET_ITEM(message, 1, no_fds);
+    PyTuple_SET_ITEM(message, 2, Py_NewRef(Py_False));
+    PyTuple_SET_ITEM(message, 3, Py_NewRef(Py_None));
+    return message;
+}
+
 PyDoc_STRVAR(recv_message_doc,
 "recv_message(sock, bufsize, maxfds, flags, partial_records) -> Message or tuple\n\n"
 "A native seqpacket receive: one recvmsg as recvmsg() makes it.  A whole\n"
@@ -1089,7 +1130,7 @@ speedups_recv_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int fd, flags;
     Py_ssize_t bufsize, maxfds;
     if (as_fd(args[0], &fd) < 0 || as_size(args[1], "bufsize", &bufsize) < 0 ||
-        as_size(args[2], "maxfds", &maxfds) < 0 || as_int(args[3], "flags", &flags) < 0) {
+        as_count(args[2], "maxfds", &maxfds) < 0 || as_int(args[3], "flags", &flags) < 0) {
         return NULL;
     }
     int partial_records = PyObject_IsTrue(args[4]);
@@ -1100,28 +1141,254 @@ speedups_recv_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (receive(fd, bufsize, maxfds, flags, 0, 0, &got) < 0) {
         return NULL;
     }
-    Py_ssize_t length = PyBytes_GET_SIZE(got.data);
-    if (message_type == NULL || length == 0 || got.nfds != 0 ||
-        (got.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || (length == bufsize && partial_records)) {
-        return received_tuple(&got, 1);
-    }
-    /* Message((data, (), False, None)), as tuple.__new__(Message, ...) builds it. */
-    PyObject *message = message_type->tp_alloc(message_type, 4);
-    if (message == NULL) {
-        Py_DECREF(got.data);
+    return message_or_tuple(&got, bufsize, partial_records);
+}
+
+/* -- native seqpacket connections: send and recv_message as methods -------- */
+
+/* A Python method call costs as much as the system call of a small message, so
+ * the common cases of _NativeConn.send and recv_message are these functions,
+ * installed as the class's methods (bound like Python functions, through
+ * PyInstanceMethod).  Each does what the Python method's common case does and
+ * hands every other call, whole and before any system call, to that Python
+ * method (the reference, kept): keywords, descriptors, credentials, several
+ * buffers, a closed or end-of-stream connection, a socket that is not a plain
+ * AF_UNIX socket, a receive the inline case does not take.  A would-block
+ * under a timeout also goes to the reference: nothing was sent or received,
+ * and it waits within the connection's deadline. */
+static PyObject *native_send_reference = NULL; /* _NativeConn.send, as written in Python */
+static PyObject *native_recv_reference = NULL; /* _NativeConn.recv_message, likewise */
+static Py_ssize_t native_default_bufsize = 0;  /* recv_message's defaults, from the reference */
+static Py_ssize_t native_default_maxfds = 0;
+static Py_ssize_t native_fast_bufsize = 0; /* _LARGE_BUFSIZE: larger sizes take the reference */
+static PyObject *inline_args_name, *timeout_name, *fast_name, *partial_name, *message_name;
+
+/* reference(conn, *args, **kwargs), from a vectorcall's arguments without the connection. */
+static PyObject *
+call_reference(PyObject *reference, PyObject *conn, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    if (reference == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "udscompat._speedups.configure_native() was not called");
         return NULL;
     }
-    PyObject *no_fds = PyTuple_New(0);
-    if (no_fds == NULL) {
+    Py_ssize_t total = nargs + (kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8];
+    PyObject **call = total < 8 ? small : PyMem_New(PyObject *, (size_t)total + 1);
+    if (call == NULL) {
+        return PyErr_NoMemory();
+    }
+    call[0] = conn;
+    memcpy(call + 1, args, sizeof(PyObject *) * (size_t)total);
+    PyObject *result = PyObject_Vectorcall(reference, call, (size_t)nargs + 1, kwnames);
+    if (call != small) {
+        PyMem_Free(call);
+    }
+    return result;
+}
+
+/* An attribute of the connection, or NULL with no exception (the reference then
+ * meets whatever is wrong and says so). */
+static PyObject *
+conn_attribute(PyObject *conn, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(conn, name);
+    if (value == NULL) {
+        PyErr_Clear();
+    }
+    return value;
+}
+
+/* 1 if the connection is non-blocking (its _timeout is 0.0), else 0. */
+static int
+conn_nonblocking(PyObject *conn)
+{
+    PyObject *timeout = conn_attribute(conn, timeout_name);
+    int nonblocking = timeout != NULL && PyFloat_Check(timeout) && PyFloat_AS_DOUBLE(timeout) == 0.0;
+    Py_XDECREF(timeout);
+    return nonblocking;
+}
+
+/* An empty tuple or list: what a send without descriptors passes as ``fds``. */
+static int
+no_items(PyObject *obj)
+{
+    return (PyTuple_CheckExact(obj) && PyTuple_GET_SIZE(obj) == 0) ||
+           (PyList_CheckExact(obj) && PyList_GET_SIZE(obj) == 0);
+}
+
+PyDoc_STRVAR(native_send_doc,
+"send($self, data, fds=(), credentials=None)\n--\n\n"
+"SeqpacketConn.send of a native connection, compiled: one send(2) of one\n"
+"message (bytes, bytearray or a contiguous memoryview), handing every other\n"
+"call to the Python method before anything was sent.");
+
+static PyObject *
+native_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (kwnames != NULL || nargs < 1 || nargs > 3 || (nargs >= 2 && !no_items(args[1])) ||
+        (nargs == 3 && args[2] != Py_None)) {
+        return call_reference(native_send_reference, conn, args, nargs, kwnames);
+    }
+    PyObject *data = args[0];
+    Py_buffer view;
+    if (PyBytes_CheckExact(data)) {
+        view.obj = NULL; /* nothing to release: bytes never move or change */
+        view.buf = PyBytes_AS_STRING(data);
+        view.len = PyBytes_GET_SIZE(data);
+    }
+    else if (PyByteArray_CheckExact(data) || PyMemoryView_Check(data)) {
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear(); /* a strided view: the reference names `data` in its TypeError */
+            return call_reference(native_send_reference, conn, args, nargs, kwnames);
+        }
+    }
+    else {
+        return call_reference(native_send_reference, conn, args, nargs, kwnames);
+    }
+    PyObject *result = NULL;
+    PyObject *inline_args = conn_attribute(conn, inline_args_name);
+    socket_prefix *plain = NULL;
+    int flags;
+    if (inline_args == NULL || !PyTuple_CheckExact(inline_args) ||
+        PyTuple_GET_SIZE(inline_args) != 3 ||
+        (plain = plain_unix_socket(PyTuple_GET_ITEM(inline_args, 0))) == NULL ||
+        plain->sock_fd < 0 || !int_value(PyTuple_GET_ITEM(inline_args, 1), 0, &flags)) {
+        goto reference; /* closed (-1), not a plain socket, or not a connection at all */
+    }
+    int fd = plain->sock_fd;
+    ssize_t sent;
+    int saved;
+    Py_BEGIN_ALLOW_THREADS
+    sent = send(fd, view.buf, (size_t)view.len, flags);
+    saved = errno;
+    Py_END_ALLOW_THREADS
+    if (sent >= 0) {
+        result = PyLong_FromSsize_t(sent);
+        goto done;
+    }
+    if (saved == EINTR) {
+        /* Nothing was sent: the handlers run, and a raising one loses nothing. */
+        if (PyErr_CheckSignals() < 0) {
+            goto done;
+        }
+        goto reference;
+    }
+    if ((saved == EAGAIN || saved == EWOULDBLOCK) && !conn_nonblocking(conn)) {
+        goto reference; /* it waits within the connection's timeout */
+    }
+    errno = saved;
+    PyErr_SetFromErrno(PyExc_OSError); /* as socket.send raises it (BlockingIOError on EAGAIN) */
+    goto done;
+reference:
+    if (view.obj != NULL) {
+        PyBuffer_Release(&view);
+    }
+    Py_XDECREF(inline_args);
+    return call_reference(native_send_reference, conn, args, nargs, kwnames);
+done:
+    if (view.obj != NULL) {
+        PyBuffer_Release(&view);
+    }
+    Py_XDECREF(inline_args);
+    return result;
+}
+
+/* A size argument the inline receive takes: an exact int in 0..limit. */
+static int
+fast_size(PyObject *obj, Py_ssize_t limit, Py_ssize_t *out)
+{
+    if (!PyLong_CheckExact(obj)) {
+        return 0;
+    }
+    Py_ssize_t value = PyLong_AsSsize_t(obj);
+    if (value < 0 || value > limit) {
+        PyErr_Clear(); /* an OverflowError, or out of range */
+        return 0;
+    }
+    *out = value;
+    return 1;
+}
+
+PyDoc_STRVAR(native_recv_message_doc,
+"recv_message($self, bufsize=65536, maxfds=0)\n--\n\n"
+"SeqpacketConn.recv_message of a native connection, compiled: the inline\n"
+"receive of the Python method (one recvmsg; the Message built here where it\n"
+"is a payload without descriptors), handing every other call to the Python\n"
+"method before anything was received.");
+
+static PyObject *
+native_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t bufsize = native_default_bufsize, maxfds = native_default_maxfds;
+    if (kwnames != NULL || nargs > 2 ||
+        (nargs >= 1 && !fast_size(args[0], native_fast_bufsize, &bufsize)) ||
+        (nargs == 2 &&
+         (!PyLong_CheckExact(args[1]) || as_count(args[1], "maxfds", &maxfds) < 0))) {
+        PyErr_Clear(); /* a negative maxfds: the Python method raises its own error */
+        return call_reference(native_recv_reference, conn, args, nargs, kwnames);
+    }
+    /* _fast is off after the end of the stream and wherever the inline case does not
+     * apply; what the receive reads besides never changes (_NativeConn._inline_args). */
+    PyObject *fast = conn_attribute(conn, fast_name);
+    PyObject *inline_args = fast == Py_True ? conn_attribute(conn, inline_args_name) : NULL;
+    Py_XDECREF(fast);
+    socket_prefix *plain = NULL;
+    int flags;
+    if (inline_args == NULL || !PyTuple_CheckExact(inline_args) ||
+        PyTuple_GET_SIZE(inline_args) != 3 ||
+        (plain = plain_unix_socket(PyTuple_GET_ITEM(inline_args, 0))) == NULL ||
+        plain->sock_fd < 0 || !int_value(PyTuple_GET_ITEM(inline_args, 2), 0, &flags)) {
+        Py_XDECREF(inline_args);
+        return call_reference(native_recv_reference, conn, args, nargs, kwnames);
+    }
+    int fd = plain->sock_fd;
+    struct received got;
+    int status = receive(fd, bufsize, maxfds, flags, 0, 1, &got);
+    Py_DECREF(inline_args);
+    if (status == RECEIVE_WOULD_BLOCK) {
+        if (!conn_nonblocking(conn)) {
+            return call_reference(native_recv_reference, conn, args, nargs, kwnames);
+        }
+        errno = EAGAIN;
+        return PyErr_SetFromErrno(PyExc_OSError); /* as socket.recvmsg raises it */
+    }
+    if (status < 0) {
+        return NULL;
+    }
+    /* Whether the kernel cuts records (FreeBSD 15) matters only for a message that
+     * filled bufsize; anything but a plain False lets the connection decide. */
+    int partial_records = 0;
+    if (PyBytes_GET_SIZE(got.data) == bufsize) {
+        PyObject *partial = conn_attribute(conn, partial_name);
+        partial_records = partial != Py_False;
+        Py_XDECREF(partial);
+    }
+    PyObject *message = message_or_tuple(&got, bufsize, partial_records);
+    if (message == NULL || Py_TYPE(message) == message_type) {
+        return message;
+    }
+    /* recvmsg's tuple (data, fds, flags, address, marked): the connection makes it a
+     * Message (or None at the end), exactly where the Python method does. */
+    PyObject *size = PyLong_FromSsize_t(bufsize);
+    if (size == NULL) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        PyObject *fds = PyTuple_GET_ITEM(message, 1);
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(fds); i++) {
+            close((int)PyLong_AsLong(PyList_GET_ITEM(fds, i)));
+        }
+        PyErr_Restore(type, value, traceback);
         Py_DECREF(message);
-        Py_DECREF(got.data);
         return NULL;
     }
-    PyTuple_SET_ITEM(message, 0, got.data);
-    PyTuple_SET_ITEM(message, 1, no_fds);
-    PyTuple_SET_ITEM(message, 2, Py_NewRef(Py_False));
-    PyTuple_SET_ITEM(message, 3, Py_NewRef(Py_None));
-    return message;
+    PyObject *call[6] = {conn, PyTuple_GET_ITEM(message, 0), PyTuple_GET_ITEM(message, 1),
+                         PyTuple_GET_ITEM(message, 2), PyTuple_GET_ITEM(message, 4), size};
+    PyObject *result = PyObject_VectorcallMethod(
+        message_name, call, 6, NULL);
+    Py_DECREF(size);
+    Py_DECREF(message);
+    return result;
 }
 
 /* -- configuration --------------------------------------------------------- */
@@ -1256,6 +1523,81 @@ speedups_configure_message(PyObject *module, PyObject *type)
     Py_RETURN_NONE;
 }
 
+/* The method definitions behind configure_native()'s descriptors: called with the
+ * connection as self (the descriptor checks its type), the arguments after it. */
+static PyMethodDef native_send_def = {"send", (PyCFunction)(void (*)(void))native_send,
+                                      METH_FASTCALL | METH_KEYWORDS, native_send_doc};
+static PyMethodDef native_recv_def = {"recv_message",
+                                      (PyCFunction)(void (*)(void))native_recv_message,
+                                      METH_FASTCALL | METH_KEYWORDS, native_recv_message_doc};
+
+PyDoc_STRVAR(configure_native_doc,
+"configure_native(cls, send, recv_message, fast_bufsize) -> (send, recv_message)\n\n"
+"The compiled send and recv_message of cls, the native connection class, as its\n"
+"method descriptors: send and recv_message are its Python methods, which they\n"
+"stand in for and hand every other call to (recv_message's defaults are read\n"
+"from it); fast_bufsize is the largest bufsize the inline receive takes.");
+
+static PyObject *
+speedups_configure_native(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *cls, *send_method, *recv_method;
+    Py_ssize_t largest;
+    if (!PyArg_ParseTuple(args, "O!OOn:configure_native", &PyType_Type, &cls, &send_method,
+                          &recv_method, &largest)) {
+        return NULL;
+    }
+    if (!PyFunction_Check(send_method) || !PyFunction_Check(recv_method)) {
+        PyErr_SetString(PyExc_TypeError, "send and recv_message must be Python functions");
+        return NULL;
+    }
+    if (largest < 0) {
+        PyErr_SetString(PyExc_ValueError, "fast_bufsize must not be negative");
+        return NULL;
+    }
+    PyObject *defaults = PyFunction_GetDefaults(recv_method);
+    Py_ssize_t bufsize, maxfds;
+    if (defaults == NULL || !PyTuple_Check(defaults) || PyTuple_GET_SIZE(defaults) != 2 ||
+        !fast_size(PyTuple_GET_ITEM(defaults, 0), largest, &bufsize) ||
+        !fast_size(PyTuple_GET_ITEM(defaults, 1), PY_SSIZE_T_MAX, &maxfds)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "recv_message's defaults must be (bufsize, maxfds), ints the inline "
+                        "receive takes");
+        return NULL;
+    }
+    struct {
+        PyObject **slot;
+        const char *name;
+    } names[] = {{&inline_args_name, "_inline_args"},
+                 {&timeout_name, "_timeout"},
+                 {&fast_name, "_fast"},
+                 {&partial_name, "_partial_records"},
+                 {&message_name, "_message"}};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (*names[i].slot == NULL &&
+            (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *send_descriptor = PyDescr_NewMethod((PyTypeObject *)cls, &native_send_def);
+    PyObject *recv_descriptor =
+        send_descriptor != NULL ? PyDescr_NewMethod((PyTypeObject *)cls, &native_recv_def) : NULL;
+    if (recv_descriptor == NULL) {
+        Py_XDECREF(send_descriptor);
+        return NULL;
+    }
+    Py_XSETREF(native_send_reference, Py_NewRef(send_method));
+    Py_XSETREF(native_recv_reference, Py_NewRef(recv_method));
+    native_default_bufsize = bufsize;
+    native_default_maxfds = maxfds;
+    native_fast_bufsize = largest;
+    PyObject *pair = PyTuple_Pack(2, send_descriptor, recv_descriptor);
+    Py_DECREF(send_descriptor);
+    Py_DECREF(recv_descriptor);
+    return pair;
+}
+
 PyDoc_STRVAR(control_size_doc,
 "control_size() -> int\n\nThe control buffer size a receive uses now (CMSG_SPACE based).");
 
@@ -1277,6 +1619,7 @@ static PyMethodDef speedups_methods[] = {
     {"configure", speedups_configure, METH_VARARGS, configure_doc},
     {"configure_fast", speedups_configure_fast, METH_VARARGS, configure_fast_doc},
     {"configure_message", speedups_configure_message, METH_O, configure_message_doc},
+    {"configure_native", speedups_configure_native, METH_VARARGS, configure_native_doc},
     {"control_size", speedups_control_size, METH_NOARGS, control_size_doc},
     {NULL, NULL, 0, NULL},
 };
