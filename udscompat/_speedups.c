@@ -1169,7 +1169,8 @@ call_reference(PyObject *reference, PyObject *conn, PyObject *const *args, Py_ss
                PyObject *kwnames)
 {
     if (reference == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "udscompat._speedups.configure_native() was not called");
+        PyErr_SetString(PyExc_RuntimeError,
+                        "udscompat._speedups.configure_native() was not called");
         return NULL;
     }
     Py_ssize_t total = nargs + (kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0);
@@ -1204,7 +1205,8 @@ static int
 conn_nonblocking(PyObject *conn)
 {
     PyObject *timeout = conn_attribute(conn, timeout_name);
-    int nonblocking = timeout != NULL && PyFloat_Check(timeout) && PyFloat_AS_DOUBLE(timeout) == 0.0;
+    int nonblocking =
+        timeout != NULL && PyFloat_Check(timeout) && PyFloat_AS_DOUBLE(timeout) == 0.0;
     Py_XDECREF(timeout);
     return nonblocking;
 }
