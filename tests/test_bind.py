@@ -297,7 +297,8 @@ def test_bytes_pathlike_and_dot_slash_at_are_paths(
 # (SeqpacketListener.close, or for "bind" the socket and then SocketFile.remove()).
 # "no-table" runs as on a kernel without sock_diag (BSD, macOS: datagram probes and the
 # private-directory bind); "slow" makes every unlink and rename wait 2 ms first, as a
-# process descheduled between its check and its act would.
+# process descheduled between its check and its act would; "stop-at=EVENT:NAME,..." stops
+# it at those calls of udscompat._bind in turn until the test sends a line.
 INSTANCE = """
 import os, sys, time, errno, socket, udscompat
 from udscompat._platform import backend
@@ -309,6 +310,17 @@ if "slow" in sys.argv:
         if event == "c_call" and getattr(arg, "__name__", "") in ("unlink", "rename"):
             time.sleep(0.002)
     sys.setprofile(pause)
+# "stop-at=c_return:flock,c_call:rename": stop at each of these calls of udscompat._bind in
+# turn, say so ("stopped c_return flock") and go on when the test sends a line.
+stops = [tuple(s.split(":")) for a in sys.argv if a[:8] == "stop-at=" for s in a[8:].split(",")]
+if stops:
+    def stop(frame, event, arg):
+        if frame.f_globals.get("__name__") != "udscompat._bind" or not stops:
+            return
+        if (event, getattr(arg, "__name__", "")) == stops[0]:
+            print("stopped", *stops.pop(0), flush=True)
+            sys.stdin.readline()
+    sys.setprofile(stop)
 def at(t):
     while time.monotonic() < t:
         pass
@@ -503,6 +515,47 @@ def test_two_instances_starting_at_once_exactly_one_wins(short_tmp: Path, kernel
         none,
         unreachable,
     )
+
+
+@needs_kernel_seqpacket
+def test_the_lock_holder_survives_an_instance_that_went_on_without_the_lock(
+    short_tmp: Path,
+) -> None:
+    """Two instances start on a stale file.  X takes the directory's lock and loses the CPU
+    for longer than the lock is waited for, so Y goes on without it: Y looks at the stale
+    file, judges it stale and loses the CPU before its rename.  X removes the stale file,
+    binds and listens; Y's rename then takes X's fresh file aside, and X looks for its file
+    while Y holds it there to judge it.  X must come up and be reached there; Y must lose
+    with EADDRINUSE.  (X held the lock, so it took its missing file for gone: EBUSY, after
+    which Y put it back stale and failed too -- neither came up.)  Stand-in for the
+    scheduler: each instance stops at the named calls until the test lets it go on."""
+    path = str(short_tmp / "start")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stale.bind(path)
+    stale.close()
+    x = Instance("stop-at=c_return:flock,c_return:listen")
+    y = Instance("stop-at=c_call:rename,c_call:link")
+    try:
+        x.send(f"go 0 {path} 0 listener")
+        assert x.reply() == "stopped c_return flock"  # X holds the lock
+        y.send(f"go 0 {path} 0 listener")
+        assert y.reply() == "stopped c_call rename"  # Y waited in vain, judged the file stale
+        x.send("on")
+        assert x.reply() == "stopped c_return listen"  # X replaced it and listens
+        y.send("on")
+        assert y.reply() == "stopped c_call link"  # Y took X's file aside, puts it back
+        x.send("on")  # X looks for its file now, while it is aside
+        time.sleep(0.2)
+        y.send("on")
+        results = (x.reply(), y.reply())
+        assert results == ("won", f"lost {errno.EADDRINUSE}"), results
+        assert sorted(os.listdir(short_tmp)) == ["start"]
+        assert reach(x, path) == (x.proc.pid, 0)
+        assert x.ask("close 0") == "closed"
+        assert not os.path.lexists(path)
+    finally:
+        x.stop()
+        y.stop()
 
 
 @pytest.mark.parametrize(

@@ -46,8 +46,11 @@ bind and removal in a directory holds the directory's ``flock`` meanwhile,
 so no third instance binds into the name while it is empty (the put-back
 would then find it taken and leave a listener unreachable); anyone who can
 read the directory can hold that lock too, so it is waited for at most
-50 ms and then done without.  A listener removes its file *before*
-closing, so its file never looks stale to a successor starting meanwhile.
+50 ms and then done without -- also by an instance whose lock holder merely
+lost the CPU, so even the holder's bind waits (up to a second) for a new
+file found missing, which such an instance may be judging aside.  A
+listener removes its file *before* closing, so its file never looks stale
+to a successor starting meanwhile.
 
 *A call that raises leaves nothing behind* -- also when a signal handler
 raises right after any system call: no descriptor is lost or closed twice
@@ -116,7 +119,8 @@ _DIRECTORY = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | _SEARCH
 _MAX_LINKS = 40  # as the kernels' own path walks (Linux MAXSYMLINKS)
 _PRIVATE_PREFIX = b".udscompat-"
 # Seconds a just-bound file may be missing, held aside by another instance's stale-file check
-# (microseconds, unless that instance loses the CPU meanwhile) when we bound without the lock.
+# (microseconds, unless that instance loses the CPU meanwhile) -- with or without our holding
+# the directory's lock: an instance that waited for the lock in vain goes on without it.
 _SETTLE_TIME = 1.0
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1  # listen()'s backlog is a C int
 # Seconds to wait for the directory's lock: udscompat holds it for microseconds (a sock_diag
@@ -314,11 +318,9 @@ def bind(
         raise _with_address(exc, "cannot bind", address) from exc
     made: Optional[SocketFile] = None
     try:
-        with directory, directory.exclusive() as locked:
+        with directory, directory.exclusive():
             try:
-                made = _bind_path(
-                    sock, directory, name, path, address, mode, backlog, remove_stale, locked
-                )
+                made = _bind_path(sock, directory, name, path, address, mode, backlog, remove_stale)
             except UnsupportedError:
                 raise
             except OSError as exc:
@@ -343,7 +345,6 @@ def _bind_path(
     mode: Optional[int],
     backlog: Optional[int],
     remove_stale: bool,
-    locked: bool,
 ) -> SocketFile:
     """``bind``'s work in the opened (and, where it could be, locked) directory."""
     private = mode is not None and not backend.BIND_MODE_FROM_SOCKET
@@ -368,8 +369,9 @@ def _bind_path(
                 _add_masked_bits(directory, name, sock, mode, address)
             if backlog is not None:
                 sock.listen(backlog)
-        # Locked, no udscompat instance holds our new file aside: missing is gone.
-        st = _bound_file(directory, name, address, 0.0 if locked else _SETTLE_TIME)
+        # Waited for even while we hold the lock: another instance may have given up waiting
+        # for it (we lost the CPU holding it) and be judging our new file aside.
+        st = _bound_file(directory, name, address)
         return SocketFile(path, st.st_dev, st.st_ino, st.st_ctime_ns, birth=_birth(st), sock=sock)
     except _BoundElsewhere:
         raise  # what is at our name is not ours: leave it
@@ -1134,16 +1136,17 @@ class _PrivateDirectory(_Directory):
 # -- mode -----------------------------------------------------------------------------------------
 
 
-def _bound_file(
-    directory: _Directory, name: bytes, address: UnixSocketAddr, settle: float
-) -> os.stat_result:
+def _bound_file(directory: _Directory, name: bytes, address: UnixSocketAddr) -> os.stat_result:
     """The socket file just bound at ``name``.
 
-    Unless we hold the directory's lock, another instance's stale-file check may
-    hold it aside for a moment -- longer when that instance loses the CPU there --
-    so a missing file is waited for, ``settle`` seconds at most.
+    Another instance's stale-file check may hold it aside for a moment -- longer
+    when that instance loses the CPU there -- so a missing file is waited for,
+    ``_SETTLE_TIME`` seconds at most.  Holding the directory's lock does not rule that
+    out: an instance that waited ``_LOCK_WAIT`` for it in vain (we lost the CPU
+    while holding it) goes on without it, and its rename can come after our bind
+    when its look came before.
     """
-    deadline = time.monotonic() + settle
+    deadline = time.monotonic() + _SETTLE_TIME
     pause = 0.0005
     while True:
         try:
