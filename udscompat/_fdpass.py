@@ -337,9 +337,10 @@ def send_fds(
         sent: int = _fast_send(sock, data, fds, flags)
         if sent is not NotImplemented:
             return sent
-    if not isinstance(sock, socket.socket):
-        return _sockarg.send_fds(sock, data, fds, flags, address)
-    _check_unix(sock)
+    if type(sock) not in _PLAIN_SOCKETS or _raw_family(sock) != _AF_UNIX:
+        if not isinstance(sock, socket.socket):
+            return _sockarg.send_fds(sock, data, fds, flags, address)
+        _check_unix(sock)
     if type(data) is list:
         buffers = data  # only read, never kept
     elif isinstance(data, (bytes, bytearray, memoryview)):
@@ -406,10 +407,11 @@ def recv_fds(
         received: Tuple[bytes, List[int], int, Any] = _fast_recv(sock, bufsize, maxfds, flags)
         if received is not NotImplemented:
             return received
-    if not isinstance(sock, socket.socket):
-        return _sockarg.recv_fds(sock, bufsize, maxfds, flags)
-    _check_unix(sock)
-    if type(bufsize) is not int or type(maxfds) is not int or bufsize < 0 or maxfds < 0:
+    if type(sock) not in _PLAIN_SOCKETS or _raw_family(sock) != _AF_UNIX:
+        if not isinstance(sock, socket.socket):
+            return _sockarg.recv_fds(sock, bufsize, maxfds, flags)
+        _check_unix(sock)
+    if not type(bufsize) is type(maxfds) is int or (bufsize | maxfds) < 0:  # either negative
         bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
     # A peek takes the pure path, which reads descriptors only where the kernel installed
     # copies for the peeker (_probes.peek_installs_fds).
@@ -486,6 +488,8 @@ def release_sent_fds(sock: socket.socket) -> int:
 # socket.socket.family/.type wrap the C attribute in an IntEnum on every access: slow on a
 # hot path.  The C attributes give the plain ints.
 _raw_family = _socket.socket.family.__get__
+#: Socket types nobody overrides: the common case's one test (subclasses take the long way).
+_PLAIN_SOCKETS = _io.PLAIN_SOCKETS
 _raw_type = _socket.socket.type.__get__
 _AF_UNIX = socket.AF_UNIX
 _SOL_SOCKET = backend.SOL_SOCKET
