@@ -17,6 +17,7 @@ import socket
 import threading
 import weakref
 from typing import (
+    TYPE_CHECKING,
     Any,
     Callable,
     Deque,
@@ -341,6 +342,8 @@ def send_fds(
         if not isinstance(sock, socket.socket):
             return _sockarg.send_fds(sock, data, fds, flags, address)
         _check_unix(sock)
+    if TYPE_CHECKING:  # what the test above established, for mypy (free at run time)
+        assert isinstance(sock, socket.socket)
     if type(data) is list:
         buffers = data  # only read, never kept
     elif isinstance(data, (bytes, bytearray, memoryview)):
@@ -411,6 +414,8 @@ def recv_fds(
         if not isinstance(sock, socket.socket):
             return _sockarg.recv_fds(sock, bufsize, maxfds, flags)
         _check_unix(sock)
+    if TYPE_CHECKING:  # what the test above established, for mypy (free at run time)
+        assert isinstance(sock, socket.socket)
     if not type(bufsize) is type(maxfds) is int or (bufsize | maxfds) < 0:  # either negative
         bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
     # A peek takes the pure path, which reads descriptors only where the kernel installed
