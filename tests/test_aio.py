@@ -464,16 +464,16 @@ def test_concurrent_senders_take_turns_in_order(impl: str) -> None:
 
 def test_a_turn_granted_to_a_cancelled_waiter_is_passed_on() -> None:
     async def main() -> None:
-        turn = aio._Turn()
-        turn.busy = True  # held by someone
+        turn = aio._Turn(aio._Readiness(-1, write=False))
+        held = turn.take()  # held by someone
         first = asyncio.ensure_future(turn.wait_for_turn())
         second = asyncio.ensure_future(turn.wait_for_turn())
         await asyncio.sleep(0)
-        turn.release()  # granted to the first waiter ...
+        turn.release(held)  # granted to the first waiter ...
         first.cancel()  # ... which is cancelled before it could run
-        await asyncio.wait_for(second, 5)  # the turn went on, not lost
+        held = await asyncio.wait_for(second, 5)  # the turn went on, not lost
         assert first.cancelled() and turn.busy
-        turn.release()
+        turn.release(held)
         assert not turn.busy
 
     run(main)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import select
 import socket
+import subprocess
+import sys
+import warnings
 from pathlib import Path
-from typing import Any, Awaitable, Callable, List
+from typing import Any, Awaitable, Callable, List, Tuple
 
 import pytest
 
 from tests.conftest import SEQPACKET_IMPLEMENTATIONS
+from tests.test_aio import LOOPS, uvloop
 from udscompat import _seqpacket, aio
+from udscompat._platform import backend
 
 
 def run(main: Callable[[], Awaitable[Any]]) -> Any:
@@ -147,3 +154,529 @@ def test_close_after_a_loop_closed_with_a_receive_waiting(impl: str) -> None:
         a.close()
         b.close()
         abandoned._log_destroy_pending = False  # abandoned on purpose
+
+
+# --- a connection outliving the event loop its tasks were left pending in ----------------------
+
+
+def new_loop(loop_kind: str) -> asyncio.AbstractEventLoop:
+    return uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
+
+
+def abandon(loop: asyncio.AbstractEventLoop, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+    """Start ``coro`` as a task of ``loop`` and let it wait: a careless user closes the loop."""
+    task = asyncio.ensure_future(coro, loop=loop)
+    for _ in range(3):
+        loop.run_until_complete(asyncio.sleep(0))
+    assert not task.done()
+    task._log_destroy_pending = False  # type: ignore[attr-defined]  # abandoned on purpose
+    return task
+
+
+def in_new_loop(loop_kind: str, main: Callable[[], Awaitable[Any]]) -> Any:
+    loop = new_loop(loop_kind)
+    try:
+        return loop.run_until_complete(asyncio.wait_for(main(), 5))
+    finally:
+        loop.close()
+
+
+def pair(impl: str) -> Tuple[aio.AsyncSeqpacketConn, aio.AsyncSeqpacketConn]:
+    raw_a, raw_b = _seqpacket.seqpacket_pair(implementation=impl)
+    return aio.AsyncSeqpacketConn(raw_a), aio.AsyncSeqpacketConn(raw_b)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_a_receive_abandoned_with_its_loop_gives_up_its_turn(impl: str, loop_kind: str) -> None:
+    """A receive task left waiting in a loop the user closed kept the connection's receive
+    turn: every later receive, in any loop, waited for ever.  Its operation never ran (the
+    loop died first), so the turn is taken back and the message goes to the live receive."""
+    a, b = pair(impl)
+    try:
+        first = new_loop(loop_kind)
+        abandon(first, b.recv_message())
+        first.close()
+
+        async def main() -> Any:
+            await a.send(b"for the live loop")
+            return await b.recv_message()
+
+        message = in_new_loop(loop_kind, main)
+        assert message is not None and message.data == b"for the live loop"
+        assert not select.select([b.fileno()], [], [], 0)[0]  # nothing else arrived
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_a_message_taken_for_a_task_abandoned_with_its_loop_is_not_lost(impl: str) -> None:
+    """The loop stops in the iteration whose readiness callback took a message for a waiting
+    receive, and the user closes it: the task never resumes with the message.  Freeing the
+    turn alone would lose it; it goes to the next receive, in the next loop."""
+    a, b = pair(impl)
+    try:
+        first = asyncio.new_event_loop()
+        abandoned = abandon(first, b.recv_message())
+
+        async def send_and_stop() -> None:
+            # Returning stops the loop after the next iteration, whose I/O callback (the
+            # receive's) runs beside the stop: the task's wake-up comes one iteration later.
+            a.conn.send(b"taken, never delivered")
+
+        first.run_until_complete(send_and_stop())
+        first.close()
+        assert not abandoned.done()
+        # The precondition: the message left the socket for the abandoned task.
+        assert not select.select([b.fileno()], [], [], 0)[0]
+
+        message = in_new_loop("asyncio", b.recv_message)
+        assert message is not None and message.data == b"taken, never delivered"
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_a_message_taken_for_a_task_collected_with_its_loop_is_not_lost(impl: str) -> None:
+    """As above, but the collector destroys the abandoned task before the next receive: its
+    coroutine is closed (GeneratorExit), which ran its ``finally`` and dropped the message."""
+    a, b = pair(impl)
+    try:
+        first = asyncio.new_event_loop()
+        abandoned = abandon(first, b.recv_message())
+
+        async def send_and_stop() -> None:
+            a.conn.send(b"taken, then collected")
+
+        first.run_until_complete(send_and_stop())
+        first.close()
+        assert not abandoned.done()
+        assert not select.select([b.fileno()], [], [], 0)[0]
+        del abandoned, first
+        gc.collect()
+
+        message = in_new_loop("asyncio", b.recv_message)
+        assert message is not None and message.data == b"taken, then collected"
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_a_send_abandoned_with_its_loop_gives_up_its_turn(impl: str, loop_kind: str) -> None:
+    """A send waiting for room, left in a loop the user closed, kept the send turn: every
+    later send waited for ever.  Its operation never ran: the peer gets the live send's
+    message after the filler, and never the abandoned one's."""
+    a, b = pair(impl)
+    try:
+        filler = 0
+        while True:  # fill the socket: the next send waits
+            try:
+                a.conn.send(b"f" * 1000)
+            except BlockingIOError:
+                break
+            filler += 1
+        first = new_loop(loop_kind)
+        abandon(first, a.send(b"abandoned"))
+        first.close()
+
+        async def main() -> List[bytes]:
+            got = []
+            for _ in range(filler):  # the peer reads while the live send waits
+                message = await b.recv_message(1000)
+                assert message is not None
+                got.append(message.data)
+            await a.send(b"live")
+            message = await b.recv_message()
+            assert message is not None
+            got.append(message.data)
+            return got
+
+        assert in_new_loop(loop_kind, main) == [b"f" * 1000] * filler + [b"live"]
+        assert not select.select([b.fileno()], [], [], 0)[0]  # and nothing after it
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_frame_half_sent_in_a_closed_loop_is_finished_by_the_next_send(loop_kind: str) -> None:
+    """An emulated send whose frame went out in part waits for its background flush when the
+    user closes the loop: the send turn stayed held and the dead flush awaited -- the next
+    send waited for ever.  Now the next send (another loop) finishes that frame's rest
+    first, then sends its own: the peer reads both whole, in order.  (A native send is
+    atomic: the abandoned native send is the test above.)"""
+    a, b = pair("emulated")
+    try:
+        big = bytes(range(256)) * 4000  # 1 MB: more than the socket holds
+        first = new_loop(loop_kind)
+        abandon(first, a.send(big))
+        first.close()
+        with pytest.raises(BlockingIOError):
+            a.conn.flush()  # the frame's rest is still in the connection
+
+        async def main() -> List[bytes]:
+            reading = asyncio.ensure_future(b.recv_message(2_000_000))
+            await a.send(b"next")
+            got = [await reading, await b.recv_message()]
+            return [m.data for m in got if m is not None]
+
+        assert in_new_loop(loop_kind, main) == [big, b"next"]
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_a_second_live_loop_is_refused_naming_the_cause(impl: str, loop_kind: str) -> None:
+    """While a task of another loop (not closed: it may run again) waits to receive, a receive
+    from a second loop would wait for ever (or race it from another thread): it is refused
+    with an error naming the cause.  Once the first loop is closed, the second may go on."""
+    a, b = pair(impl)
+    first = new_loop(loop_kind)
+    try:
+        abandon(first, b.recv_message())
+
+        async def refused() -> None:
+            with pytest.raises(RuntimeError, match="another event loop"):
+                await b.recv_message()
+
+        in_new_loop(loop_kind, refused)
+        first.close()
+
+        async def main() -> Any:
+            await a.send(b"after the first loop closed")
+            return await b.recv_message()
+
+        message = in_new_loop(loop_kind, main)
+        assert message is not None and message.data == b"after the first loop closed"
+    finally:
+        first.close()
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_close_drops_what_a_task_of_a_closed_loop_took(impl: str, pipe: Tuple[int, int]) -> None:
+    """A message with a descriptor taken for a task abandoned with its loop, then the
+    connection closed: the message is nobody's, its descriptor is closed (the fd-leak check
+    around every test counts it)."""
+    a, b = pair(impl)
+    try:
+        first = asyncio.new_event_loop()
+        abandon(first, b.recv_message(maxfds=1))
+
+        async def send_and_stop() -> None:
+            a.conn.send(b"with a descriptor", [pipe[0]])
+
+        first.run_until_complete(send_and_stop())
+        first.close()
+        assert not select.select([b.fileno()], [], [], 0)[0]  # taken for the abandoned task
+    finally:
+        a.close()
+        b.close()
+
+
+# --- close() not awaited, then the loop closed by hand ------------------------------------------
+
+READER = """
+import socket, sys
+from udscompat import _seqpacket
+conn = _seqpacket.SeqpacketConn.from_socket(socket.socket(fileno=int(sys.argv[1])))
+sys.stdin.readline()  # read only once told: the sender's frame stays partly unsent till then
+while True:
+    try:
+        message = conn.recv_message(1 << 23)
+    except OSError as exc:
+        print(type(exc).__name__, flush=True)
+        break
+    if message is None:
+        print("end", flush=True)
+        break
+    print(len(message.data), sorted(set(message.data.decode())), flush=True)
+"""
+
+
+def reader_peer(impl: str) -> Tuple[aio.AsyncSeqpacketConn, subprocess.Popen[bytes]]:
+    """A connection to a reader in another process, which reads once a line comes on stdin."""
+    kind = socket.SOCK_SEQPACKET if impl == "native" else socket.SOCK_STREAM
+    ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    try:
+        peer = subprocess.Popen(
+            [sys.executable, "-c", READER, str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+    finally:
+        theirs.close()
+    return aio.AsyncSeqpacketConn(_seqpacket.SeqpacketConn.from_socket(ours)), peer
+
+
+def close_without_waiting(conn: aio.AsyncSeqpacketConn, loop_kind: str) -> None:
+    """In a loop closed by hand: a message, a frame too big for the socket (emulated), then
+    close() -- not awaited -- and the loop's end."""
+
+    async def main() -> None:
+        await conn.send(b"m" * 10)
+        if conn.implementation == "emulated":
+            # Non-blocking: what fits goes out, the rest waits in the connection.
+            conn.conn.send(b"x" * 1_000_000)
+            with pytest.raises(BlockingIOError):
+                conn.conn.flush()
+        conn.close()
+
+    loop = new_loop(loop_kind)
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def collect_abandoned() -> None:
+    """Collect the tasks a closed loop left, here: their coroutines, never started, warn
+    (RuntimeWarning: never awaited) wherever the collector next runs -- in another test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        gc.collect()
+
+
+def finish(peer: subprocess.Popen[bytes]) -> List[str]:
+    """Tell the reader to read; what it saw, line by line (it must end on its own)."""
+    try:
+        out, _ = peer.communicate(b"go\n", timeout=20)
+    except subprocess.TimeoutExpired:
+        peer.kill()
+        peer.communicate()
+        raise AssertionError("the reader still waits: the frame's socket is still open") from None
+    return out.decode().splitlines()
+
+
+@pytest.mark.parametrize("later", ["close", "closed", "wait_closed"])
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_a_close_left_in_a_loop_closed_by_hand_ends_at_the_next_call(
+    impl: str, loop_kind: str, later: str
+) -> None:
+    """close() without awaiting wait_closed(), then the loop closed by hand (not asyncio.run)
+    with an emulated frame partly unsent: the socket stayed open until the collector came,
+    the reader waiting for the frame's rest.  The next close/closed/wait_closed closes it;
+    the reader sees the frame cut by end-of-stream, never a frame joined to another."""
+    conn, peer = reader_peer(impl)
+    fd = conn.fileno()
+    try:
+        close_without_waiting(conn, loop_kind)
+        if impl == "native":
+            assert conn.closed  # nothing partly sent: closed at once
+        else:
+            os.fstat(fd)  # still open: close()'s task was left pending in the closed loop
+        if later == "close":
+            conn.close()
+        elif later == "closed":
+            assert conn.closed
+        else:
+            in_new_loop(loop_kind, conn.wait_closed)
+        assert conn.closed
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed (this process opens nothing meanwhile)
+        lines = finish(peer)
+    finally:
+        conn.close()
+        collect_abandoned()
+        if peer.poll() is None:
+            peer.kill()
+        peer.wait()
+        if peer.stdout is not None:
+            peer.stdout.close()
+    expected_end = "end" if impl == "native" else "FramingError"
+    assert lines == ["10 ['m']", expected_end]
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_close_left_in_a_loop_closed_by_hand_ends_with_the_collector(loop_kind: str) -> None:
+    """As above, with no later call: the collector destroying close()'s task closes the socket
+    and says so (ResourceWarning).  It raised RuntimeError in the task's ``finally`` instead
+    ("Event loop is closed", cancelling the dead loop's flush), leaving the socket to its
+    own finaliser."""
+    conn, peer = reader_peer("emulated")
+    fd = conn.fileno()
+    unraisable: List[Any] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        close_without_waiting(conn, loop_kind)
+        os.fstat(fd)  # still open: close()'s task was left pending in the closed loop
+        del conn
+        with pytest.warns(ResourceWarning, match="closed before close"):
+            collect_abandoned()
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        assert finish(peer) == ["10 ['m']", "FramingError"]
+        assert not unraisable, [u.exc_value for u in unraisable]
+    finally:
+        sys.unraisablehook = hook
+        if peer.poll() is None:
+            peer.kill()
+        peer.wait()
+        if peer.stdout is not None:
+            peer.stdout.close()
+
+
+# --- a peer that died with messages unread ------------------------------------------------------
+
+SLEEPER = """
+import sys
+print("ready", flush=True)
+sys.stdin.readline()  # never reads its socket: killed first
+"""
+
+
+def dead_peer_conn(impl: str) -> _seqpacket.SeqpacketConn:
+    """Our end of a connection whose peer, another process, was killed with three of our
+    messages unread in its socket."""
+    kind = socket.SOCK_SEQPACKET if impl == "native" else socket.SOCK_STREAM
+    ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
+    conn = _seqpacket.SeqpacketConn.from_socket(ours)
+    try:
+        peer = subprocess.Popen(
+            [sys.executable, "-c", SLEEPER],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+    finally:
+        theirs.close()
+    try:
+        assert peer.stdout is not None and peer.stdout.readline() == b"ready\n"
+        for i in range(3):
+            conn.send(b"never read %d" % i)
+    finally:
+        peer.kill()
+        peer.communicate()
+    return conn
+
+
+def outcome(call: Callable[[], Any]) -> str:
+    try:
+        result = call()
+    except OSError as exc:
+        return type(exc).__name__
+    return "end" if result is None else "sent"
+
+
+#: What each call gives after a peer died with messages unread: send, send, receive, receive.
+DEAD_PEER = {
+    # af_unix.c: the dying socket sets our sk_err to ECONNRESET (unread data in its queue),
+    # reported once by the first call that checks it -- a seqpacket send does (it allocates
+    # through sock_alloc_send_pskb), a stream send does not (EPIPE from the peer's shutdown),
+    # a receive of either kind does, once its queue is empty.
+    "Linux": {
+        "native": ["ConnectionResetError", "BrokenPipeError", "end", "end"],
+        "emulated": ["BrokenPipeError", "BrokenPipeError", "ConnectionResetError", "end"],
+    },
+}
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_a_peer_that_died_with_messages_unread(impl: str, loop_kind: str) -> None:
+    """The documented errors after a peer (another process, killed) died with our messages
+    unread: sends raise ConnectionError -- BrokenPipeError, or on Linux ConnectionResetError
+    once from a native send -- and the blocking and asyncio paths say the same, call for
+    call.  send() promised EPIPE alone: a caller catching BrokenPipeError missed Linux's
+    ECONNRESET."""
+    blocking = dead_peer_conn(impl)
+    try:
+        said = [
+            outcome(lambda: blocking.send(b"after")),
+            outcome(lambda: blocking.send(b"after")),
+            outcome(blocking.recv_message),
+            outcome(blocking.recv_message),
+        ]
+    finally:
+        blocking.close()
+
+    conn = aio.AsyncSeqpacketConn(dead_peer_conn(impl))
+
+    async def main() -> List[str]:
+        async def result(call: Callable[[], Awaitable[Any]]) -> str:
+            try:
+                got = await call()
+            except OSError as exc:
+                return type(exc).__name__
+            return "end" if got is None else "sent"
+
+        try:
+            return [
+                await result(lambda: conn.send(b"after")),
+                await result(lambda: conn.send(b"after")),
+                await result(conn.recv_message),
+                await result(conn.recv_message),
+            ]
+        finally:
+            conn.close()
+
+    assert in_new_loop(loop_kind, main) == said
+    errors = {"BrokenPipeError", "ConnectionResetError"}  # both ConnectionError, as documented
+    assert said[0] in errors and said[1] in errors
+    expected = DEAD_PEER.get(backend.OS_NAME)
+    if expected is not None:
+        assert said == expected[impl]
+    for documented in (_seqpacket.SeqpacketConn.send, aio.AsyncSeqpacketConn.send):
+        for name in {said[0], said[1]}:  # the documentation names what the kernel says
+            assert name in (documented.__doc__ or ""), documented
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_a_send_waiting_when_its_peer_dies(impl: str, loop_kind: str) -> None:
+    """A send waiting for room when the peer (another process, our messages unread) is
+    killed: it ends at once with the error a send after the death gives (the table above)."""
+    kind = socket.SOCK_SEQPACKET if impl == "native" else socket.SOCK_STREAM
+    ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
+    conn = aio.AsyncSeqpacketConn(_seqpacket.SeqpacketConn.from_socket(ours))
+    try:
+        peer = subprocess.Popen(
+            [sys.executable, "-c", SLEEPER],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+    finally:
+        theirs.close()
+
+    async def main() -> str:
+        while True:  # fill the socket: the next send waits
+            try:
+                conn.conn.send(b"f" * 1000)
+            except BlockingIOError:
+                break
+        sending = asyncio.ensure_future(conn.send(b"waits"))
+        await asyncio.sleep(0.01)
+        assert not sending.done()
+        peer.kill()
+        peer.communicate()  # dead (a moment's block of the loop; the send is woken after)
+        try:
+            await asyncio.wait_for(sending, 5)
+        except OSError as exc:
+            return type(exc).__name__
+        return "sent"
+
+    try:
+        assert peer.stdout is not None and peer.stdout.readline() == b"ready\n"
+        said = in_new_loop(loop_kind, main)
+    finally:
+        conn.close()
+        if peer.poll() is None:
+            peer.kill()
+        peer.communicate()
+    assert said in ("BrokenPipeError", "ConnectionResetError")
+    expected = DEAD_PEER.get(backend.OS_NAME)
+    if expected is not None:
+        assert said == expected[impl][0]

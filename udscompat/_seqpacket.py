@@ -341,9 +341,14 @@ class SeqpacketConn:
             UnsupportedError: ``credentials`` where the kernel has no
                 ancillary credentials, ids not this process's own where the
                 kernel fills in the truth, or with descriptors on DragonFly.
-            OSError: ``EPIPE`` once the peer has gone, ``EBADF`` after
-                ``close``, ``EPERM``/``ESRCH`` (Linux) for ids the sender may
-                not claim, and other send errors.
+            ConnectionError: the peer has gone: ``BrokenPipeError``
+                (``EPIPE``); on Linux, the first native send after the peer
+                closed with messages unread raises ``ConnectionResetError``
+                (``ECONNRESET``: the kernel says they were discarded) once,
+                ``EPIPE`` after.  An emulated send says ``EPIPE``, and the
+                next receive ``ECONNRESET`` (see ``recv_message``).
+            OSError: ``EBADF`` after ``close``, ``EPERM``/``ESRCH`` (Linux)
+                for ids the sender may not claim, and other send errors.
             ConnectionAbortedError: (emulated) an exception interrupted an
                 earlier send mid-frame; the connection was closed.
         """
@@ -367,6 +372,9 @@ class SeqpacketConn:
             ConnectionAbortedError: (emulated) an exception interrupted an
                 earlier receive mid-chunk; the connection was closed.
             BlockingIOError / TimeoutError: as for a socket.
+            ConnectionResetError: (Linux) once, instead of end-of-stream,
+                when the peer closed with messages unread and no native
+                send reported it first.
             OSError: ``EBADF`` after ``close`` (also in a thread that was
                 blocked here when another thread closed the connection).
             TypeError / ValueError: ``bufsize`` or ``maxfds`` is not an int, or negative.

@@ -23,6 +23,14 @@ Fairness: a readiness callback runs one operation, whose own work is bounded
 connection whose operations keep completing at once yields to the loop every
 ``_STREAK`` of them, so one fast or hostile peer cannot starve the others.
 
+One loop at a time: a connection may move to another event loop between
+operations.  A task left pending in a loop closed by hand (``loop.close()``
+without the cancelling ``asyncio.run`` does) never resumes, and the next
+operation from another loop takes its turn back: its operation either never
+ran, consuming nothing, or what it received goes to the next receive.
+Tasks of a loop still open make another loop's operations raise
+``RuntimeError``.
+
 Only the connections' public surface is used (``send``, ``recv_message``,
 ``pending``, ``flush``, ``fileno``, ``close``), so anything this module does
 a ``selectors`` user can do too.
@@ -36,12 +44,14 @@ import errno
 import functools
 import os
 import socket
+import warnings
 from typing import (
     Any,
     AsyncIterator,
     Awaitable,
     Callable,
     Deque,
+    Dict,
     List,
     Optional,
     Sequence,
@@ -84,6 +94,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+#: Where an operation's result goes when its caller cannot take it (see ``_Readiness.run``).
+Keep = Callable[[Any], None]
 Handler = Callable[["AsyncSeqpacketConn"], Awaitable[Any]]
 
 _CONNECT_RETRY_MAX = 0.05  # seconds between connect attempts while the backlog is full
@@ -127,6 +139,19 @@ async def _ready(fd: int, *, write: bool) -> None:
             loop.remove_reader(fd)
 
 
+def _closed(future: asyncio.Future[Any]) -> bool:
+    """Whether ``future``'s loop was closed: the task awaiting it will never resume."""
+    return future.get_loop().is_closed()
+
+
+def _another_loop(what: str, loop: asyncio.AbstractEventLoop) -> RuntimeError:
+    return RuntimeError(
+        f"a task of another event loop ({loop!r}), not closed, is {what} on this connection: "
+        "use a connection from one loop at a time (let that task finish, cancel it, or close "
+        "its loop first)"
+    )
+
+
 class _Readiness:
     """Runs one direction's operations on one descriptor, as the loop reports it ready.
 
@@ -138,9 +163,15 @@ class _Readiness:
     dropped when the loop reports readiness with no operation waiting (the
     loop is level-triggered and would spin); ``ready`` then says to try at
     once next time.
+
+    One loop at a time: operations of a loop that was closed under them
+    (their tasks will never resume) are forgotten when another loop comes --
+    those whose operation never ran consumed nothing, and a result taken for
+    one goes to its ``keep`` -- while those of a loop still open make
+    another loop's operations raise ``RuntimeError``.
     """
 
-    __slots__ = ("_fd", "_loop", "_registered", "_waiting", "_write", "ready")
+    __slots__ = ("_fd", "_loop", "_registered", "_unclaimed", "_waiting", "_write", "ready")
 
     def __init__(self, fd: int, *, write: bool) -> None:
         self._fd = fd
@@ -149,17 +180,27 @@ class _Readiness:
         self._registered = False
         #: The operations waiting, in order: a send and a cancelled send's rest (or a
         #: close's flush) may wait at once, and each must be woken (or failed by ``stop``).
-        self._waiting: Deque[Tuple[asyncio.Future[Any], Callable[[], Any]]] = collections.deque()
+        self._waiting: Deque[Tuple[asyncio.Future[Any], Callable[[], Any], Optional[Keep]]] = (
+            collections.deque()
+        )
+        #: Results the callback set for waiters whose tasks have not resumed yet, with the
+        #: ``keep`` each goes to if its task never takes it.
+        self._unclaimed: Dict[asyncio.Future[Any], Keep] = {}
         #: Worth trying the operation before waiting for the loop.
         self.ready = True
 
     async def run(
-        self, operation: Callable[[], T], keep: Optional[Callable[[T], None]] = None
+        self,
+        operation: Callable[[], T],
+        keep: Optional[Callable[[T], None]] = None,
+        turn: Optional[_Turn] = None,
     ) -> T:
         """``operation()``, retried as the loop reports readiness while it would block.
 
         If the caller is cancelled after the operation succeeded in the
-        callback, its result goes to ``keep`` (a receive must not lose it).
+        callback -- or its task is destroyed, its loop closed -- the result
+        goes to ``keep`` (a receive must not lose it).  ``turn``: the one
+        the caller holds, told the loop it waits in.
         """
         if self.ready and not self._waiting:
             try:
@@ -167,31 +208,38 @@ class _Readiness:
             except BlockingIOError:
                 self.ready = False
         loop = asyncio.get_running_loop()
-        if self._registered and loop is not self._loop:
-            self.stop()
+        if turn is not None:
+            turn.loop = loop
+        if loop is not self._loop:
+            self._move_to(loop)
         if not self._registered:
             if self._write:
                 loop.add_writer(self._fd, self._wake)
             else:
                 loop.add_reader(self._fd, self._wake)
-            self._loop = loop
             self._registered = True
         waiter: asyncio.Future[T] = loop.create_future()
-        entry = (waiter, operation)
+        entry = (waiter, operation, keep)
         self._waiting.append(entry)
         try:
             return await waiter
-        except asyncio.CancelledError:
-            done = waiter.done() and not waiter.cancelled()
-            if keep is not None and done and waiter.exception() is None:
-                keep(waiter.result())
+        except BaseException:
+            # Cancelled, or its task destroyed with its closed loop (GeneratorExit), maybe
+            # after the callback had done the operation: that result is the next caller's.
+            self._claim(waiter)
             raise
         finally:
-            if waiter.cancelled():  # the caller was cancelled while it waited
+            self._unclaimed.pop(waiter, None)
+            if not waiter.done() or waiter.cancelled():  # _wake did not take it
                 try:
                     self._waiting.remove(entry)
                 except ValueError:
-                    pass  # _wake or stop took it already
+                    pass  # stop or _move_to took it already
+
+    def _claim(self, waiter: asyncio.Future[Any]) -> None:
+        keep = self._unclaimed.pop(waiter, None)
+        if keep is not None:
+            keep(waiter.result())
 
     def _wake(self) -> None:
         waiting = self._waiting
@@ -200,7 +248,7 @@ class _Readiness:
             self.ready = True
             return
         while waiting:
-            waiter, operation = waiting[0]
+            waiter, operation, keep = waiting[0]
             if not waiter.done():
                 try:
                     result = operation()
@@ -210,7 +258,34 @@ class _Readiness:
                     waiter.set_exception(exc)
                 else:
                     waiter.set_result(result)
+                    if keep is not None:
+                        self._unclaimed[waiter] = keep
             waiting.popleft()
+
+    def _move_to(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Leave the loop the registration belongs to, for ``loop``."""
+        old = self._loop
+        if old is not None and not old.is_closed():
+            if self._waiting:
+                raise _another_loop("sending" if self._write else "receiving", old)
+            self.stop()
+        else:
+            self.forget_closed_loops()
+        self._loop = loop
+
+    def forget_closed_loops(self) -> None:
+        """Forget the operations of tasks whose loop was closed under them.
+
+        A waiter the callback never ran consumed nothing; a result taken
+        for one goes to its ``keep``.
+        """
+        for waiter in [waiter for waiter in self._unclaimed if _closed(waiter)]:
+            self._claim(waiter)
+        if any(_closed(waiter) for waiter, _, _ in self._waiting):
+            self._waiting = collections.deque(e for e in self._waiting if not _closed(e[0]))
+        if self._loop is not None and self._loop.is_closed():
+            self._registered = False  # the registration went with the loop
+            self._loop = None
 
     def stop(self, error: Optional[BaseException] = None) -> None:
         """Unregister from the loop (before the descriptor is closed).
@@ -226,51 +301,94 @@ class _Readiness:
         self._registered = False
         if error is not None:
             waiting, self._waiting = self._waiting, collections.deque()
-            for waiter, _ in waiting:
+            for waiter, _, _ in waiting:
                 # A waiter of a loop closed meanwhile (a task abandoned with its loop) can
                 # no longer be woken: setting it would raise, and the socket stay open.
-                if not waiter.done() and not waiter.get_loop().is_closed():
+                if not waiter.done() and not _closed(waiter):
                     waiter.set_exception(error)
 
 
 class _Turn:
     """A FIFO lock whose uncontended acquire needs no ``await`` (asyncio.Lock's does).
 
-    ``take()`` returns True when the turn was free and is now held; otherwise
-    the caller ``await wait_for_turn()``.  A cancelled waiter gives up its
-    place, and a turn granted to a waiter that was cancelled meanwhile is
-    passed on, never lost.
+    ``take()`` returns a token, non-zero when the turn was free and is now
+    held; otherwise the caller ``await wait_for_turn()`` for one.  The token
+    goes to ``release``.  A cancelled waiter gives up its place, and a turn
+    granted to a waiter that was cancelled meanwhile is passed on, never
+    lost.
+
+    A turn held by a task whose loop was closed under it is taken back by
+    the next caller of another loop (the direction's readiness forgets that
+    task's operation first), and that task's own ``release``, when the
+    collector finally closes its coroutine, does nothing.  Held by a task of
+    another loop still open, the turn is refused with ``RuntimeError``.
+    The holder's loop is recorded where it waits (``_Readiness.run``,
+    ``pause``, a grant), not in ``take``: only a waiting holder can be met
+    by another caller, and asking for the running loop on every operation
+    cost 0.2 us each.
     """
 
-    __slots__ = ("_waiters", "busy")
+    __slots__ = ("_held", "_readiness", "_waiters", "busy", "loop")
 
-    def __init__(self) -> None:
+    def __init__(self, readiness: _Readiness) -> None:
         self.busy = False
-        self._waiters: Deque[asyncio.Future[None]] = collections.deque()
+        #: The loop the holder waits in (or a holder last waited in).
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self._held = 0  # the holder's token: a new one for every holder
+        self._readiness = readiness
+        self._waiters: Deque[asyncio.Future[int]] = collections.deque()
 
-    def take(self) -> bool:
+    def take(self) -> int:
         if self.busy:
-            return False
+            return 0
         self.busy = True
-        return True
+        self._held += 1
+        return self._held
 
-    async def wait_for_turn(self) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def pause(self) -> None:
+        """Yield to the loop once, holding the turn."""
+        self.loop = asyncio.get_running_loop()
+        await asyncio.sleep(0)
+
+    async def wait_for_turn(self) -> int:
+        loop = asyncio.get_running_loop()
+        holder = self.loop
+        if holder is not loop and holder is not None:
+            if not holder.is_closed():
+                raise _another_loop("sending" if self._readiness._write else "receiving", holder)
+            return self._take_back(loop)
+        waiter: asyncio.Future[int] = loop.create_future()
         self._waiters.append(waiter)
         try:
-            await waiter
-        except asyncio.CancelledError:
+            return await waiter
+        except BaseException:  # cancelled, or destroyed with its closed loop
             if waiter.done() and not waiter.cancelled():
-                self.release()  # the turn arrived with the cancellation: pass it on
+                self.release(waiter.result())  # the turn arrived meanwhile: pass it on
             else:
-                self._waiters.remove(waiter)
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass  # taken back with its closed loop
             raise
 
-    def release(self) -> None:
+    def _take_back(self, loop: asyncio.AbstractEventLoop) -> int:
+        """The holder's loop was closed under it: the turn is ``loop``'s now."""
+        self._waiters = collections.deque(w for w in self._waiters if not _closed(w))
+        self._readiness.forget_closed_loops()
+        self.busy = True
+        self.loop = loop
+        self._held += 1
+        return self._held
+
+    def release(self, held: int) -> None:
+        if held != self._held:
+            return  # taken back from a task whose loop was closed: not this task's any more
         while self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the turn goes to the next waiter, still busy
+            if not waiter.done() and not _closed(waiter):
+                self._held += 1
+                self.loop = waiter.get_loop()
+                waiter.set_result(self._held)  # the turn goes to the next waiter, still busy
                 return
         self.busy = False
 
@@ -280,8 +398,9 @@ class AsyncSeqpacketConn:
 
     Wraps a ``SeqpacketConn`` (native or emulated: ``implementation`` tells
     which) with the same contract.  One receive and one send may run at a
-    time; concurrent callers queue.  ``async for message in conn`` yields
-    messages until end-of-stream.
+    time; concurrent callers queue, in one event loop at a time (see the
+    module's notes for a loop closed under a waiting task).  ``async for
+    message in conn`` yields messages until end-of-stream.
     """
 
     def __init__(self, conn: _seqpacket.SeqpacketConn) -> None:
@@ -289,8 +408,8 @@ class AsyncSeqpacketConn:
         self._conn = conn
         self._readable = _Readiness(conn.fileno(), write=False)
         self._writable = _Readiness(conn.fileno(), write=True)
-        self._send_turn = _Turn()
-        self._recv_turn = _Turn()
+        self._send_turn = _Turn(self._writable)
+        self._recv_turn = _Turn(self._readable)
         #: Messages received for a caller that was cancelled at that moment, for the next one.
         self._kept: List[Optional[Message]] = []
         self._keep = self._kept.append
@@ -305,7 +424,9 @@ class AsyncSeqpacketConn:
         self._streak = 0  # operations in a row that completed without waiting
         self._flushing: Optional[asyncio.Future[None]] = None
         self._closing: Optional[asyncio.Future[None]] = None
-        self._closed_event = asyncio.Event()
+        self._closed_now = False
+        #: Tasks in ``wait_closed``, of whatever loop (an ``asyncio.Event`` is bound to one).
+        self._closed_waiters: List[asyncio.Future[None]] = []
 
     @property
     def implementation(self) -> str:
@@ -329,21 +450,23 @@ class AsyncSeqpacketConn:
 
         Raises:
             ValueError: too many descriptors, or a message over the size limit.
-            OSError: ``EPIPE`` once the peer has gone, and other send errors.
+            ConnectionError: the peer has gone: ``BrokenPipeError``, or on
+                Linux ``ConnectionResetError`` once from a native send after
+                the peer closed with messages unread (as ``SeqpacketConn.send``).
+            OSError: other send errors.
             As ``SeqpacketConn.send`` otherwise.
         """
-        if not self._send_turn.take():
-            await self._send_turn.wait_for_turn()
+        held = self._send_turn.take() or await self._send_turn.wait_for_turn()
         conn = self._conn
         try:
             flushing = self._flushing
-            if flushing is not None and not flushing.done():
+            if flushing is not None and not flushing.done() and self._flushing_here(flushing):
                 # A cancelled send's rest (or an owed acknowledgement) is still going out in
                 # the background, waiting on the same readiness: wait for it, never beside it.
                 await self._await_flushing(flushing)
             if self._streak >= _STREAK:  # inline, not a coroutine: this runs per message
                 self._streak = 0
-                await asyncio.sleep(0)  # yield once: other connections get their turn
+                await self._send_turn.pause()  # yield once: other connections get their turn
             writable = self._writable
             if writable.ready:  # try at once, without a coroutine: the usual case
                 try:
@@ -354,14 +477,18 @@ class AsyncSeqpacketConn:
                     writable.ready = False
                     self._streak = 0  # this one waits on the loop: a turn for the others
                     sent = await writable.run(
-                        functools.partial(conn.send, data, fds, credentials), self._keep_sent
+                        functools.partial(conn.send, data, fds, credentials),
+                        self._keep_sent,
+                        self._send_turn,
                     )
                 else:
                     self._streak += 1
             else:
                 self._streak = 0
                 sent = await writable.run(
-                    functools.partial(conn.send, data, fds, credentials), self._keep_sent
+                    functools.partial(conn.send, data, fds, credentials),
+                    self._keep_sent,
+                    self._send_turn,
                 )
             if self._framed:
                 try:
@@ -370,7 +497,7 @@ class AsyncSeqpacketConn:
                     await self._await_flushing(self._start_flushing())
             return sent
         finally:
-            self._send_turn.release()
+            self._send_turn.release(held)
 
     def _keep_sent(self, sent: int) -> None:
         """A send cancelled after the readiness callback sent (part of) its frame.
@@ -386,16 +513,34 @@ class AsyncSeqpacketConn:
         try:
             self._flush()
         except BlockingIOError:
-            self._start_flushing()
+            try:
+                self._start_flushing()
+            except RuntimeError:
+                pass  # no running loop (a task destroyed with its loop): the next send or close
         except OSError:
             pass  # the peer is gone: the next send reports it
 
+    def _flushing_here(self, flushing: asyncio.Future[None]) -> bool:
+        """Whether to wait for ``flushing`` (not done): it runs in this loop.
+
+        A flush of a loop closed under it is forgotten: the rest it was
+        sending stays in the connection, and this send finishes it first.
+        """
+        loop = flushing.get_loop()
+        if loop is asyncio.get_running_loop():
+            return True
+        if not loop.is_closed():
+            raise _another_loop("sending", loop)
+        self._flushing = None
+        return False
+
     async def _await_flushing(self, flushing: asyncio.Future[None]) -> None:
         """Wait for the background flush; cancelling the caller does not stop it."""
+        self._send_turn.loop = flushing.get_loop()  # the send holding the turn waits there
         try:
             await asyncio.shield(flushing)
         except asyncio.CancelledError:
-            if flushing.cancelled() and (self._closing is not None or self._closed_event.is_set()):
+            if flushing.cancelled() and (self._closing is not None or self._closed_now):
                 # close() gave up on the frame (the peer did not read it in time): the
                 # message was not delivered whole; this task itself was not cancelled.
                 raise OSError(errno.EBADF, "the connection was closed mid-message") from None
@@ -409,12 +554,15 @@ class AsyncSeqpacketConn:
             await asyncio.shield(self._start_flushing())
 
     def _start_flushing(self) -> asyncio.Future[None]:
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.ensure_future(self._flush_unsent())
+        flushing = self._flushing
+        if flushing is None or flushing.done() or _closed(flushing):
+            # The running loop's (RuntimeError without one), never a loop the policy makes up.
+            flushing = asyncio.get_running_loop().create_task(self._flush_unsent())
             # Seen by whoever awaits it; a background flush's error must not go unreported
             # as "never retrieved" (the next send meets the same error from the socket).
-            self._flushing.add_done_callback(_retrieve)
-        return self._flushing
+            flushing.add_done_callback(_retrieve)
+            self._flushing = flushing
+        return flushing
 
     async def _flush_unsent(self) -> None:
         await self._writable.run(self._flush)
@@ -425,8 +573,7 @@ class AsyncSeqpacketConn:
         A cancelled receive loses nothing: a message that arrived meanwhile
         is returned by the next receive.
         """
-        if not self._recv_turn.take():
-            await self._recv_turn.wait_for_turn()
+        held = self._recv_turn.take() or await self._recv_turn.wait_for_turn()
         try:
             if self._kept:
                 message = self._kept.pop(0)
@@ -438,17 +585,17 @@ class AsyncSeqpacketConn:
             else:
                 if self._streak >= _STREAK:
                     self._streak = 0
-                    await asyncio.sleep(0)  # yield once: other connections get their turn
+                    await self._recv_turn.pause()  # yield once: other connections get their turn
                 readable = self._readable
                 if self._framed and not readable.ready and self._pending():
                     readable.ready = True  # decoded frames wait; the socket may be empty
                 if self._recv_once.args != (bufsize, maxfds):
                     self._recv_once = functools.partial(self._conn.recv_message, bufsize, maxfds)
-                message = await readable.run(self._recv_once, self._keep)
+                message = await readable.run(self._recv_once, self._keep, self._recv_turn)
                 # Still "ready": it completed without waiting on the loop.
                 self._streak = self._streak + 1 if readable.ready else 0
         finally:
-            self._recv_turn.release()
+            self._recv_turn.release(held)
         if message is not None and message.fds:
             self._push_acknowledgement()
         return message
@@ -466,8 +613,7 @@ class AsyncSeqpacketConn:
         Its descriptors are new copies the caller owns.  Cancelled, the
         copies a peek made meanwhile are closed; the message stays.
         """
-        if not self._recv_turn.take():
-            await self._recv_turn.wait_for_turn()
+        held = self._recv_turn.take() or await self._recv_turn.wait_for_turn()
         try:
             if self._kept:
                 kept = self._kept[0]
@@ -476,9 +622,11 @@ class AsyncSeqpacketConn:
             if self._framed and not readable.ready and self._pending():
                 readable.ready = True
             conn = self._conn
-            message = await readable.run(lambda: conn.peek(bufsize, maxfds), _close_copies)
+            message = await readable.run(
+                lambda: conn.peek(bufsize, maxfds), _close_copies, self._recv_turn
+            )
         finally:
-            self._recv_turn.release()
+            self._recv_turn.release(held)
         if message is not None and message.fds:
             self._push_acknowledgement()  # the emulation took the frame off the stream
         return message
@@ -493,8 +641,7 @@ class AsyncSeqpacketConn:
         """
         views, _ = _seqpacket._writable(buffers)
         try:
-            if not self._recv_turn.take():
-                await self._recv_turn.wait_for_turn()
+            held = self._recv_turn.take() or await self._recv_turn.wait_for_turn()
             try:
                 if self._kept:
                     message = self._kept.pop(0)
@@ -517,9 +664,11 @@ class AsyncSeqpacketConn:
                         data = b"".join(views)[: got.nbytes]
                         self._keep(new_message((data, got.fds, got.truncated, got.credentials)))
 
-                got = await readable.run(lambda: conn.recv_message_into(views, maxfds), keep)
+                got = await readable.run(
+                    lambda: conn.recv_message_into(views, maxfds), keep, self._recv_turn
+                )
             finally:
-                self._recv_turn.release()
+                self._recv_turn.release(held)
             if got is not None and got.fds:
                 self._push_acknowledgement()
             return got
@@ -557,48 +706,107 @@ class AsyncSeqpacketConn:
         """Close the connection.
 
         A frame still partly unsent (the emulation, after a cancelled send)
-        is finished first, for up to ``CLOSE_DRAIN_TIMEOUT`` seconds; await
-        ``wait_closed`` to know when the socket is closed.
+        is finished first, for up to ``CLOSE_DRAIN_TIMEOUT`` seconds, by a
+        task of the running loop; await ``wait_closed`` to know when the
+        socket is closed.  If that loop ends first, the frame's rest is
+        dropped and the socket closed: when ``asyncio.run`` cancels the
+        task, or, for a loop closed by hand, at the next ``close``,
+        ``wait_closed`` or ``closed`` on this connection (from any loop, or
+        none) -- and, failing those, when the garbage collector destroys
+        the task, with a ``ResourceWarning``.  The peer then reads
+        end-of-stream inside that frame (a ``FramingError``), never part of
+        one message joined to another.
+
+        Messages received for cancelled receives and not taken since are
+        dropped, their descriptors closed.
         """
-        if self._closing is not None or self._closed_event.is_set():
+        if self._closing is not None or self._closed_now:
+            if self._closing_abandoned():
+                self._close_now()
             return
         if self._framed and not self._conn.closed:
             try:
                 self._flush()
             except BlockingIOError:
                 try:
-                    self._closing = asyncio.ensure_future(self._finish_then_close())
-                    return
+                    loop = asyncio.get_running_loop()
                 except RuntimeError:
-                    pass  # no running loop: close at once
+                    pass  # no running loop to finish it: close at once
+                else:
+                    self._closing = loop.create_task(self._finish_then_close())
+                    return
             except OSError:
                 pass  # the peer is gone: nothing more can be delivered
         self._close_now()
+
+    def _closing_abandoned(self) -> bool:
+        """Whether ``close``'s task was left pending in a loop closed under it."""
+        closing = self._closing
+        return closing is not None and not closing.done() and _closed(closing)
 
     async def _finish_then_close(self) -> None:
         try:
             await asyncio.wait_for(self._drain(), CLOSE_DRAIN_TIMEOUT)
         except (asyncio.TimeoutError, OSError):
             pass  # the peer is gone or does not read: nothing more can be delivered
+        except GeneratorExit:  # destroyed, pending, with its closed loop
+            if not self._closed_now:
+                warnings.warn(
+                    f"{self!r}: its event loop was closed before close() could finish a "
+                    "partly sent frame; closed when the task was collected, the frame cut",
+                    ResourceWarning,
+                    stacklevel=1,
+                    source=self,
+                )
+            raise
         finally:
             self._close_now()
 
     def _close_now(self) -> None:
-        if self._flushing is not None and not self._flushing.done():
-            self._flushing.cancel()
+        if self._closed_now:
+            return
+        flushing = self._flushing
+        if flushing is not None and not flushing.done() and not _closed(flushing):
+            flushing.cancel()
         # A task waiting to send or receive is woken with EBADF, as a thread would be.
         closed = OSError(errno.EBADF, "the connection is closed")
+        self._readable.forget_closed_loops()  # what a dead task's receive took: closed below
         self._readable.stop(closed)
         self._writable.stop(closed)
         self._conn.close()
-        self._closed_event.set()
+        kept = self._kept[:]
+        self._kept.clear()  # in place: self._keep appends to this list
+        for message in kept:
+            _close_copies(message)
+        self._closed_now = True
+        self._flushing = self._closing = None  # a dead loop's tasks: nothing to hold them for
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for waiter in waiters:
+            if not waiter.done() and not _closed(waiter):
+                waiter.set_result(None)
 
     async def wait_closed(self) -> None:
         """Wait until the connection is closed."""
-        await self._closed_event.wait()
+        if self._closing_abandoned():
+            self._close_now()
+        if self._closed_now:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closed_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done() or waiter.cancelled():
+                try:
+                    self._closed_waiters.remove(waiter)
+                except ValueError:
+                    pass
 
     @property
     def closed(self) -> bool:
+        """Whether the socket is closed (see ``close`` for a frame still going out)."""
+        if self._closing_abandoned():
+            self._close_now()
         return self._conn.closed
 
     async def __aenter__(self) -> AsyncSeqpacketConn:
