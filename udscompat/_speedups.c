@@ -188,6 +188,22 @@ as_fd(PyObject *obj, int *out)
     return result;
 }
 
+/* Where a system call reads its descriptor once the GIL is let go: a socket's own field
+ * (the caller holds the socket), else ``fd``.  CPython's socket methods read it there
+ * too.  Read before, the number was kept while another thread's close() freed it and the
+ * next socket opened took it: the call then sent to, or took a message from, that socket
+ * (most such closes did, a few in a thousand read here; tests/test_native_attacks.py). */
+static const int *
+fd_slot(PyObject *obj, const int *fd)
+{
+    if (socket_type != NULL && PyObject_TypeCheck(obj, socket_type)) {
+        return &((socket_prefix *)obj)->sock_fd;
+    }
+    return fd;
+}
+
+#define LIVE_FD(slot) (*(volatile const int *)(slot)) /* read it now, not earlier */
+
 /* Whether attribute ``name`` of ``sock`` (a plain _socket.socket, whose getters give
  * plain ints) equals ``field``. */
 static int
@@ -331,6 +347,7 @@ speedups_sendmsg(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (as_fd(args[0], &fd) < 0) {
         return NULL;
     }
+    const int *fd_at = fd_slot(args[0], &fd);
     int flags;
     if (as_int(args[3], "flags", &flags) < 0) {
         return NULL;
@@ -427,7 +444,7 @@ speedups_sendmsg(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     ssize_t sent;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        sent = sendmsg(fd, &msg, flags);
+        sent = sendmsg(LIVE_FD(fd_at), &msg, flags);
         Py_END_ALLOW_THREADS
         if (sent >= 0) {
             break;
@@ -582,7 +599,7 @@ payload_of(PyObject *buffer, Py_ssize_t length)
  * descriptor is open and not yet handed over, except the error factory, called
  * after they are all closed. */
 static int
-receive(int fd, Py_ssize_t bufsize, Py_ssize_t maxfds, int flags, int want_address,
+receive(const int *fd_at, Py_ssize_t bufsize, Py_ssize_t maxfds, int flags, int want_address,
         int soft_eagain, struct received *out)
 {
     PyObject *data = take_buffer(bufsize);
@@ -614,7 +631,7 @@ receive(int fd, Py_ssize_t bufsize, Py_ssize_t maxfds, int flags, int want_addre
             msg.msg_namelen = sizeof(address);
         }
         Py_BEGIN_ALLOW_THREADS
-        received = recvmsg(fd, &msg, flags);
+        received = recvmsg(LIVE_FD(fd_at), &msg, flags);
         Py_END_ALLOW_THREADS
         if (received >= 0) {
             break;
@@ -838,7 +855,7 @@ speedups_recvmsg(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     struct received got;
-    if (receive(fd, bufsize, maxfds, flags, want_address, 0, &got) < 0) {
+    if (receive(fd_slot(args[0], &fd), bufsize, maxfds, flags, want_address, 0, &got) < 0) {
         return NULL;
     }
     return received_tuple(&got, 1);
@@ -1023,11 +1040,10 @@ speedups_send_fds(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_RETURN_NOTIMPLEMENTED;
         }
     }
-    int fd = sock->sock_fd;
     ssize_t sent;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        sent = sendmsg(fd, &msg, flags);
+        sent = sendmsg(LIVE_FD(&sock->sock_fd), &msg, flags);
         Py_END_ALLOW_THREADS
         if (sent >= 0) {
             return PyLong_FromSsize_t(sent);
@@ -1076,7 +1092,7 @@ speedups_recv_fds(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NOTIMPLEMENTED;
     }
     struct received got;
-    int status = receive(sock->sock_fd, bufsize, maxfds, flags | receive_flags, 1, 1, &got);
+    int status = receive(&sock->sock_fd, bufsize, maxfds, flags | receive_flags, 1, 1, &got);
     if (status == RECEIVE_WOULD_BLOCK) {
         Py_RETURN_NOTIMPLEMENTED;
     }
@@ -1138,7 +1154,7 @@ speedups_recv_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     struct received got;
-    if (receive(fd, bufsize, maxfds, flags, 0, 0, &got) < 0) {
+    if (receive(fd_slot(args[0], &fd), bufsize, maxfds, flags, 0, 0, &got) < 0) {
         return NULL;
     }
     return message_or_tuple(&got, bufsize, partial_records);
@@ -1258,11 +1274,10 @@ native_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject *k
         plain->sock_fd < 0 || !int_value(PyTuple_GET_ITEM(inline_args, 1), 0, &flags)) {
         goto reference; /* closed (-1), not a plain socket, or not a connection at all */
     }
-    int fd = plain->sock_fd;
     ssize_t sent;
     int saved;
     Py_BEGIN_ALLOW_THREADS
-    sent = send(fd, view.buf, (size_t)view.len, flags);
+    sent = send(LIVE_FD(&plain->sock_fd), view.buf, (size_t)view.len, flags);
     saved = errno;
     Py_END_ALLOW_THREADS
     if (sent >= 0) {
@@ -1344,9 +1359,8 @@ native_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyO
         Py_XDECREF(inline_args);
         return call_reference(native_recv_reference, conn, args, nargs, kwnames);
     }
-    int fd = plain->sock_fd;
     struct received got;
-    int status = receive(fd, bufsize, maxfds, flags, 0, 1, &got);
+    int status = receive(&plain->sock_fd, bufsize, maxfds, flags, 0, 1, &got);
     Py_DECREF(inline_args);
     if (status == RECEIVE_WOULD_BLOCK) {
         if (!conn_nonblocking(conn)) {
