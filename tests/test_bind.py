@@ -593,6 +593,176 @@ def test_restart_never_removes_the_successors_socket(
     assert lost == 0, (restarts, lost)
 
 
+# -- what a killed instance left aside ----------------------------------------------------------
+
+
+def _aside(tag: str) -> str:
+    """A name of the form udscompat renames an entry aside to (16 hex digits)."""
+    return ".udscompat-" + tag * (16 // len(tag))
+
+
+def _stale_at(path: Path) -> Path:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+    return path
+
+
+def _aside_entries(directory: Path) -> List[str]:
+    return sorted(n for n in os.listdir(directory) if n.startswith(".udscompat-"))
+
+
+@needs_kernel_seqpacket
+def test_the_next_bind_removes_what_a_killed_removal_left_aside(short_tmp: Path) -> None:
+    """SIGKILL between a removal's rename aside and its unlink left the (now stale) socket
+    file at .udscompat-XXXX for good -- 5 of 60 kills of a tight bind/remove loop here,
+    and no later bind looked.  The next bind in that directory removes it."""
+    path = short_tmp / "svc"
+    old = Instance("stop-at=c_call:unlink")
+    try:
+        assert old.ask(f"go 0 {path} 0 listener") == "won"
+        assert old.ask("close 0") == "stopped c_call unlink"  # renamed aside, judged: ours
+    finally:
+        old.proc.kill()  # SIGKILL there; its socket closes with it
+        old.stop()
+    [left] = _aside_entries(short_tmp)
+    assert stat.S_ISSOCK(os.lstat(short_tmp / left).st_mode)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        file = udscompat.bind(sock, path, backlog=1)
+        assert file is not None
+        assert os.listdir(short_tmp) == ["svc"]
+        assert file.remove()
+
+
+def test_the_sweep_for_leftovers_touches_nothing_else(short_tmp: Path) -> None:
+    """What bind() leaves alone while it removes a leftover: a live socket at an aside name
+    (a successor whose name died with a killed remover), a link there (to our stale socket
+    file elsewhere), a hard link there to a live socket, a regular file, another user's
+    stale socket there (made ours-then-chowned: ownership is what is judged; root only),
+    our stale sockets at names that are not exactly udscompat's aside form, and a private
+    bind directory.  Only our stale socket at an aside name goes."""
+    elsewhere = short_tmp / "elsewhere"
+    elsewhere.mkdir()
+    target = _stale_at(elsewhere / "stale")
+    kept: List[str] = []
+    with contextlib.ExitStack() as stack:
+        live = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        live.bind(str(short_tmp / _aside("1")))
+        live.listen()
+        other = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        other.bind(str(short_tmp / "other-live"))
+        other.listen()
+        os.link(short_tmp / "other-live", short_tmp / _aside("2"))
+        os.symlink(target, short_tmp / _aside("3"))
+        (short_tmp / _aside("4")).write_bytes(b"not a socket")
+        kept += [_aside(tag) for tag in "1234"] + ["other-live"]
+        if os.geteuid() == 0:
+            nobody = other_user()
+            os.lchown(_stale_at(short_tmp / _aside("5")), nobody.pw_uid, nobody.pw_gid)
+            kept.append(_aside("5"))
+        for near_miss in (
+            ".udscompat-" + "6" * 15,
+            ".udscompat-" + "6" * 17,
+            ".udscompat-" + "A" * 16,
+            ".udscompat-" + "6" * 12,
+            _aside("6") + ".x",
+            ".udscompat" + "6" * 16,
+        ):
+            kept.append(_stale_at(short_tmp / near_miss).name)
+        private = short_tmp / (".udscompat-" + "7" * 12)
+        private.mkdir(mode=0o700)
+        _stale_at(private / "svc")
+        kept.append(private.name)
+        _stale_at(short_tmp / _aside("8"))  # the one leftover that goes
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            file = udscompat.bind(sock, short_tmp / "svc", backlog=1)
+            assert file is not None and file.remove()
+        assert sorted(os.listdir(short_tmp)) == sorted([*kept, "elsewhere"])
+        assert os.listdir(private) == ["svc"] and stat.S_ISSOCK(os.lstat(target).st_mode)
+        for name in (_aside("1"), _aside("2")):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.connect(str(short_tmp / name))  # still reaches its listener
+
+
+def test_a_removal_whose_entry_a_sweep_took_first_counts_it_removed(short_tmp: Path) -> None:
+    """A removal that went on without the lock has renamed its stale file aside and judged
+    it when an instance holding the lock sweeps the directory and removes that entry first.
+    remove() must say True -- the file is gone -- not False ("still there, not ours").
+    Stand-in for the sweeping instance: a profile hook unlinks the entry just before the
+    removal's own unlink."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        file = udscompat.bind(sock, short_tmp / "svc")
+        assert file is not None
+    swept: List[str] = []
+
+    def sweep_first(frame: Any, event: str, arg: Any) -> None:
+        ours = frame.f_globals.get("__name__") == "udscompat._bind"
+        if ours and event == "c_call" and getattr(arg, "__name__", "") == "unlink" and not swept:
+            swept.extend(_aside_entries(short_tmp))
+            for name in swept:
+                os.unlink(short_tmp / name)
+
+    sys.setprofile(sweep_first)
+    try:
+        removed = file.remove()
+    finally:
+        sys.setprofile(None)
+    assert len(swept) == 1 and os.listdir(short_tmp) == []
+    assert removed
+
+
+@pytest.mark.root("another user swaps an entry in a directory root binds in")
+@needs_kernel_seqpacket
+def test_the_sweep_leaves_an_entry_swapped_in_before_its_rename(short_tmp: Path) -> None:
+    """nobody renames its own live socket over our leftover after the sweep judged the
+    leftover stale and just before the sweep renames it aside: the sweep must find what it
+    took is not what it judged, put it back, and remove nothing.  Stand-in for the
+    scheduler: the binding instance stops before that rename until nobody has moved."""
+    from tests.test_bind_attacks import _python_for  # one finder of a Python nobody may run
+
+    nobody = other_user()
+    leftover = _stale_at(short_tmp / _aside("9"))
+    path = short_tmp / "svc"
+    swap = (
+        "import os, socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+        "s.bind(sys.argv[1]); s.listen()\n"
+        "sys.stdin.readline(); os.rename(sys.argv[1], sys.argv[2])\n"
+        "print('moved', flush=True); sys.stdin.readline()\n"
+    )
+    python = _python_for(nobody)
+    if python is None:
+        pytest.skip("no Python interpreter that nobody may run here")
+    attacker = subprocess.Popen(
+        [python, "-c", swap, str(short_tmp / "nobody.sock"), str(leftover)],
+        user=nobody.pw_uid,
+        group=nobody.pw_gid,
+        extra_groups=[],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd="/",
+    )
+    binder = Instance("stop-at=c_call:rename")
+    try:
+        assert attacker.stdin is not None and attacker.stdout is not None
+        binder.send(f"go 0 {path} 0 listener")
+        assert binder.reply() == "stopped c_call rename"  # the sweep judged the leftover stale
+        attacker.stdin.write(b"go\n")
+        attacker.stdin.flush()
+        assert attacker.stdout.readline() == b"moved\n"  # nobody's live socket is there now
+        binder.send("on")
+        assert binder.reply() == "won"
+        assert _aside_entries(short_tmp) == [leftover.name]
+        assert os.lstat(leftover).st_uid == nobody.pw_uid
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(leftover))  # nobody's listener, still reached there
+        assert reach(binder, str(path)) == (binder.proc.pid, 0)
+        assert binder.ask("close 0") == "closed"
+    finally:
+        binder.stop()
+        attacker.kill()
+        attacker.communicate()
+
+
 # -- a second user who owns a directory on the path races the library --------------------------
 
 

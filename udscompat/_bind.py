@@ -56,9 +56,13 @@ to a successor starting meanwhile.
 raises right after any system call: no descriptor is lost or closed twice
 (``_Descriptors``), an entry renamed aside is put back before the exception
 leaves, a private directory is removed, and a ``bind`` that fails after the
-kernel bound the socket removes the file it made.  (SIGKILL between a
-rename aside and its put-back leaves the entry at its ``.udscompat-*``
-name: no process can finish what a killed one began.)
+kernel bound the socket removes the file it made.  SIGKILL between a
+rename aside and its unlink or put-back leaves the entry at its
+``.udscompat-`` name; the next bind in that directory that holds the lock
+removes such an entry if it is a stale socket file of this user
+(``_sweep_leftovers``).  A live one -- a successor's socket whose name
+died with the killed process -- stays there: nothing tells where it
+belongs.
 
 *``mode=`` never follows a link and leaves no window.*  Linux creates the
 file with the socket inode's own mode less the umask (``unix_bind_bsd``),
@@ -83,6 +87,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import itertools
 import os
 import secrets
 import socket
@@ -118,6 +123,14 @@ _SEARCH = getattr(os, "O_PATH", 0) or getattr(os, "O_SEARCH", 0) or os.O_RDONLY
 _DIRECTORY = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | _SEARCH
 _MAX_LINKS = 40  # as the kernels' own path walks (Linux MAXSYMLINKS)
 _PRIVATE_PREFIX = b".udscompat-"
+_ASIDE_DIGITS = 16  # hex digits after the prefix in the name of an entry renamed aside
+_HEX_DIGITS = frozenset(b"0123456789abcdef")
+# Entries a bind looks at, and leftovers it removes, at most when it sweeps its directory for
+# entries a killed process left aside: whoever may write the directory can fill it.  (The C
+# library reads one 32 KiB getdents buffer whatever the count: ~15 us for a few entries,
+# ~0.5 ms for a directory of thousands, measured at load 9.)
+_SWEEP_ENTRIES = 128
+_SWEEP_REMOVALS = 8
 # Seconds a just-bound file may be missing, held aside by another instance's stale-file check
 # (microseconds, unless that instance loses the CPU meanwhile) -- with or without our holding
 # the directory's lock: an instance that waited for the lock in vain goes on without it.
@@ -318,9 +331,11 @@ def bind(
         raise _with_address(exc, "cannot bind", address) from exc
     made: Optional[SocketFile] = None
     try:
-        with directory, directory.exclusive():
+        with directory, directory.exclusive() as locked:
             try:
-                made = _bind_path(sock, directory, name, path, address, mode, backlog, remove_stale)
+                made = _bind_path(
+                    sock, directory, name, path, address, mode, backlog, remove_stale, locked
+                )
             except UnsupportedError:
                 raise
             except OSError as exc:
@@ -345,6 +360,7 @@ def _bind_path(
     mode: Optional[int],
     backlog: Optional[int],
     remove_stale: bool,
+    locked: bool,
 ) -> SocketFile:
     """``bind``'s work in the opened (and, where it could be, locked) directory."""
     private = mode is not None and not backend.BIND_MODE_FROM_SOCKET
@@ -355,6 +371,8 @@ def _bind_path(
         target = directory.reach(name, path)
     if remove_stale:
         _remove_stale(directory, name)
+        if locked:  # no udscompat removal that holds the lock is under way
+            _sweep_leftovers(directory)
     unbound = sock.getsockname()
     try:
         if private:
@@ -911,6 +929,56 @@ def _remove_stale(directory: _Directory, name: bytes) -> None:
     _remove_entry(directory, name, _key(seen), _newcomer)
 
 
+def _sweep_leftovers(directory: _Directory) -> None:
+    """Remove stale socket files that killed udscompat processes left aside here.
+
+    SIGKILL between ``_remove_entry``'s rename and its unlink or put-back leaves
+    the entry at ``.udscompat-`` and 16 hex digits, where no bind looks.  Called
+    with the directory's lock held, so no udscompat removal that holds it is under
+    way (one that gave up waiting for it may be: a stale entry it has aside is then
+    removed here first, which that removal counts as done).  Only an entry of
+    exactly that name form, a socket file (``lstat``: no link is followed), owned
+    by this user, with no socket bound to it, is removed -- through
+    ``_remove_entry``, so an entry swapped in meanwhile is left alone.  A live
+    one is a successor's socket whose name died with the killed process: nothing
+    tells where it belongs, so it stays.  At most ``_SWEEP_ENTRIES`` entries are
+    read and ``_SWEEP_REMOVALS`` removed; what cannot be read or judged stays.
+    """
+    if os.scandir not in os.supports_fd:
+        return
+    held = _Descriptors()
+    try:
+        fd = held.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, directory.fd)
+        with os.scandir(fd) as entries:
+            names = [os.fsencode(e.name) for e in itertools.islice(entries, _SWEEP_ENTRIES)]
+    except OSError:
+        return  # not readable by us: nothing swept
+    finally:
+        held.close()
+    euid = os.geteuid()
+    removed = 0
+    for name in filter(_is_aside_name, names):
+        try:
+            st = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+            ours = stat.S_ISSOCK(st.st_mode) and st.st_uid == euid
+            if ours and not _is_live(directory, name, st):
+                removed += _remove_entry(directory, name, _key(st), _newcomer)
+        except OSError:
+            continue  # gone meanwhile, or not to be judged now: left
+        if removed >= _SWEEP_REMOVALS:
+            return
+
+
+def _is_aside_name(name: bytes) -> bool:
+    """Is ``name`` one ``_remove_entry`` renames an entry to?"""
+    digits = name[len(_PRIVATE_PREFIX) :]
+    return (
+        name.startswith(_PRIVATE_PREFIX)
+        and len(digits) == _ASIDE_DIGITS
+        and _HEX_DIGITS.issuperset(digits)
+    )
+
+
 def _is_live(directory: _Directory, name: bytes, st: os.stat_result) -> bool:
     """Is a socket bound to ``st``, the socket file at ``name`` in ``directory``?
 
@@ -990,7 +1058,7 @@ def _remove_entry(directory: _Directory, name: bytes, key: _FileKey, keep: _Keep
     someone who may change the directory could swap the random name, and they
     could unlink anything in it themselves.)
     """
-    aside = _PRIVATE_PREFIX + secrets.token_hex(8).encode()
+    aside = _PRIVATE_PREFIX + secrets.token_hex(_ASIDE_DIGITS // 2).encode()
     try:
         now = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
         if not stat.S_ISSOCK(now.st_mode) or not _looks_same(now, key):
@@ -1002,7 +1070,10 @@ def _remove_entry(directory: _Directory, name: bytes, key: _FileKey, keep: _Keep
         if not _same_after_rename(taken, key) or keep(taken, directory, aside):
             _put_back(directory, aside, name)
             return False
-        os.unlink(aside, dir_fd=directory.fd)
+        try:
+            os.unlink(aside, dir_fd=directory.fd)
+        except FileNotFoundError:
+            pass  # a sweep (_sweep_leftovers) by an instance that held the lock took it first
         return True
     except BaseException as exc:
         _put_back(directory, aside, name)
