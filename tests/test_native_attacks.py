@@ -6,14 +6,17 @@ must meet the same bounds.
 from __future__ import annotations
 
 import errno
+import os
+import signal
 import socket
+import sys
 import threading
 from typing import Any, Callable, List, Tuple
 
 import pytest
 
 import udscompat
-from udscompat import _probes, _seqpacket
+from udscompat import _accel, _io, _probes, _seqpacket
 
 needs_seqpacket = pytest.mark.skipif(
     not _probes.seqpacket().available, reason="no native SOCK_SEQPACKET here"
@@ -125,3 +128,69 @@ def test_a_call_racing_close_rarely_reaches_the_socket_that_took_the_number(path
         hits, odd = _misdirected(lambda x, y: receive(y), 1, path.startswith("python general"))
     assert not odd
     assert hits <= ALLOWED, f"{hits} of {ROUNDS} calls racing close() reached another socket"
+
+
+# -- a raising signal handler as a message with descriptors is handed over -------------------
+
+
+class Interrupted(BaseException):
+    """What the test's SIGUSR1 handler raises (as a SIGINT handler raises KeyboardInterrupt)."""
+
+
+def _interrupted_at(boundary: int, fds: List[int], keyword: bool) -> Tuple[str, int]:
+    """A message carrying ``fds`` received through the compiled method with a real SIGUSR1,
+    whose handler raises, sent at the ``boundary``-th Python call boundary (a function
+    starting, a C function returning) inside it.  Returns the outcome and how many
+    descriptors the call left open that nothing holds."""
+    x, y = udscompat.seqpacket_pair(implementation="native")
+    count = [0]
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        if event in ("call", "c_return") and frame.f_globals.get("__name__", "").startswith(
+            "udscompat."
+        ):
+            count[0] += 1
+            if count[0] == boundary:
+                sys.setprofile(None)
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    def raise_interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted()
+
+    with x, y:
+        x.send(b"with fds", fds)
+        before = _probes.open_fds()
+        previous = signal.signal(signal.SIGUSR1, raise_interrupted)
+        sys.setprofile(hook)
+        try:
+            if keyword:
+                message = y.recv_message(maxfds=len(fds))
+            else:
+                message = y.recv_message(65536, len(fds))
+            outcome = "returned"
+        except Interrupted:
+            message, outcome = None, "interrupted"
+        finally:
+            sys.setprofile(None)
+            signal.signal(signal.SIGUSR1, previous)
+        if message is not None:
+            _io.close_fds(message.fds)
+        leaked = _probes.open_fds() - before
+        _io.close_fds(sorted(leaked))
+    return outcome, len(leaked)
+
+
+@needs_seqpacket
+@pytest.mark.skipif(_accel.speedups is None, reason="the compiled accelerator is not in use here")
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
+@pytest.mark.parametrize("keyword", [True, False])
+def test_a_raising_handler_never_runs_while_received_descriptors_are_inside_the_call(
+    pipe: Tuple[int, int], keyword: bool
+) -> None:
+    """The compiled accelerator's promise (README, udscompat/_accel.py), for the compiled
+    recv_message itself: a message with descriptors was made a Message by Python code
+    (``_message``) after the receive, so a signal handler raising in it lost the message
+    and leaked its descriptors.  No Python code runs in the common case now: nothing is
+    interrupted, whatever the boundary (maxfds by keyword went to the Python method, too)."""
+    outcomes = [_interrupted_at(boundary, list(pipe), keyword) for boundary in range(1, 8)]
+    assert all(leaked == 0 for _, leaked in outcomes), outcomes

@@ -934,6 +934,23 @@ int_value(PyObject *obj, int exact, int *out)
     return 1;
 }
 
+/* Whether no sent descriptor is held (registry.originals is empty), so received ones
+ * need no guard_reused: asked before a receive, as no Python code may run after it. */
+static int
+nothing_guarded(void)
+{
+    if (sent_registry == NULL) {
+        return 0;
+    }
+    PyObject *originals = PyObject_GetAttr(sent_registry, originals_name);
+    Py_ssize_t guarded = originals != NULL ? PyObject_Length(originals) : -1;
+    Py_XDECREF(originals);
+    if (guarded != 0) {
+        PyErr_Clear();
+    }
+    return guarded == 0;
+}
+
 /* A size from a non-negative int (or int subclass); 0 (no exception) for anything else. */
 static int
 size_value(PyObject *obj, Py_ssize_t *out)
@@ -1084,11 +1101,7 @@ speedups_recv_fds(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         !int_value(args[3], 0, &flags) || (flags & MSG_PEEK) || !know_facts()) {
         Py_RETURN_NOTIMPLEMENTED;
     }
-    PyObject *originals = PyObject_GetAttr(sent_registry, originals_name);
-    Py_ssize_t guarded = originals != NULL ? PyObject_Length(originals) : -1;
-    Py_XDECREF(originals);
-    if (guarded != 0) {
-        PyErr_Clear();
+    if (!nothing_guarded()) {
         Py_RETURN_NOTIMPLEMENTED;
     }
     struct received got;
@@ -1102,26 +1115,36 @@ speedups_recv_fds(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return received_tuple(&got, 0);
 }
 
-/* A whole message with a payload and no descriptors as a Message built here,
- * as tuple.__new__(Message, (data, (), False, None)) builds it; anything else
- * as recvmsg()'s tuple (with the marker).  Consumes got. */
+/* A whole message with a payload or descriptors (these only ``with_fds``) as a Message
+ * built here, as tuple.__new__(Message, (data, fds, False, None)) builds it, so that no
+ * Python code runs while its descriptors are nowhere else; anything else as recvmsg()'s
+ * tuple (with the marker).  Consumes got: on failure every descriptor is closed. */
 static PyObject *
-message_or_tuple(struct received *got, Py_ssize_t bufsize, int partial_records)
+message_or_tuple(struct received *got, Py_ssize_t bufsize, int partial_records, int with_fds)
 {
     Py_ssize_t length = PyBytes_GET_SIZE(got->data);
-    if (message_type == NULL || length == 0 || got->nfds != 0 ||
+    if (message_type == NULL || (got->nfds != 0 ? !with_fds : length == 0) ||
         (got->msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || (length == bufsize && partial_records)) {
         return received_tuple(got, 1);
     }
     PyObject *message = message_type->tp_alloc(message_type, 4);
-    PyObject *no_fds = message != NULL ? PyTuple_New(0) : NULL;
-    if (no_fds == NULL) {
+    PyObject *fds = message != NULL ? PyTuple_New(got->nfds) : NULL;
+    for (Py_ssize_t i = 0; fds != NULL && i < got->nfds; i++) {
+        PyObject *number = PyLong_FromLong(got->fds[i]);
+        if (number == NULL) {
+            Py_CLEAR(fds); /* holds ints only: closes nothing */
+            break;
+        }
+        PyTuple_SET_ITEM(fds, i, number);
+    }
+    if (fds == NULL) {
+        close_all(got->fds, got->nfds);
         Py_XDECREF(message);
         Py_DECREF(got->data);
         return NULL;
     }
     PyTuple_SET_ITEM(message, 0, got->data);
-    PyTuple_SET_ITEM(message, 1, no_fds);
+    PyTuple_SET_ITEM(message, 1, fds);
     PyTuple_SET_ITEM(message, 2, Py_NewRef(Py_False));
     PyTuple_SET_ITEM(message, 3, Py_NewRef(Py_None));
     return message;
@@ -1130,7 +1153,8 @@ message_or_tuple(struct received *got, Py_ssize_t bufsize, int partial_records)
 PyDoc_STRVAR(recv_message_doc,
 "recv_message(sock, bufsize, maxfds, flags, partial_records) -> Message or tuple\n\n"
 "A native seqpacket receive: one recvmsg as recvmsg() makes it.  A whole\n"
-"message with a payload and no descriptors comes back as a Message built here;\n"
+"message with a payload or descriptors comes back as a Message built here (with\n"
+"descriptors only while no sent descriptor is held: see guard_reused);\n"
 "anything else as recvmsg()'s tuple, for the connection to finish.  A record\n"
 "that filled bufsize is 'anything else' where the kernel keeps the rest of a\n"
 "record queued (partial_records true: FreeBSD).");
@@ -1153,11 +1177,12 @@ speedups_recv_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (partial_records < 0) {
         return NULL;
     }
+    int with_fds = maxfds > 0 && nothing_guarded();
     struct received got;
     if (receive(fd_slot(args[0], &fd), bufsize, maxfds, flags, 0, 0, &got) < 0) {
         return NULL;
     }
-    return message_or_tuple(&got, bufsize, partial_records);
+    return message_or_tuple(&got, bufsize, partial_records, with_fds);
 }
 
 /* -- native seqpacket connections: send and recv_message as methods -------- */
@@ -1327,22 +1352,51 @@ fast_size(PyObject *obj, Py_ssize_t limit, Py_ssize_t *out)
     return 1;
 }
 
+/* recv_message's arguments, by position or keyword, where the inline receive takes them
+ * (1); else 0, with no exception: the Python method says what is wrong. */
+static int
+native_recv_arguments(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                      Py_ssize_t *bufsize, Py_ssize_t *maxfds)
+{
+    PyObject *given[2] = {NULL, NULL};
+    Py_ssize_t keywords = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > 2) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        given[i] = args[i];
+    }
+    for (Py_ssize_t i = 0; i < keywords; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        int at = PyUnicode_CompareWithASCIIString(name, "bufsize") == 0  ? 0
+                 : PyUnicode_CompareWithASCIIString(name, "maxfds") == 0 ? 1
+                                                                         : -1;
+        if (at < 0 || given[at] != NULL) {
+            return 0;
+        }
+        given[at] = args[nargs + i];
+    }
+    if ((given[0] != NULL && !fast_size(given[0], native_fast_bufsize, bufsize)) ||
+        (given[1] != NULL &&
+         (!PyLong_CheckExact(given[1]) || as_count(given[1], "maxfds", maxfds) < 0))) {
+        PyErr_Clear(); /* a negative maxfds */
+        return 0;
+    }
+    return 1;
+}
+
 PyDoc_STRVAR(native_recv_message_doc,
 "recv_message($self, bufsize=65536, maxfds=0)\n--\n\n"
 "SeqpacketConn.recv_message of a native connection, compiled: the inline\n"
 "receive of the Python method (one recvmsg; the Message built here where it\n"
-"is a payload without descriptors), handing every other call to the Python\n"
+"is a whole message), handing every other call to the Python\n"
 "method before anything was received.");
 
 static PyObject *
 native_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     Py_ssize_t bufsize = native_default_bufsize, maxfds = native_default_maxfds;
-    if (kwnames != NULL || nargs > 2 ||
-        (nargs >= 1 && !fast_size(args[0], native_fast_bufsize, &bufsize)) ||
-        (nargs == 2 &&
-         (!PyLong_CheckExact(args[1]) || as_count(args[1], "maxfds", &maxfds) < 0))) {
-        PyErr_Clear(); /* a negative maxfds: the Python method raises its own error */
+    if (!native_recv_arguments(args, nargs, kwnames, &bufsize, &maxfds)) {
         return call_reference(native_recv_reference, conn, args, nargs, kwnames);
     }
     /* _fast is off after the end of the stream and wherever the inline case does not
@@ -1359,6 +1413,7 @@ native_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyO
         Py_XDECREF(inline_args);
         return call_reference(native_recv_reference, conn, args, nargs, kwnames);
     }
+    int with_fds = maxfds > 0 && nothing_guarded();
     struct received got;
     int status = receive(&plain->sock_fd, bufsize, maxfds, flags, 0, 1, &got);
     Py_DECREF(inline_args);
@@ -1380,7 +1435,7 @@ native_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyO
         partial_records = partial != Py_False;
         Py_XDECREF(partial);
     }
-    PyObject *message = message_or_tuple(&got, bufsize, partial_records);
+    PyObject *message = message_or_tuple(&got, bufsize, partial_records, with_fds);
     if (message == NULL || Py_TYPE(message) == message_type) {
         return message;
     }
