@@ -279,10 +279,14 @@ class _Readiness:
         A waiter the callback never ran consumed nothing; a result taken
         for one goes to its ``keep``.
         """
-        for waiter in [waiter for waiter in self._unclaimed if _closed(waiter)]:
-            self._claim(waiter)
-        if any(_closed(waiter) for waiter, _, _ in self._waiting):
-            self._waiting = collections.deque(e for e in self._waiting if not _closed(e[0]))
+        # Over copies: the collector may close a dead task's coroutine at any allocation
+        # here, and its ``finally`` claims or removes its own entry (pop/remove tolerate it).
+        for waiter in list(self._unclaimed):
+            if _closed(waiter):
+                self._claim(waiter)
+        waiting = list(self._waiting)
+        if any(_closed(waiter) for waiter, _, _ in waiting):
+            self._waiting = collections.deque(e for e in waiting if not _closed(e[0]))
         if self._loop is not None and self._loop.is_closed():
             self._registered = False  # the registration went with the loop
             self._loop = None
@@ -373,12 +377,13 @@ class _Turn:
 
     def _take_back(self, loop: asyncio.AbstractEventLoop) -> int:
         """The holder's loop was closed under it: the turn is ``loop``'s now."""
-        self._waiters = collections.deque(w for w in self._waiters if not _closed(w))
-        self._readiness.forget_closed_loops()
+        self._held += 1  # first: the dead holder's release, whenever it comes, is void
+        held = self._held
         self.busy = True
         self.loop = loop
-        self._held += 1
-        return self._held
+        self._waiters = collections.deque(w for w in list(self._waiters) if not _closed(w))
+        self._readiness.forget_closed_loops()
+        return held
 
     def release(self, held: int) -> None:
         if held != self._held:
