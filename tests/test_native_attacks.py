@@ -194,3 +194,28 @@ def test_a_raising_handler_never_runs_while_received_descriptors_are_inside_the_
     interrupted, whatever the boundary (maxfds by keyword went to the Python method, too)."""
     outcomes = [_interrupted_at(boundary, list(pipe), keyword) for boundary in range(1, 8)]
     assert all(leaked == 0 for _, leaked in outcomes), outcomes
+
+
+@needs_seqpacket
+@pytest.mark.parametrize("method", ["compiled", "python"])
+def test_a_message_with_descriptors_is_guarded_while_sent_slots_are_held(
+    pipe: Tuple[int, int], monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """The Message the C receive builds with descriptors skips ``guard_reused``: only while
+    no sent descriptor is held.  Held ones (macOS, or a kernel seen to hand a same-process
+    receive the sender's own slot) are guarded as the Python method guards them."""
+    from udscompat import _fdpass
+
+    x, y = udscompat.seqpacket_pair(implementation="native")
+    with x, y:
+        x.send(b"x", [pipe[0]])
+        slot = os.dup(pipe[0])
+        os.close(slot)  # the lowest free number: the one the receive installs
+        monkeypatch.setattr(_fdpass.REGISTRY, "originals", {slot})
+        if method == "compiled":
+            message = y.recv_message(maxfds=1)
+        else:
+            message = _seqpacket.PYTHON_NATIVE_RECV_MESSAGE(y, maxfds=1)
+        assert message is not None
+        _io.close_fds([slot, *message.fds])
+    assert len(message.fds) == 1 and message.fds[0] != slot
