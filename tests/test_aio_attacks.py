@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import os
 import random
@@ -510,7 +511,7 @@ def finish(peer: subprocess.Popen[bytes]) -> List[str]:
     return out.decode().splitlines()
 
 
-@pytest.mark.parametrize("later", ["close", "closed", "wait_closed"])
+@pytest.mark.parametrize("later", ["close", "closed", "wait_closed", "send", "recv_message"])
 @pytest.mark.parametrize("loop_kind", LOOPS)
 @pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
 def test_a_close_left_in_a_loop_closed_by_hand_ends_at_the_next_call(
@@ -518,8 +519,9 @@ def test_a_close_left_in_a_loop_closed_by_hand_ends_at_the_next_call(
 ) -> None:
     """close() without awaiting wait_closed(), then the loop closed by hand (not asyncio.run)
     with an emulated frame partly unsent: the socket stayed open until the collector came,
-    the reader waiting for the frame's rest.  The next close/closed/wait_closed closes it;
-    the reader sees the frame cut by end-of-stream, never a frame joined to another."""
+    the reader waiting for the frame's rest (and a send went out after it).  The next call
+    closes it -- a send or receive raising EBADF; the reader sees the frame cut by
+    end-of-stream, never a frame joined to another."""
     conn, peer = reader_peer(impl)
     fd = conn.fileno()
     try:
@@ -532,8 +534,13 @@ def test_a_close_left_in_a_loop_closed_by_hand_ends_at_the_next_call(
             conn.close()
         elif later == "closed":
             assert conn.closed
-        else:
+        elif later == "wait_closed":
             in_new_loop(loop_kind, conn.wait_closed)
+        else:
+            call = (lambda: conn.send(b"late")) if later == "send" else conn.recv_message
+            with pytest.raises(OSError) as raised:
+                in_new_loop(loop_kind, call)
+            assert raised.value.errno == errno.EBADF
         assert conn.closed
         with pytest.raises(OSError):
             os.fstat(fd)  # closed (this process opens nothing meanwhile)
@@ -548,6 +555,35 @@ def test_a_close_left_in_a_loop_closed_by_hand_ends_at_the_next_call(
             peer.stdout.close()
     expected_end = "end" if impl == "native" else "FramingError"
     assert lines == ["10 ['m']", expected_end]
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_calls_after_close_are_refused_while_the_frame_drains(loop_kind: str) -> None:
+    """close() returned, its task still finishing an emulated frame: a new send waited behind
+    it and went out after it (a send after close!), a new receive still received.  Both raise
+    EBADF at once, as after any close; the peer gets the whole frame, then end-of-stream."""
+    a, b = pair("emulated")
+    big = bytes(range(256)) * 4000
+
+    async def main() -> List[Any]:
+        a.conn.send(big)  # non-blocking: part goes out, the rest waits in the connection
+        a.close()
+        assert not a.closed  # finishing the frame
+        said: List[Any] = []
+        for call in (lambda: a.send(b"after close"), a.recv_message, a.peek):
+            try:
+                await call()
+            except OSError as exc:
+                said.append(errno.errorcode[exc.errno or 0])
+        got = [message.data async for message in b.messages(2_000_000)]
+        await a.wait_closed()
+        return [said, got]
+
+    try:
+        assert in_new_loop(loop_kind, main) == [["EBADF"] * 3, [big]]
+    finally:
+        a.close()
+        b.close()
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)

@@ -461,6 +461,8 @@ class AsyncSeqpacketConn:
             OSError: other send errors.
             As ``SeqpacketConn.send`` otherwise.
         """
+        if self._closing is not None:
+            raise self._closed_error()
         held = self._send_turn.take() or await self._send_turn.wait_for_turn()
         conn = self._conn
         try:
@@ -578,6 +580,8 @@ class AsyncSeqpacketConn:
         A cancelled receive loses nothing: a message that arrived meanwhile
         is returned by the next receive.
         """
+        if self._closing is not None:
+            raise self._closed_error()
         held = self._recv_turn.take() or await self._recv_turn.wait_for_turn()
         try:
             if self._kept:
@@ -618,6 +622,8 @@ class AsyncSeqpacketConn:
         Its descriptors are new copies the caller owns.  Cancelled, the
         copies a peek made meanwhile are closed; the message stays.
         """
+        if self._closing is not None:
+            raise self._closed_error()
         held = self._recv_turn.take() or await self._recv_turn.wait_for_turn()
         try:
             if self._kept:
@@ -646,6 +652,8 @@ class AsyncSeqpacketConn:
         """
         views, _ = _seqpacket._writable(buffers)
         try:
+            if self._closing is not None:
+                raise self._closed_error()
             held = self._recv_turn.take() or await self._recv_turn.wait_for_turn()
             try:
                 if self._kept:
@@ -713,12 +721,13 @@ class AsyncSeqpacketConn:
         A frame still partly unsent (the emulation, after a cancelled send)
         is finished first, for up to ``CLOSE_DRAIN_TIMEOUT`` seconds, by a
         task of the running loop; await ``wait_closed`` to know when the
-        socket is closed.  If that loop ends first, the frame's rest is
+        socket is closed; meanwhile a new send or receive raises ``EBADF``,
+        as after any close.  If that loop ends first, the frame's rest is
         dropped and the socket closed: when ``asyncio.run`` cancels the
-        task, or, for a loop closed by hand, at the next ``close``,
-        ``wait_closed`` or ``closed`` on this connection (from any loop, or
-        none) -- and, failing those, when the garbage collector destroys
-        the task, with a ``ResourceWarning``.  The peer then reads
+        task, or, for a loop closed by hand, at the next call on this
+        connection (``close``, ``closed``, ``wait_closed``, a send or a
+        receive; from any loop, or none) -- and, failing those, when the
+        garbage collector destroys the task, with a ``ResourceWarning``.  The peer then reads
         end-of-stream inside that frame (a ``FramingError``), never part of
         one message joined to another.
 
@@ -743,6 +752,12 @@ class AsyncSeqpacketConn:
             except OSError:
                 pass  # the peer is gone: nothing more can be delivered
         self._close_now()
+
+    def _closed_error(self) -> OSError:
+        """What a call after ``close`` raises while the socket is still finishing a frame."""
+        if self._closing_abandoned():
+            self._close_now()
+        return OSError(errno.EBADF, "the connection is closed")
 
     def _closing_abandoned(self) -> bool:
         """Whether ``close``'s task was left pending in a loop closed under it."""
