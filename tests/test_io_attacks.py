@@ -35,6 +35,22 @@ IO_MODULES = frozenset(
 ENC = FrameEncoder()
 
 
+@pytest.fixture(autouse=True)
+def _python_emulated_methods(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulation runs its Python send/recv_message here, whichever path is in use.
+
+    These tests place a signal after a CPython socket call the Python methods make
+    (``send``, ``recvmsg``), found by its profile event; the compiled methods
+    (udscompat/_speedups.c) make their system calls in C, where no profile event shows
+    them, so the tests would place their signals elsewhere.  The compiled methods' own
+    windows are tried in tests/test_emulated_speedups.py.
+    """
+    monkeypatch.setattr(_seqpacket._EmulatedConn, "send", _seqpacket.PYTHON_EMULATED_SEND)
+    monkeypatch.setattr(
+        _seqpacket._EmulatedConn, "recv_message", _seqpacket.PYTHON_EMULATED_RECV_MESSAGE
+    )
+
+
 class Interrupted(BaseException):
     """What the test's SIGUSR1 handler raises (as a SIGINT handler raises KeyboardInterrupt)."""
 

@@ -1659,6 +1659,30 @@ class _EmulatedConn(SeqpacketConn):
         _holding(self._recv_lock, self._discard_received)
 
 
+#: _EmulatedConn's send and recv_message as written above: the reference the compiled methods
+#: hand every call but the common case to (what ``UDSCOMPAT_SPEEDUPS=0`` runs), and what tests
+#: compare them with.
+PYTHON_EMULATED_SEND = _EmulatedConn.send
+PYTHON_EMULATED_RECV_MESSAGE = _EmulatedConn.recv_message
+
+if _accel.speedups is not None:
+    # Two Python method calls with their state checks cost more than the system calls of a
+    # small message: where the accelerator runs, these two are C method descriptors
+    # (_speedups.c, configure_emulated) over the same attributes and continuations.
+    _emulated_send, _emulated_recv_message = _accel.speedups.configure_emulated(
+        _EmulatedConn,
+        PYTHON_EMULATED_SEND,
+        PYTHON_EMULATED_RECV_MESSAGE,
+        _STREAM_CHUNK,
+        _ANCBUF,
+        _NOSIGNAL,
+        _monotonic,
+        type(threading.Lock()),
+    )
+    setattr(_EmulatedConn, "send", _emulated_send)  # noqa: B010 (mypy: a method)
+    setattr(_EmulatedConn, "recv_message", _emulated_recv_message)  # noqa: B010
+
+
 def kernel_stream_credentials() -> bool:
     """Does the kernel attach credentials to every stream write (else emulated frames claim)?
 

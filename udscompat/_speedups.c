@@ -34,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -1680,6 +1681,955 @@ speedups_control_size(PyObject *module, PyObject *unused)
     return PyLong_FromSize_t(control_size());
 }
 
+/* -- emulated seqpacket connections: send and recv_message as methods ------ */
+
+/* The emulation (_seqpacket._EmulatedConn: frames over SOCK_STREAM) pays for two
+ * Python method calls per message, each with the state checks around its one
+ * system call, which cost more than the system calls of a small message.  These
+ * two functions are its send and recv_message for the common case, installed as
+ * the class's method descriptors (configure_emulated):
+ *
+ *   send: a bytes, bytearray or contiguous memoryview payload without
+ *   descriptors or credentials, within max_message_size, on an idle
+ *   connection (nothing unsent, no send running or cut short, not broken or
+ *   closed, no acknowledgement owed): the frame header and the payload go out
+ *   in one sendmsg (two iovecs: no joined copy).
+ *
+ *   recv_message: an idle decoder on a connection with _fast set and not
+ *   broken: one recvmsg of a stream chunk (the 8-byte header into its own slot,
+ *   the rest into the kept receive buffer, so a payload lands where its bytes
+ *   object starts); a chunk that is exactly one plain DATA frame becomes the
+ *   Message here.
+ *
+ * Every other call goes, whole and before any system call, to the Python method
+ * (the reference, kept: it is what UDSCOMPAT_SPEEDUPS=0 runs).  After a system
+ * call the rare outcomes go to the same Python continuations the Python method
+ * uses: a chunk that is not one plain frame to _ingest(data, ancdata, flags)
+ * (ancdata as socket.recvmsg gives it) and _receive(); a would-block under a
+ * timeout to _receive() or _start_frame(); a partly sent frame to _flush().
+ *
+ * The connection's state is the Python method's, attribute for attribute:
+ * _sending/_receiving are set before the system call and cleared once its
+ * result is recorded; the send and receive locks are taken without waiting (a
+ * lock another thread holds hands the call to the reference, which waits).
+ * Signals: on EINTR nothing was sent or read, so the flag is cleared, the
+ * handlers run, and a raising handler leaves the connection usable (the Python
+ * method, inside socket.send/recvmsg, cannot tell that case from an interrupt
+ * after the system call, and aborts the connection at the next call).  Between a
+ * successful system call and the recording of its result no Python code runs. */
+
+static PyObject *emu_send_reference = NULL; /* _EmulatedConn.send, as written in Python */
+static PyObject *emu_recv_reference = NULL; /* _EmulatedConn.recv_message, likewise */
+static PyObject *emu_default_bufsize = NULL; /* recv_message's defaults, from the reference */
+static PyObject *emu_default_maxfds = NULL;
+static PyObject *emu_monotonic = NULL;       /* the deadlines' clock (time.monotonic) */
+static PyTypeObject *emu_lock_type = NULL;   /* threading.Lock's type */
+static PyObject *emu_lock_acquire = NULL;    /* its acquire and release methods */
+static PyObject *emu_lock_release = NULL;
+static PyObject *emu_committed_kw = NULL;    /* ("committed",) */
+static Py_ssize_t emu_chunk = 0;             /* _STREAM_CHUNK: one read's size */
+static Py_ssize_t emu_control = 0;           /* _ANCBUF: one read's control room */
+static int emu_send_flags = 0;               /* MSG_NOSIGNAL where there is one */
+
+#define EMU_HEADER 8        /* u32 length | u16 nfds | u8 kind | u8 flags, big-endian */
+#define EMU_SMALL_FRAME 4096 /* the Python method joins smaller frames into one buffer */
+
+static PyObject *emu_send_lock_name, *emu_recv_lock_name, *emu_unsent_name, *emu_sending_name,
+    *emu_receiving_name, *emu_broken_name, *emu_closed_name, *emu_decoder_name,
+    *emu_ack_requests_name, *emu_acks_sent_name, *emu_encoder_name, *emu_max_size_name,
+    *emu_timeout_name, *emu_sock_name, *emu_cmsgs_name, *emu_idle_name, *emu_fast_name,
+    *emu_recv_flags_name, *emu_start_frame_name, *emu_flush_name, *emu_ingest_name,
+    *emu_receive_name, *emu_acknowledge_name, *emu_raise_read_error_name;
+
+/* reference(conn, *args, **kwargs), from a vectorcall's arguments without the connection. */
+static PyObject *
+emu_reference(PyObject *reference, PyObject *conn, PyObject *const *args, Py_ssize_t nargs,
+              PyObject *kwnames)
+{
+    if (reference == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "udscompat._speedups.configure_emulated() was not called");
+        return NULL;
+    }
+    Py_ssize_t total = nargs + (kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8];
+    PyObject **call = total < 8 ? small : PyMem_New(PyObject *, (size_t)total + 1);
+    if (call == NULL) {
+        return PyErr_NoMemory();
+    }
+    call[0] = conn;
+    if (total > 0) {
+        memcpy(call + 1, args, sizeof(PyObject *) * (size_t)total);
+    }
+    PyObject *result = PyObject_Vectorcall(reference, call, (size_t)nargs + 1, kwnames);
+    if (call != small) {
+        PyMem_Free(call);
+    }
+    return result;
+}
+
+/* lock.acquire(False): 1 taken, 0 held elsewhere (or not a threading.Lock), -1 error. */
+static int
+emu_try_lock(PyObject *lock)
+{
+    if (lock == NULL || Py_TYPE(lock) != emu_lock_type) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *call[2] = {lock, Py_False};
+    PyObject *got = PyObject_Vectorcall(emu_lock_acquire, call, 2, NULL);
+    if (got == NULL) {
+        return -1;
+    }
+    int taken = got == Py_True;
+    Py_DECREF(got);
+    return taken;
+}
+
+/* lock.release(), keeping an exception already set (the caller's to raise). */
+static int
+emu_unlock(PyObject *lock)
+{
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyObject *call[1] = {lock};
+    PyObject *done = PyObject_Vectorcall(emu_lock_release, call, 1, NULL);
+    if (done == NULL) {
+        if (type != NULL) {
+            PyErr_Clear(); /* the first exception wins */
+            PyErr_Restore(type, value, traceback);
+        }
+        return -1;
+    }
+    Py_DECREF(done);
+    PyErr_Restore(type, value, traceback);
+    return 0;
+}
+
+/* An attribute as a new reference, or NULL with no exception set. */
+static PyObject *
+emu_get(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) {
+        PyErr_Clear();
+    }
+    return value;
+}
+
+/* Whether attribute ``name`` of ``obj`` is ``expected`` (identity: True, False, None). */
+static int
+emu_is(PyObject *obj, PyObject *name, PyObject *expected)
+{
+    PyObject *value = emu_get(obj, name);
+    Py_XDECREF(value);
+    return value == expected;
+}
+
+/* An attribute that must be an exact int in 0..PY_SSIZE_T_MAX; -1 otherwise. */
+static Py_ssize_t
+emu_count(PyObject *obj, PyObject *name)
+{
+    PyObject *value = emu_get(obj, name);
+    Py_ssize_t count = -1;
+    if (value != NULL && PyLong_CheckExact(value)) {
+        count = PyLong_AsSsize_t(value);
+        if (count < 0) {
+            PyErr_Clear();
+            count = -1;
+        }
+    }
+    Py_XDECREF(value);
+    return count;
+}
+
+/* No acknowledgement owed: decoder.ack_requests == conn._acks_sent (-1: can't tell). */
+static int
+emu_nothing_owed(PyObject *conn, PyObject *decoder)
+{
+    Py_ssize_t requests = emu_count(decoder, emu_ack_requests_name);
+    Py_ssize_t sent = emu_count(conn, emu_acks_sent_name);
+    if (requests < 0 || sent < 0) {
+        return -1;
+    }
+    return requests == sent;
+}
+
+static int
+emu_set(PyObject *obj, PyObject *name, PyObject *value)
+{
+    return PyObject_SetAttr(obj, name, value);
+}
+
+/* An empty tuple or list: what a send without descriptors passes as ``fds``. */
+static int
+emu_no_items(PyObject *obj)
+{
+    return (PyTuple_CheckExact(obj) && PyTuple_GET_SIZE(obj) == 0) ||
+           (PyList_CheckExact(obj) && PyList_GET_SIZE(obj) == 0);
+}
+
+/* The plain AF_UNIX socket of the connection, or NULL (no exception): the
+ * reference then runs (a stand-in socket type, a closed socket). */
+static socket_prefix *
+emu_socket(PyObject *conn, PyObject **sock_out)
+{
+    PyObject *sock = emu_get(conn, emu_sock_name);
+    socket_prefix *plain = sock != NULL ? plain_unix_socket(sock) : NULL;
+    if (plain == NULL || plain->sock_fd < 0) {
+        Py_XDECREF(sock);
+        return NULL;
+    }
+    *sock_out = sock;
+    return plain;
+}
+
+static void
+emu_put_header(unsigned char *header, Py_ssize_t length)
+{
+    uint32_t value = (uint32_t)length;
+    header[0] = (unsigned char)(value >> 24);
+    header[1] = (unsigned char)(value >> 16);
+    header[2] = (unsigned char)(value >> 8);
+    header[3] = (unsigned char)value;
+    memset(header + 4, 0, 4);
+}
+
+/* ``_timeout and _monotonic() + _timeout``, the Python method's deadline, computed
+ * as it does at the start of the call; NULL (no exception) for a timeout of an
+ * unexpected type (the reference then runs). */
+static PyObject *
+emu_deadline(PyObject *conn, int *nonblocking)
+{
+    PyObject *timeout = emu_get(conn, emu_timeout_name);
+    *nonblocking = 0;
+    if (timeout == NULL || timeout == Py_None) {
+        return timeout;
+    }
+    if (!PyFloat_CheckExact(timeout)) {
+        Py_DECREF(timeout);
+        return NULL;
+    }
+    double seconds = PyFloat_AS_DOUBLE(timeout);
+    if (seconds == 0.0) {
+        *nonblocking = 1;
+        return timeout;
+    }
+    Py_DECREF(timeout);
+    PyObject *now = PyObject_CallNoArgs(emu_monotonic);
+    if (now == NULL || !PyFloat_CheckExact(now)) {
+        Py_XDECREF(now);
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *deadline = PyFloat_FromDouble(PyFloat_AS_DOUBLE(now) + seconds);
+    Py_DECREF(now);
+    if (deadline == NULL) {
+        PyErr_Clear();
+    }
+    return deadline;
+}
+
+/* The payload as the Python method's _start_frame takes it: bytes as they are, other
+ * bytes-like objects as memoryview(data).cast("B"). */
+static PyObject *
+emu_payload_object(PyObject *data)
+{
+    if (PyBytes_CheckExact(data)) {
+        return Py_NewRef(data);
+    }
+    PyObject *view = PyMemoryView_FromObject(data);
+    if (view == NULL) {
+        return NULL;
+    }
+    PyObject *cast = PyObject_CallMethod(view, "cast", "s", "B");
+    Py_DECREF(view);
+    return cast;
+}
+
+PyDoc_STRVAR(emulated_send_doc,
+"send($self, data, fds=(), credentials=None)\n--\n\n"
+"SeqpacketConn.send of an emulated connection, compiled: one sendmsg of a\n"
+"frame (header and payload) on an idle connection, handing every other call\n"
+"to the Python method before anything was sent.");
+
+static PyObject *
+emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (kwnames != NULL || nargs < 1 || nargs > 3 || (nargs >= 2 && !emu_no_items(args[1])) ||
+        (nargs == 3 && args[2] != Py_None)) {
+        return emu_reference(emu_send_reference, conn, args, nargs, kwnames);
+    }
+    PyObject *data = args[0];
+    Py_buffer view;
+    const char *payload;
+    Py_ssize_t size;
+    view.obj = NULL;
+    if (PyBytes_CheckExact(data)) {
+        payload = PyBytes_AS_STRING(data);
+        size = PyBytes_GET_SIZE(data);
+    }
+    else if (PyByteArray_CheckExact(data) || PyMemoryView_Check(data)) {
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear(); /* strided, released: the reference says what is wrong */
+            return emu_reference(emu_send_reference, conn, args, nargs, kwnames);
+        }
+        payload = (const char *)view.buf;
+        size = view.len;
+    }
+    else {
+        return emu_reference(emu_send_reference, conn, args, nargs, kwnames);
+    }
+
+    PyObject *result = NULL, *deadline = NULL, *lock = NULL, *encoder = NULL, *decoder = NULL,
+             *sock = NULL, *unsent = NULL, *cmsgs = NULL;
+    int nonblocking = 0, locked = 0, to_reference = 1;
+    /* The header as the Python method builds it: a payload over the limit goes to the
+     * reference, whose encoder raises the ValueError. */
+    encoder = emu_get(conn, emu_encoder_name);
+    Py_ssize_t limit = encoder != NULL ? emu_count(encoder, emu_max_size_name) : -1;
+    if (limit < 0 || size > limit || size > (Py_ssize_t)UINT32_MAX) {
+        goto out;
+    }
+    deadline = emu_deadline(conn, &nonblocking);
+    if (deadline == NULL) {
+        goto out;
+    }
+    lock = emu_get(conn, emu_send_lock_name);
+    locked = emu_try_lock(lock);
+    if (locked <= 0) {
+        if (locked < 0) {
+            to_reference = 0;
+        }
+        locked = 0;
+        goto out;
+    }
+    /* The Python method's idle test; anything owed or wrong is its _before_send's. */
+    unsent = emu_get(conn, emu_unsent_name);
+    decoder = emu_get(conn, emu_decoder_name);
+    int unsent_empty = unsent != NULL && (PyBytes_CheckExact(unsent) || PyMemoryView_Check(unsent))
+                           ? PyObject_Length(unsent) == 0
+                           : 0;
+    if (!unsent_empty || !emu_is(conn, emu_sending_name, Py_False) ||
+        !emu_is(conn, emu_broken_name, Py_None) || !emu_is(conn, emu_closed_name, Py_False) ||
+        decoder == NULL || emu_nothing_owed(conn, decoder) != 1) {
+        PyErr_Clear();
+        goto out;
+    }
+    socket_prefix *plain = emu_socket(conn, &sock);
+    if (plain == NULL) {
+        goto out;
+    }
+    to_reference = 0; /* from here on the call is this function's */
+    cmsgs = emu_get(conn, emu_cmsgs_name);
+    if (cmsgs != Py_None && emu_set(conn, emu_cmsgs_name, Py_None) < 0) {
+        goto out;
+    }
+
+    unsigned char header[EMU_HEADER];
+    emu_put_header(header, size);
+    struct iovec iov[2];
+    iov[0].iov_base = header;
+    iov[0].iov_len = EMU_HEADER;
+    iov[1].iov_base = (void *)payload;
+    iov[1].iov_len = (size_t)size;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = iov;
+    msg.msg_iovlen = size > 0 ? 2 : 1;
+    int fd = plain->sock_fd;
+    ssize_t sent;
+    if (emu_set(conn, emu_sending_name, Py_True) < 0) {
+        goto out;
+    }
+    for (;;) {
+        int saved;
+        Py_BEGIN_ALLOW_THREADS
+        sent = sendmsg(fd, &msg, emu_send_flags);
+        saved = errno;
+        Py_END_ALLOW_THREADS
+        if (sent >= 0) {
+            break;
+        }
+        /* Nothing went out. */
+        if (emu_set(conn, emu_sending_name, Py_False) < 0) {
+            goto out;
+        }
+        if (saved == EINTR) {
+            if (PyErr_CheckSignals() < 0 || emu_set(conn, emu_sending_name, Py_True) < 0) {
+                goto out; /* a raising handler: nothing sent, nothing recorded */
+            }
+            continue;
+        }
+        if ((saved != EAGAIN && saved != EWOULDBLOCK) || nonblocking) {
+            errno = saved;
+            PyErr_SetFromErrno(PyExc_OSError); /* as socket.send raises it */
+            goto out;
+        }
+        /* Would block under a timeout: _start_frame waits within the deadline, as the
+         * Python method's own BlockingIOError branch does. */
+        PyObject *header_obj = PyBytes_FromStringAndSize((const char *)header, EMU_HEADER);
+        PyObject *payload_obj = header_obj != NULL ? emu_payload_object(data) : NULL;
+        PyObject *frame = NULL;
+        if (payload_obj != NULL) {
+            frame = size < EMU_SMALL_FRAME ? PyBytes_FromStringAndSize(NULL, EMU_HEADER + size)
+                                           : Py_NewRef(Py_None);
+            if (frame != NULL && frame != Py_None) {
+                memcpy(PyBytes_AS_STRING(frame), header, EMU_HEADER);
+                memcpy(PyBytes_AS_STRING(frame) + EMU_HEADER, payload, (size_t)size);
+            }
+        }
+        PyObject *got = NULL;
+        if (frame != NULL) {
+            PyObject *call[7] = {conn, header_obj, payload_obj, frame, Py_None, Py_None, deadline};
+            got = PyObject_VectorcallMethod(emu_start_frame_name, call,
+                                            7, NULL);
+        }
+        Py_XDECREF(header_obj);
+        Py_XDECREF(payload_obj);
+        Py_XDECREF(frame);
+        if (got == NULL) {
+            goto out;
+        }
+        sent = PyLong_AsSsize_t(got);
+        Py_DECREF(got);
+        if (sent == -1 && PyErr_Occurred()) {
+            goto out;
+        }
+        break;
+    }
+    int partly = sent < EMU_HEADER + size;
+    if (partly) {
+        /* self._unsent = memoryview(header + payload)[sent:]; an error here leaves
+         * _sending set (the stream position is unknown), as in the Python method. */
+        PyObject *whole = PyBytes_FromStringAndSize(NULL, EMU_HEADER + size);
+        PyObject *whole_view = NULL, *start = NULL, *cut = NULL, *rest = NULL;
+        if (whole != NULL) {
+            memcpy(PyBytes_AS_STRING(whole), header, EMU_HEADER);
+            memcpy(PyBytes_AS_STRING(whole) + EMU_HEADER, payload, (size_t)size);
+            whole_view = PyMemoryView_FromObject(whole);
+        }
+        start = whole_view != NULL ? PyLong_FromSsize_t(sent) : NULL;
+        cut = start != NULL ? PySlice_New(start, NULL, NULL) : NULL;
+        rest = cut != NULL ? PyObject_GetItem(whole_view, cut) : NULL;
+        int recorded = rest != NULL ? emu_set(conn, emu_unsent_name, rest) : -1;
+        Py_XDECREF(whole);
+        Py_XDECREF(whole_view);
+        Py_XDECREF(start);
+        Py_XDECREF(cut);
+        Py_XDECREF(rest);
+        if (recorded < 0) {
+            goto out;
+        }
+    }
+    if (emu_set(conn, emu_sending_name, Py_False) < 0) {
+        goto out;
+    }
+    if (partly && !nonblocking) {
+        PyObject *call[3] = {conn, deadline, Py_True};
+        PyObject *flushed = PyObject_VectorcallMethod(
+            emu_flush_name, call, 2, emu_committed_kw);
+        if (flushed == NULL) {
+            goto out;
+        }
+        Py_DECREF(flushed);
+    }
+    result = PyLong_FromSsize_t(size);
+
+out:
+    if (locked && emu_unlock(lock) < 0 && result != NULL) {
+        Py_CLEAR(result);
+    }
+    Py_XDECREF(lock);
+    Py_XDECREF(deadline);
+    Py_XDECREF(encoder);
+    Py_XDECREF(decoder);
+    Py_XDECREF(sock);
+    Py_XDECREF(unsent);
+    Py_XDECREF(cmsgs);
+    if (view.obj != NULL) {
+        PyBuffer_Release(&view);
+    }
+    if (to_reference && result == NULL && !PyErr_Occurred()) {
+        return emu_reference(emu_send_reference, conn, args, nargs, kwnames);
+    }
+    return result;
+}
+
+/* The data length of cmsg ``c`` within the control buffer as CPython's
+ * get_cmsg_data_len finds it: -1 where its header does not fit (the walk stops),
+ * else the length, cut to what the buffer holds (*cut set then). */
+static Py_ssize_t
+emu_cmsg_length(const struct msghdr *msg, const struct cmsghdr *c, int *cut)
+{
+    const char *base = (const char *)msg->msg_control;
+    size_t room = (size_t)msg->msg_controllen;
+    size_t offset = (size_t)((const char *)c - base);
+    if (room < CMSG_LEN(0) || offset > room - CMSG_LEN(0) || c->cmsg_len < CMSG_LEN(0)) {
+        return -1;
+    }
+    size_t data_offset = (size_t)((const char *)CMSG_DATA(c) - base);
+    if (data_offset > room) {
+        return -1;
+    }
+    size_t length = c->cmsg_len - CMSG_LEN(0);
+    *cut = room - data_offset < length;
+    if (*cut) {
+        length = room - data_offset;
+    }
+    return (Py_ssize_t)length;
+}
+
+/* Close every SCM_RIGHTS descriptor of a received control buffer. */
+static void
+emu_close_rights(struct msghdr *msg)
+{
+    struct cmsghdr *c;
+    for (c = msg->msg_controllen > 0 ? CMSG_FIRSTHDR(msg) : NULL; c != NULL;
+         c = CMSG_NXTHDR(msg, c)) {
+        int cut = 0;
+        Py_ssize_t length = emu_cmsg_length(msg, c, &cut);
+        if (length < 0) {
+            break;
+        }
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int numbers[CONTROL_MAX / sizeof(int)];
+            size_t count = (size_t)length / sizeof(int);
+            memcpy(numbers, CMSG_DATA(c), count * sizeof(int));
+            close_all(numbers, (Py_ssize_t)count);
+        }
+        if (cut) {
+            break;
+        }
+    }
+}
+
+/* socket.recvmsg's ancillary data: a list of (level, type, data), as CPython's
+ * sock_recvmsg_guts builds it (a cmsg cut by the buffer's end gives what is there,
+ * with its RuntimeWarning).  On failure every SCM_RIGHTS descriptor is closed. */
+static PyObject *
+emu_ancillary(struct msghdr *msg)
+{
+    PyObject *list = PyList_New(0);
+    struct cmsghdr *c;
+    int failed = list == NULL;
+    for (c = (!failed && msg->msg_controllen > 0) ? CMSG_FIRSTHDR(msg) : NULL; c != NULL;
+         c = CMSG_NXTHDR(msg, c)) {
+        int cut = 0;
+        Py_ssize_t length = emu_cmsg_length(msg, c, &cut);
+        if (length < 0) {
+            break;
+        }
+        if (cut && PyErr_WarnEx(PyExc_RuntimeWarning,
+                                "received malformed or improperly-truncated ancillary data",
+                                1) < 0) {
+            failed = 1;
+            break;
+        }
+        PyObject *item = Py_BuildValue("iiy#", (int)c->cmsg_level, (int)c->cmsg_type,
+                                       (const char *)CMSG_DATA(c), length);
+        if (item == NULL || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            failed = 1;
+            break;
+        }
+        Py_DECREF(item);
+        if (cut) {
+            break;
+        }
+    }
+    if (!failed) {
+        return list;
+    }
+    Py_XDECREF(list);
+    emu_close_rights(msg);
+    return NULL;
+}
+
+/* An exact int argument in 0..PY_SSIZE_T_MAX. */
+static int
+emu_size_argument(PyObject *obj)
+{
+    if (!PyLong_CheckExact(obj)) {
+        return 0;
+    }
+    Py_ssize_t value = PyLong_AsSsize_t(obj);
+    if (value < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+/* conn.name(*args) with ``cause`` as the exception being handled meanwhile (what an
+ * ``except OSError as exc:`` clause around the call gives the Python method). */
+static PyObject *
+emu_call_method(PyObject *conn, PyObject *name, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *call[4] = {conn, NULL, NULL, NULL};
+    for (Py_ssize_t i = 0; i < nargs && i < 3; i++) {
+        call[i + 1] = args[i];
+    }
+    return PyObject_VectorcallMethod(name, call, (size_t)(nargs + 1), NULL);
+}
+
+PyDoc_STRVAR(emulated_recv_message_doc,
+"recv_message($self, bufsize=65536, maxfds=0)\n--\n\n"
+"SeqpacketConn.recv_message of an emulated connection, compiled: one recvmsg\n"
+"of a stream chunk; a chunk that is one plain frame becomes the Message here,\n"
+"any other goes to the Python continuation (_ingest, _receive).  Every call the\n"
+"inline receive does not take goes to the Python method before anything is read.");
+
+static PyObject *
+emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (kwnames != NULL || nargs > 2 || (nargs >= 1 && !emu_size_argument(args[0])) ||
+        (nargs == 2 && !emu_size_argument(args[1])) || emu_default_bufsize == NULL) {
+        return emu_reference(emu_recv_reference, conn, args, nargs, kwnames);
+    }
+    PyObject *bufsize_obj = nargs >= 1 ? args[0] : emu_default_bufsize;
+    PyObject *maxfds_obj = nargs == 2 ? args[1] : emu_default_maxfds;
+    Py_ssize_t bufsize = PyLong_AsSsize_t(bufsize_obj);
+
+    PyObject *result = NULL, *lock = NULL, *decoder = NULL, *sock = NULL, *flags_obj = NULL,
+             *buffer = NULL;
+    int locked = 0, to_reference = 1, flags = 0;
+    lock = emu_get(conn, emu_recv_lock_name);
+    locked = emu_try_lock(lock);
+    if (locked <= 0) {
+        if (locked < 0) {
+            to_reference = 0;
+        }
+        locked = 0;
+        goto out;
+    }
+    /* The Python method's inline test: a receive cut short (_receiving still set) is
+     * its abort, a decoder holding anything its _receive. */
+    decoder = emu_get(conn, emu_decoder_name);
+    if (decoder == NULL || !emu_is(conn, emu_receiving_name, Py_False) ||
+        !emu_is(decoder, emu_idle_name, Py_True) || !emu_is(conn, emu_fast_name, Py_True) ||
+        !emu_is(conn, emu_broken_name, Py_None)) {
+        goto out;
+    }
+    Py_ssize_t limit = emu_count(decoder, emu_max_size_name);
+    flags_obj = emu_get(conn, emu_recv_flags_name);
+    socket_prefix *plain = emu_socket(conn, &sock);
+    if (plain == NULL || limit < 0 || flags_obj == NULL || !int_value(flags_obj, 1, &flags) ||
+        emu_chunk <= EMU_HEADER) {
+        goto out;
+    }
+    if ((buffer = take_buffer(emu_chunk)) == NULL) {
+        to_reference = 0;
+        goto out;
+    }
+    to_reference = 0; /* from here on the call is this function's */
+    if (emu_set(conn, emu_receiving_name, Py_True) < 0) {
+        goto out;
+    }
+    int fd = plain->sock_fd;
+    unsigned char header[EMU_HEADER];
+    union {
+        struct cmsghdr align;
+        char buf[CONTROL_MAX];
+    } control;
+    struct iovec iov[2];
+    iov[0].iov_base = header;
+    iov[0].iov_len = EMU_HEADER;
+    /* The payload of a plain frame lands at the start of the buffer; room for the
+     * header stays at its end, so a chunk that is not one plain frame is made whole
+     * (header first) in place. */
+    iov[1].iov_base = PyBytes_AS_STRING(buffer);
+    iov[1].iov_len = (size_t)(emu_chunk - EMU_HEADER);
+    struct msghdr msg;
+    ssize_t got;
+    for (;;) {
+        int saved;
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 2;
+        msg.msg_control = control.buf;
+        msg.msg_controllen = (size_t)emu_control;
+        Py_BEGIN_ALLOW_THREADS
+        got = recvmsg(fd, &msg, flags);
+        saved = errno;
+        Py_END_ALLOW_THREADS
+        if (got >= 0) {
+            break;
+        }
+        /* Nothing was read. */
+        if (saved == EINTR) {
+            if (emu_set(conn, emu_receiving_name, Py_False) < 0 || PyErr_CheckSignals() < 0 ||
+                emu_set(conn, emu_receiving_name, Py_True) < 0) {
+                goto out; /* a raising handler: nothing read, nothing recorded */
+            }
+            continue;
+        }
+        give_back(buffer);
+        buffer = NULL;
+        if (saved == EAGAIN || saved == EWOULDBLOCK) {
+            PyObject *timeout = emu_get(conn, emu_timeout_name);
+            int nonblocking = timeout != NULL && PyFloat_Check(timeout) &&
+                              PyFloat_AS_DOUBLE(timeout) == 0.0; /* self._timeout == 0.0 */
+            Py_XDECREF(timeout);
+            if (nonblocking) {
+                if (emu_set(conn, emu_receiving_name, Py_False) == 0) {
+                    errno = saved;
+                    PyErr_SetFromErrno(PyExc_OSError); /* BlockingIOError, as recvmsg's */
+                }
+                goto out;
+            }
+            PyObject *call[3] = {bufsize_obj, maxfds_obj, Py_None};
+            result = emu_call_method(conn, emu_receive_name, call, 3);
+            goto out;
+        }
+        if (emu_set(conn, emu_receiving_name, Py_False) < 0) {
+            goto out;
+        }
+        errno = saved;
+        PyErr_SetFromErrno(PyExc_OSError);
+        /* _raise_read_error(exc) inside ``except OSError as exc``: it always raises. */
+        PyObject *type, *exc, *traceback;
+        PyErr_Fetch(&type, &exc, &traceback);
+        PyErr_NormalizeException(&type, &exc, &traceback);
+        if (traceback != NULL && exc != NULL) {
+            PyException_SetTraceback(exc, traceback);
+        }
+        PyObject *old_type, *old_value, *old_traceback;
+        PyErr_GetExcInfo(&old_type, &old_value, &old_traceback);
+        Py_XINCREF(exc);
+        PyErr_SetExcInfo(type, exc, traceback);
+        PyObject *raised = emu_call_method(conn, emu_raise_read_error_name, &exc, 1);
+        PyErr_SetExcInfo(old_type, old_value, old_traceback);
+        Py_XDECREF(exc);
+        if (raised != NULL) { /* it did not raise: say so rather than return garbage */
+            Py_DECREF(raised);
+            PyErr_SetString(PyExc_SystemError, "_raise_read_error returned");
+        }
+        goto out;
+    }
+
+    /* A chunk that is exactly one plain DATA frame (no descriptors, no flags, within
+     * the decoder's limit), as FrameDecoder.receive_and_next takes it. */
+    Py_ssize_t length = -1;
+    if (got >= EMU_HEADER && msg.msg_controllen == 0 && !(msg.msg_flags & MSG_CTRUNC) &&
+        header[4] == 0 && header[5] == 0 && header[6] == 0 && header[7] == 0) {
+        length = (Py_ssize_t)(((uint32_t)header[0] << 24) | ((uint32_t)header[1] << 16) |
+                              ((uint32_t)header[2] << 8) | (uint32_t)header[3]);
+        if (length != got - EMU_HEADER || length > limit) {
+            length = -1;
+        }
+    }
+    if (length < 0) {
+        /* Anything else: the chunk whole, for the Python continuation. */
+        PyObject *data;
+        if (got <= EMU_HEADER) {
+            data = PyBytes_FromStringAndSize((const char *)header, (Py_ssize_t)got);
+            give_back(buffer);
+        }
+        else {
+            char *start = PyBytes_AS_STRING(buffer);
+            memmove(start + EMU_HEADER, start, (size_t)got - EMU_HEADER);
+            memcpy(start, header, EMU_HEADER);
+            data = payload_of(buffer, (Py_ssize_t)got);
+        }
+        buffer = NULL;
+        PyObject *ancdata = data != NULL ? emu_ancillary(&msg) : NULL;
+        PyObject *flags_out = ancdata != NULL ? PyLong_FromLong(msg.msg_flags) : NULL;
+        if (flags_out == NULL) {
+            if (data == NULL) {
+                emu_close_rights(&msg); /* emu_ancillary closed them if it ran */
+            }
+            Py_XDECREF(data);
+            Py_XDECREF(ancdata);
+            goto out; /* _receiving stays set: the chunk is lost, the next call aborts */
+        }
+        PyObject *ingest_args[3] = {data, ancdata, flags_out};
+        PyObject *ingested = emu_call_method(conn, emu_ingest_name, ingest_args, 3);
+        Py_DECREF(data);
+        Py_DECREF(ancdata);
+        Py_DECREF(flags_out);
+        if (ingested == NULL) {
+            goto out;
+        }
+        Py_DECREF(ingested);
+        PyObject *receive_args[3] = {bufsize_obj, maxfds_obj, Py_None};
+        result = emu_call_method(conn, emu_receive_name, receive_args, 3);
+        goto out;
+    }
+    int truncated = length > bufsize;
+    PyObject *payload = payload_of(buffer, truncated ? bufsize : length);
+    buffer = NULL;
+    if (payload == NULL) {
+        goto out; /* out of memory: the frame is lost, _receiving stays set */
+    }
+    PyObject *message = message_type != NULL ? message_type->tp_alloc(message_type, 4) : NULL;
+    PyObject *no_fds = message != NULL ? PyTuple_New(0) : NULL;
+    if (no_fds == NULL) {
+        if (message == NULL && !PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "configure_message() was not called");
+        }
+        Py_XDECREF(message);
+        Py_DECREF(payload);
+        goto out;
+    }
+    PyTuple_SET_ITEM(message, 0, payload);
+    PyTuple_SET_ITEM(message, 1, no_fds);
+    PyTuple_SET_ITEM(message, 2, Py_NewRef(truncated ? Py_True : Py_False));
+    PyTuple_SET_ITEM(message, 3, Py_NewRef(Py_None));
+    if (emu_set(conn, emu_receiving_name, Py_False) < 0) {
+        Py_DECREF(message);
+        goto out;
+    }
+    int owed = emu_nothing_owed(conn, decoder);
+    if (owed != 1) {
+        PyErr_Clear();
+        PyObject *acked = emu_call_method(conn, emu_acknowledge_name, NULL, 0);
+        if (acked == NULL) {
+            Py_DECREF(message);
+            goto out;
+        }
+        Py_DECREF(acked);
+    }
+    result = message;
+
+out:
+    if (buffer != NULL) {
+        give_back(buffer);
+    }
+    if (locked && emu_unlock(lock) < 0 && result != NULL) {
+        Py_CLEAR(result);
+    }
+    Py_XDECREF(lock);
+    Py_XDECREF(decoder);
+    Py_XDECREF(sock);
+    Py_XDECREF(flags_obj);
+    if (to_reference && result == NULL && !PyErr_Occurred()) {
+        return emu_reference(emu_recv_reference, conn, args, nargs, kwnames);
+    }
+    return result;
+}
+
+static PyMethodDef emulated_send_def = {"send", (PyCFunction)(void (*)(void))emulated_send,
+                                        METH_FASTCALL | METH_KEYWORDS, emulated_send_doc};
+static PyMethodDef emulated_recv_def = {"recv_message",
+                                        (PyCFunction)(void (*)(void))emulated_recv_message,
+                                        METH_FASTCALL | METH_KEYWORDS, emulated_recv_message_doc};
+
+PyDoc_STRVAR(configure_emulated_doc,
+"configure_emulated(cls, send, recv_message, chunk, control, send_flags, monotonic, lock_type)\n"
+"    -> (send, recv_message)\n\n"
+"The compiled send and recv_message of cls, the emulated connection class, as\n"
+"its method descriptors: send and recv_message are its Python methods, which\n"
+"they stand in for and hand every other call to (recv_message's defaults are\n"
+"read from it); chunk and control, one stream read's sizes (_STREAM_CHUNK,\n"
+"_ANCBUF); send_flags, a send's flags (MSG_NOSIGNAL); monotonic, the deadlines'\n"
+"clock; lock_type, the type of the connection's locks.");
+
+static PyObject *
+speedups_configure_emulated(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *cls, *send_method, *recv_method, *monotonic, *lock_type;
+    Py_ssize_t chunk, control;
+    int send_flags;
+    if (!PyArg_ParseTuple(args, "O!OOnniOO!:configure_emulated", &PyType_Type, &cls,
+                          &send_method, &recv_method, &chunk, &control, &send_flags, &monotonic,
+                          &PyType_Type, &lock_type)) {
+        return NULL;
+    }
+    if (!PyFunction_Check(send_method) || !PyFunction_Check(recv_method)) {
+        PyErr_SetString(PyExc_TypeError, "send and recv_message must be Python functions");
+        return NULL;
+    }
+    if (chunk <= EMU_HEADER || chunk > SPARE_MAX) {
+        PyErr_Format(PyExc_ValueError, "chunk must be %d..%d", EMU_HEADER + 1, SPARE_MAX);
+        return NULL;
+    }
+    if (control < 0 || (size_t)control > CONTROL_MAX) {
+        PyErr_Format(PyExc_ValueError, "control must be 0..%zu", (size_t)CONTROL_MAX);
+        return NULL;
+    }
+    if (!PyCallable_Check(monotonic)) {
+        PyErr_SetString(PyExc_TypeError, "monotonic must be callable");
+        return NULL;
+    }
+    PyObject *defaults = PyFunction_GetDefaults(recv_method);
+    if (defaults == NULL || !PyTuple_Check(defaults) || PyTuple_GET_SIZE(defaults) != 2 ||
+        !emu_size_argument(PyTuple_GET_ITEM(defaults, 0)) ||
+        !emu_size_argument(PyTuple_GET_ITEM(defaults, 1))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "recv_message's defaults must be (bufsize, maxfds), non-negative ints");
+        return NULL;
+    }
+    struct {
+        PyObject **slot;
+        const char *name;
+    } names[] = {
+        {&emu_send_lock_name, "_send_lock"},
+        {&emu_recv_lock_name, "_recv_lock"},
+        {&emu_unsent_name, "_unsent"},
+        {&emu_sending_name, "_sending"},
+        {&emu_receiving_name, "_receiving"},
+        {&emu_broken_name, "_broken"},
+        {&emu_closed_name, "_closed"},
+        {&emu_decoder_name, "_decoder"},
+        {&emu_ack_requests_name, "ack_requests"},
+        {&emu_acks_sent_name, "_acks_sent"},
+        {&emu_encoder_name, "_encoder"},
+        {&emu_max_size_name, "max_message_size"},
+        {&emu_timeout_name, "_timeout"},
+        {&emu_sock_name, "_sock"},
+        {&emu_cmsgs_name, "_cmsgs"},
+        {&emu_idle_name, "idle"},
+        {&emu_fast_name, "_fast"},
+        {&emu_recv_flags_name, "_recv_flags"},
+        {&emu_start_frame_name, "_start_frame"},
+        {&emu_flush_name, "_flush"},
+        {&emu_ingest_name, "_ingest"},
+        {&emu_receive_name, "_receive"},
+        {&emu_acknowledge_name, "_acknowledge"},
+        {&emu_raise_read_error_name, "_raise_read_error"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (*names[i].slot == NULL &&
+            (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL) {
+            return NULL;
+        }
+    }
+    if (emu_committed_kw == NULL && (emu_committed_kw = Py_BuildValue("(s)", "committed")) == NULL) {
+        return NULL;
+    }
+    PyObject *acquire = PyObject_GetAttrString(lock_type, "acquire");
+    PyObject *release = acquire != NULL ? PyObject_GetAttrString(lock_type, "release") : NULL;
+    PyObject *send_descriptor =
+        release != NULL ? PyDescr_NewMethod((PyTypeObject *)cls, &emulated_send_def) : NULL;
+    PyObject *recv_descriptor =
+        send_descriptor != NULL ? PyDescr_NewMethod((PyTypeObject *)cls, &emulated_recv_def)
+                                : NULL;
+    PyObject *pair = recv_descriptor != NULL
+                         ? PyTuple_Pack(2, send_descriptor, recv_descriptor)
+                         : NULL;
+    Py_XDECREF(send_descriptor);
+    Py_XDECREF(recv_descriptor);
+    if (pair == NULL) {
+        Py_XDECREF(acquire);
+        Py_XDECREF(release);
+        return NULL;
+    }
+    Py_XSETREF(emu_lock_acquire, acquire);
+    Py_XSETREF(emu_lock_release, release);
+    Py_XSETREF(emu_lock_type, (PyTypeObject *)Py_NewRef(lock_type));
+    Py_XSETREF(emu_send_reference, Py_NewRef(send_method));
+    Py_XSETREF(emu_recv_reference, Py_NewRef(recv_method));
+    Py_XSETREF(emu_default_bufsize, Py_NewRef(PyTuple_GET_ITEM(defaults, 0)));
+    Py_XSETREF(emu_default_maxfds, Py_NewRef(PyTuple_GET_ITEM(defaults, 1)));
+    Py_XSETREF(emu_monotonic, Py_NewRef(monotonic));
+    emu_chunk = chunk;
+    emu_control = control;
+    emu_send_flags = send_flags;
+    return pair;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"sendmsg", (PyCFunction)(void (*)(void))speedups_sendmsg, METH_FASTCALL, sendmsg_doc},
     {"recvmsg", (PyCFunction)(void (*)(void))speedups_recvmsg, METH_FASTCALL, recvmsg_doc},
@@ -1692,6 +2642,7 @@ static PyMethodDef speedups_methods[] = {
     {"configure_message", speedups_configure_message, METH_O, configure_message_doc},
     {"configure_native", speedups_configure_native, METH_VARARGS, configure_native_doc},
     {"control_size", speedups_control_size, METH_NOARGS, control_size_doc},
+    {"configure_emulated", speedups_configure_emulated, METH_VARARGS, configure_emulated_doc},
     {NULL, NULL, 0, NULL},
 };
 
