@@ -15,12 +15,14 @@ raises at every Python continuation the C code calls.
 from __future__ import annotations
 
 import array
+import errno
 import functools
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
@@ -203,11 +205,11 @@ def receiving_plans(draw: Any) -> List[Tuple[Any, ...]]:
 
 
 def _receiving_run(
-    path: str, plan: List[Tuple[Any, ...]], timeout: float, pipe_r: int
+    path: str, plan: List[Tuple[Any, ...]], timeout: float, pipe_r: int, limit: int
 ) -> List[Any]:
     send, recv = PATHS[path]
     raw, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn = SeqpacketConn.from_socket(ours)
+    conn = _Emulated(ours, max_message_size=limit)
     conn.settimeout(timeout)
     # Blocking writes (at most 150000 bytes wait unread, within the socket's send buffer): in
     # timeout mode CPython polls for writability first, which a Unix stream socket reports
@@ -242,11 +244,23 @@ def _receiving_run(
 
 @needs_compiled
 @SETTINGS
-@given(plan=receiving_plans(), timeout=st.sampled_from([0.0, 0.0, 0.005]))
-@example(plan=[("write", _frame(64, 0, KIND_DATA, 0), 0), ("recv", 65536, 0)], timeout=0.0)
+@given(
+    plan=receiving_plans(),
+    timeout=st.sampled_from([0.0, 0.0, 0.005]),
+    limit=st.sampled_from([1 << 20, 1 << 20, 4095]),
+)
+@example(
+    plan=[("write", _frame(64, 0, KIND_DATA, 0), 0), ("recv", 64, 0), ("recv", 65536, 0)],
+    timeout=0.0,
+    limit=1 << 20,
+)
 @example(
     plan=[("write", _frame(70000, 0, KIND_DATA, 0), 0), ("recv", 5, 0), ("recv", 65536, 0)],
     timeout=0.0,
+    limit=1 << 20,
+)
+@example(
+    plan=[("write", _frame(4096, 0, KIND_DATA, 0), 0), ("recv", 64, 0)], timeout=0.0, limit=4095
 )
 @example(
     plan=[
@@ -260,14 +274,15 @@ def _receiving_run(
         ("recv", 64, 0),
     ],
     timeout=0.0,
+    limit=1 << 20,
 )
 def test_both_paths_receive_the_same_from_a_hostile_peer(
-    plan: List[Tuple[Any, ...]], timeout: float, pipe: Tuple[int, int]
+    plan: List[Tuple[Any, ...]], timeout: float, limit: int, pipe: Tuple[int, int]
 ) -> None:
     """Same writes, same calls: same messages, errors, state, acknowledgements; no leak."""
     before = open_fds()
-    compiled = _receiving_run("compiled", plan, timeout, pipe[0])
-    pure = _receiving_run("pure", plan, timeout, pipe[0])
+    compiled = _receiving_run("compiled", plan, timeout, pipe[0], limit)
+    pure = _receiving_run("pure", plan, timeout, pipe[0], limit)
     assert compiled == pure
     assert open_fds() == before
 
@@ -690,3 +705,145 @@ def test_an_interrupt_at_any_step_of_a_partial_send_never_sends_a_byte_twice() -
         if not stream.startswith(received) and not last.startswith(received):
             failures.append((point, outcomes))
     assert not failures, failures
+
+
+# -- another thread closes the connection and the number is reused ---------------------------
+
+RACE_ROUNDS = 100
+
+
+def _call_until_error(method: str, conn: Any, started: threading.Event, results: List[Any]) -> None:
+    started.set()
+    while True:
+        try:
+            results.append(conn.send(b"mine") if method == "send" else conn.recv_message())
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            results.append(exc)
+            return
+
+
+def _reached_another_socket(method: str) -> Tuple[int, List[Any]]:
+    """RACE_ROUNDS times: a thread loops a call on a fresh non-blocking pair while this one
+    closes it and opens a socketpair that takes its number (as tests/test_native_attacks.py
+    does for native connections).  Returns how many calls worked on the new socketpair,
+    and anything unexpected they raised."""
+    frame = HEADER.pack(9, 0, KIND_DATA, 0) + b"not yours"
+    hits, odd = 0, []
+    for _ in range(RACE_ROUNDS):
+        x, y = _seqpacket.seqpacket_pair(implementation="emulated")
+        x.settimeout(0)
+        y.settimeout(0)
+        conn = x if method == "send" else y
+        results: List[Any] = []
+        started = threading.Event()
+
+        worker = threading.Thread(target=_call_until_error, args=(method, conn, started, results))
+        worker.start()
+        started.wait()
+        conn.close()
+        p, q = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)  # takes the number
+        try:
+            p.send(frame)
+            q.send(frame)
+            worker.join(5)
+            assert not worker.is_alive(), "the call blocked on the new socket"
+            for end in (p, q):
+                end.setblocking(False)
+                try:
+                    hits += b"mine" in end.recv(1 << 16)  # a send went to the new peer
+                except BlockingIOError:
+                    pass
+            for result in results:
+                if isinstance(result, OSError):
+                    if result.errno != errno.EBADF:
+                        odd.append(result)
+                elif isinstance(result, Message) and result.data == b"not yours":
+                    hits += 1  # a receive took the new socket's message
+        finally:
+            for end in (p, q):
+                end.shutdown(socket.SHUT_RDWR)
+            worker.join(5)
+            p.close()
+            q.close()
+            x.close()
+            y.close()
+    return hits, odd
+
+
+@pytest.mark.parametrize("method", ["send", "recv_message"])
+def test_a_call_racing_close_rarely_reaches_the_socket_that_took_the_number(method: str) -> None:
+    """The compiled methods read the socket's number after letting go of the GIL, as CPython's
+    socket methods do: close() has then almost always set it to -1 (EBADF) first."""
+    hits, odd = _reached_another_socket(method)
+    assert not odd
+    assert hits <= 4, f"{hits} of {RACE_ROUNDS} calls racing close() reached another socket"
+
+
+# -- the rare turns of the common case ------------------------------------------------------
+
+
+@needs_compiled
+@pytest.mark.parametrize("path", ["compiled", "pure"])
+def test_acknowledgements_owed_go_out_with_the_next_call(path: str, pipe: Tuple[int, int]) -> None:
+    """An acknowledgement that could not go out (another thread held the send lock) is owed:
+    the next receive sends it, and the next send sends it before its own frame."""
+    send, recv = PATHS[path]
+    raw, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = SeqpacketConn.from_socket(ours)
+    conn.setblocking(False)
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [pipe[0]]))]
+    ack = HEADER.pack(1, 0, KIND_ACK, 0)
+    with raw, conn:
+        for then in ("receive", "send"):
+            raw.sendmsg([_frame(1, 1, KIND_DATA, FLAG_ACK_REQUESTED)], rights)
+            with conn._send_lock:  # held elsewhere: the acknowledgement waits
+                message = recv(conn, 64, 1)
+            os.close(message.fds[0])
+            assert conn._decoder.ack_requests - conn._acks_sent == 1
+            assert _drain(raw, pipe[0]) == (b"", 0)
+            if then == "receive":
+                raw.send(_frame(64, 0, KIND_DATA, 0))  # a plain frame: the C receive's own
+                assert recv(conn).data == bytes([64]) * 64
+                assert _drain(raw, pipe[0]) == (ack, 0)
+            else:
+                assert send(conn, b"next") == 4
+                assert _drain(raw, pipe[0]) == (ack + _frame(4, 0, KIND_DATA, 0)[:8] + b"next", 0)
+
+
+@needs_compiled
+@pytest.mark.parametrize("path", ["compiled", "pure"])
+def test_a_timed_send_waits_for_room_and_finishes_its_frame(path: str) -> None:
+    """A full socket under a timeout: the send waits for room (not BlockingIOError), and a
+    frame that goes out in parts is finished within the same call."""
+    send, _ = PATHS[path]
+    raw, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    conn = SeqpacketConn.from_socket(ours)
+    small = _frame(1, 0, KIND_DATA, 0)
+    filled = 0
+    with raw, conn:
+        while True:  # whole frames until the socket is full (each one write, all or none)
+            try:
+                ours.send(small)
+                filled += 1
+            except BlockingIOError:
+                break
+        received = bytearray()
+
+        def reader() -> None:
+            time.sleep(0.05)
+            raw.settimeout(5)
+            while len(received) < filled * len(small) + 8 + len(BODY):
+                received.extend(raw.recv(1 << 20))
+
+        worker = threading.Thread(target=reader)
+        worker.start()
+        conn.settimeout(5)
+        try:
+            assert send(conn, BODY) == len(BODY)
+            assert bytes(conn._unsent) == b""
+        finally:
+            worker.join(10)
+        assert bytes(received) == small * filled + HEADER.pack(len(BODY), 0, KIND_DATA, 0) + BODY

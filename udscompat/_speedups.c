@@ -2037,7 +2037,6 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
     memset(&msg, 0, sizeof(msg));
     msg.msg_iov = iov;
     msg.msg_iovlen = size > 0 ? 2 : 1;
-    int fd = plain->sock_fd;
     ssize_t sent;
     if (emu_set(conn, emu_sending_name, Py_True) < 0) {
         goto out;
@@ -2045,7 +2044,7 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
     for (;;) {
         int saved;
         Py_BEGIN_ALLOW_THREADS
-        sent = sendmsg(fd, &msg, emu_send_flags);
+        sent = sendmsg(LIVE_FD(&plain->sock_fd), &msg, emu_send_flags);
         saved = errno;
         Py_END_ALLOW_THREADS
         if (sent >= 0) {
@@ -2326,7 +2325,6 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
     if (emu_set(conn, emu_receiving_name, Py_True) < 0) {
         goto out;
     }
-    int fd = plain->sock_fd;
     unsigned char header[EMU_HEADER];
     union {
         struct cmsghdr align;
@@ -2350,7 +2348,7 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
         msg.msg_control = control.buf;
         msg.msg_controllen = (size_t)emu_control;
         Py_BEGIN_ALLOW_THREADS
-        got = recvmsg(fd, &msg, flags);
+        got = recvmsg(LIVE_FD(&plain->sock_fd), &msg, flags);
         saved = errno;
         Py_END_ALLOW_THREADS
         if (got >= 0) {
