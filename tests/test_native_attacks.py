@@ -5,12 +5,15 @@ must meet the same bounds.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
+import time
 from typing import Any, Callable, List, Tuple
 
 import pytest
@@ -219,3 +222,59 @@ def test_a_message_with_descriptors_is_guarded_while_sent_slots_are_held(
         assert message is not None
         _io.close_fds([slot, *message.fds])
     assert len(message.fds) == 1 and message.fds[0] != slot
+
+
+# -- another holder of the socket's open file description makes it blocking ------------------
+
+CLEAR_NONBLOCK = (
+    "import fcntl, os, sys; fd = int(sys.argv[1]); "
+    "fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)"
+)
+
+
+def _made_blocking_by_another_process(conn: Conn) -> None:
+    """A child holding the connection's descriptor (inherited, as after a fork) clears
+    O_NONBLOCK: a flag of the open file description, shared with us."""
+    fd = conn.fileno()
+    subprocess.run([sys.executable, "-c", CLEAR_NONBLOCK, str(fd)], pass_fds=[fd], check=True)
+    assert os.get_blocking(fd)
+
+
+@needs_seqpacket
+@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"), reason="no MSG_DONTWAIT here")
+@pytest.mark.parametrize(
+    "call", ["recv_message", "python recv_message", "general recv_message", "peek", "send"]
+)
+def test_a_timeout_holds_when_another_holder_makes_the_socket_blocking(call: str) -> None:
+    """Every native system call is non-blocking by its own flag (MSG_DONTWAIT): the socket's
+    O_NONBLOCK is shared with whoever else holds the description, and once another process
+    cleared it a timed receive waited in the kernel until a message came (for ever without
+    one) and close() from another thread could not wake it."""
+    x, y = udscompat.seqpacket_pair(implementation="native")
+    with x, y:
+        if call == "send":
+            x.settimeout(0)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    x.send(b"f" * 4096)
+        _made_blocking_by_another_process(x if call == "send" else y)
+        y._fast = call != "general recv_message"
+        operation: Callable[[], Any] = {
+            "recv_message": lambda: y.recv_message(),
+            "python recv_message": lambda: _seqpacket.PYTHON_NATIVE_RECV_MESSAGE(y),
+            "general recv_message": lambda: y.recv_message(),
+            "peek": lambda: y.peek(),
+            "send": lambda: x.send(b"late"),
+        }[call]
+        (x if call == "send" else y).settimeout(0.2)
+        rescue = threading.Timer(3.0, lambda: y.close() if call == "send" else x.send(b"m"))
+        rescue.start()  # ends a call stuck in the kernel, so the test fails rather than hangs
+        start = time.monotonic()
+        try:
+            with pytest.raises(TimeoutError):
+                operation()
+        finally:
+            elapsed = time.monotonic() - start
+            rescue.cancel()
+            rescue.join()
+        assert elapsed < 2.0

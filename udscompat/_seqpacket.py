@@ -77,6 +77,11 @@ __all__ = [
 
 _ENV = "UDSCOMPAT_SEQPACKET"
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+#: A native connection's every system call is non-blocking by its own flag: the socket's
+#: O_NONBLOCK belongs to the open file description, which another holder (a forked child,
+#: a process the descriptor was passed to) can make blocking -- a timed call then waited
+#: in the kernel past its deadline, and close() from another thread could not wake it.
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _MSG_TRUNC = backend.MSG_TRUNC
 _MSG_CTRUNC = backend.MSG_CTRUNC
 _MSG_EOR = backend.MSG_EOR
@@ -751,11 +756,11 @@ class _NativeConn(SeqpacketConn):
         super().__init__(sock)
         _probes.enable_message_marker(sock)
         self._partial_records = _probes.seqpacket().short_read == "partial"
-        self._flags = backend.SEQPACKET_SEND_FLAGS | _NOSIGNAL
+        self._flags = backend.SEQPACKET_SEND_FLAGS | _NOSIGNAL | _DONTWAIT
         self._message_flags = backend.MSG_EOR | backend.MSG_TRUNC
         cloexec = _io.cloexec_flag()
         self._compiled_recv = _COMPILED_RECV if type(sock) in _io.PLAIN_SOCKETS else None
-        self._recv_flags = cloexec or 0
+        self._recv_flags = (cloexec or 0) | _DONTWAIT
         self._set_cloexec = cloexec is None
         #: Inline the common receive (property-tested equal to ``_receive_once``); off after
         #: the end of the stream, while the rest of a FreeBSD record is being discarded and
@@ -901,9 +906,11 @@ class _NativeConn(SeqpacketConn):
             self._discard_rest_of_record()
         room = bufsize if bufsize <= _LARGE_BUFSIZE else self._room_for_next(bufsize)
         if self._credentials:
-            data, fds, flags, _, marked, creds = _ancillary.receive(self._sock, room, maxfds)
+            data, fds, flags, _, marked, creds = _ancillary.receive(
+                self._sock, room, maxfds, _DONTWAIT
+            )
             return self._message(data, fds, flags, marked, room, creds)
-        data, fds, flags, _, marked = _io.recv_with_fds(self._sock, room, maxfds)
+        data, fds, flags, _, marked = _io.recv_with_fds(self._sock, room, maxfds, _DONTWAIT)
         return self._message(data, fds, flags, marked, room)
 
     def peek(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
@@ -924,7 +931,7 @@ class _NativeConn(SeqpacketConn):
             self._discard_rest_of_record()
         room = bufsize if bufsize <= _LARGE_BUFSIZE else self._room_for_next(bufsize)
         data, fds, flags, _, marked, creds = _ancillary.receive(
-            self._sock, room, maxfds, _MSG_PEEK, refuse_peeked_fds=True
+            self._sock, room, maxfds, _MSG_PEEK | _DONTWAIT, refuse_peeked_fds=True
         )
         if not (data or fds or marked or flags & self._message_flags):
             return None  # end-of-stream; the receive that meets it records it
@@ -1061,7 +1068,7 @@ class _NativeConn(SeqpacketConn):
     def _discard_rest_of_record(self) -> None:
         while self._discarding:
             try:
-                data, _, flags, _, _ = _io.recv_with_fds(self._sock, _STREAM_CHUNK, 0)
+                data, _, flags, _, _ = _io.recv_with_fds(self._sock, _STREAM_CHUNK, 0, _DONTWAIT)
             except ControlTruncatedError:
                 continue  # its descriptors were closed; the record goes on
             if flags & _MSG_EOR or not data:
