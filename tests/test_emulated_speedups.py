@@ -264,6 +264,16 @@ def _receiving_run(
 )
 @example(
     plan=[
+        ("write", _frame(5, 2, KIND_DATA, 0), 2),
+        ("recv", 64, 1),
+        ("write", _frame(5, 2, KIND_DATA, FLAG_ACK_REQUESTED), 2),
+        ("recv", 3, 2),
+    ],
+    timeout=0.0,
+    limit=1 << 20,
+)
+@example(
+    plan=[
         ("write", _frame(3, 1, KIND_DATA, FLAG_ACK_REQUESTED), 1),
         ("recv", 64, 1),
         ("send", 5),
@@ -630,7 +640,8 @@ def test_an_interrupt_at_any_continuation_never_forges_a_message(pipe: Tuple[int
 
     A raising handler at each Python call boundary in turn: every message delivered is
     one that was sent, in order, with its descriptors; an interrupt that lost a chunk
-    makes the next receive abort (ConnectionAbortedError), never a FramingError.
+    makes the next receive abort (ConnectionAbortedError), never a FramingError; no
+    descriptor leaks.
     """
     results, _, boundaries = _interrupted_receives((), pipe[0])
     sent = [data[:1] + bytes([nfds]) for data, nfds, _ in STREAM_FRAMES]
@@ -648,12 +659,10 @@ def test_an_interrupt_at_any_continuation_never_forges_a_message(pipe: Tuple[int
         if not in_order or errors - {"ConnectionAbortedError"}:
             failures.append((point, results, outcomes))
     assert not failures, failures
-    # Descriptors a lost chunk carried leak only through the documented hand-over window
-    # (a handler raising as _ingest starts); count them, and bound them by that.
-    leaked = open_fds() - before
-    for fd in leaked:
-        os.close(fd)
-    assert len(leaked) <= 3 * boundaries
+    # Each frame with descriptors arrives whole in its own chunk: the C receive builds its
+    # Message, so no handler runs while the descriptors are only in the call (at
+    # _acknowledge, owed for the first frame, it closes them), and none leaks.
+    assert open_fds() == before
 
 
 def _interrupted_sends(schedule: Sequence[int]) -> Tuple[bytes, List[str], int]:
@@ -847,3 +856,29 @@ def test_a_timed_send_waits_for_room_and_finishes_its_frame(path: str) -> None:
         finally:
             worker.join(10)
         assert bytes(received) == small * filled + HEADER.pack(len(BODY), 0, KIND_DATA, 0) + BODY
+
+
+@needs_compiled
+def test_received_descriptors_are_guarded_while_sent_ones_are_held(
+    pipe: Tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While sent descriptors are held (REGISTRY.originals), a frame with descriptors takes
+    the Python continuation, whose _fit guards them (guard_reused), as the Python method."""
+    from udscompat import _fdpass
+
+    guarded: List[List[int]] = []
+    real = _fdpass.guard_reused
+    monkeypatch.setattr(_fdpass, "guard_reused", lambda fds: guarded.append(fds) or real(fds))
+    raw, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = SeqpacketConn.from_socket(ours)
+    conn.setblocking(False)
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [pipe[0]]))]
+    with raw, conn:
+        for held in (False, True):
+            if held:
+                monkeypatch.setattr(_fdpass.REGISTRY, "originals", {1 << 30})
+            raw.sendmsg([_frame(3, 1, KIND_DATA, 0)], rights)
+            message = conn.recv_message(64, 1)
+            assert message.data == bytes([3]) * 3 and same_file(message.fds[0], pipe[0])
+            os.close(message.fds[0])
+            assert len(guarded) == held

@@ -1738,7 +1738,7 @@ static PyObject *emu_send_lock_name, *emu_recv_lock_name, *emu_unsent_name, *emu
     *emu_receiving_name, *emu_broken_name, *emu_closed_name, *emu_decoder_name,
     *emu_ack_requests_name, *emu_acks_sent_name, *emu_encoder_name, *emu_max_size_name,
     *emu_timeout_name, *emu_sock_name, *emu_cmsgs_name, *emu_idle_name, *emu_fast_name,
-    *emu_recv_flags_name, *emu_start_frame_name, *emu_flush_name, *emu_ingest_name,
+    *emu_recv_flags_name, *emu_max_fds_name, *emu_start_frame_name, *emu_flush_name, *emu_ingest_name,
     *emu_receive_name, *emu_acknowledge_name, *emu_raise_read_error_name;
 
 /* reference(conn, *args, **kwargs), from a vectorcall's arguments without the connection. */
@@ -2245,6 +2245,40 @@ emu_ancillary(struct msghdr *msg)
     return NULL;
 }
 
+/* Whether the control data is exactly one whole SCM_RIGHTS of ``nfds`` (1..max_fds)
+ * descriptors; *numbers then points at them. */
+static int
+emu_only_rights(struct msghdr *msg, Py_ssize_t nfds, Py_ssize_t max_fds, const int **numbers)
+{
+    struct cmsghdr *c = msg->msg_controllen > 0 ? CMSG_FIRSTHDR(msg) : NULL;
+    int cut = 0;
+    if (c == NULL || nfds > max_fds || c->cmsg_level != SOL_SOCKET ||
+        c->cmsg_type != SCM_RIGHTS ||
+        emu_cmsg_length(msg, c, &cut) != (Py_ssize_t)(sizeof(int) * (size_t)nfds) || cut ||
+        CMSG_NXTHDR(msg, c) != NULL) {
+        return 0;
+    }
+    *numbers = (const int *)CMSG_DATA(c);
+    return 1;
+}
+
+/* Whether received descriptors must be guarded against sent ones held (a receive then
+ * takes the Python path: _fit's guard_reused); also while configure_fast() was not called. */
+static int
+emu_guarded(void)
+{
+    if (sent_registry == NULL || originals_name == NULL) {
+        return 1;
+    }
+    PyObject *originals = PyObject_GetAttr(sent_registry, originals_name);
+    Py_ssize_t held = originals != NULL ? PyObject_Length(originals) : -1;
+    Py_XDECREF(originals);
+    if (held < 0) {
+        PyErr_Clear();
+    }
+    return held != 0;
+}
+
 /* An exact int argument in 0..PY_SSIZE_T_MAX. */
 static int
 emu_size_argument(PyObject *obj)
@@ -2289,6 +2323,7 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
     PyObject *bufsize_obj = nargs >= 1 ? args[0] : emu_default_bufsize;
     PyObject *maxfds_obj = nargs == 2 ? args[1] : emu_default_maxfds;
     Py_ssize_t bufsize = PyLong_AsSsize_t(bufsize_obj);
+    Py_ssize_t maxfds = PyLong_AsSsize_t(maxfds_obj);
 
     PyObject *result = NULL, *lock = NULL, *decoder = NULL, *sock = NULL, *flags_obj = NULL,
              *buffer = NULL;
@@ -2311,9 +2346,11 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
         goto out;
     }
     Py_ssize_t limit = emu_count(decoder, emu_max_size_name);
+    Py_ssize_t max_fds = emu_count(decoder, emu_max_fds_name);
     flags_obj = emu_get(conn, emu_recv_flags_name);
     socket_prefix *plain = emu_socket(conn, &sock);
-    if (plain == NULL || limit < 0 || flags_obj == NULL || !int_value(flags_obj, 1, &flags) ||
+    if (plain == NULL || limit < 0 || max_fds < 0 || flags_obj == NULL ||
+        !int_value(flags_obj, 1, &flags) ||
         emu_chunk <= EMU_HEADER) {
         goto out;
     }
@@ -2406,14 +2443,25 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
         goto out;
     }
 
-    /* A chunk that is exactly one plain DATA frame (no descriptors, no flags, within
-     * the decoder's limit), as FrameDecoder.receive_and_next takes it. */
-    Py_ssize_t length = -1;
-    if (got >= EMU_HEADER && msg.msg_controllen == 0 && !(msg.msg_flags & MSG_CTRUNC) &&
-        header[4] == 0 && header[5] == 0 && header[6] == 0 && header[7] == 0) {
+    /* A chunk that is exactly one DATA frame (within the decoder's limits, flags none or
+     * ACK_REQUESTED) whose control data is exactly the descriptors its header declares,
+     * in one SCM_RIGHTS: plain (none) as FrameDecoder.receive_and_next takes it, or with
+     * descriptors as next_event and _fit make the Message.  Built here, the descriptors
+     * are never where only this call holds them while Python code (a signal handler) can
+     * run: no sent descriptor is held (REGISTRY.originals, read as _fit reads it), else
+     * they go to the Python continuation, which guards them. */
+    Py_ssize_t length = -1, nfds = ((Py_ssize_t)header[4] << 8) | header[5];
+    int ack_requested = header[7] == 1;
+    const int *numbers = NULL;
+    if (got >= EMU_HEADER && header[6] == 0 && (header[7] == 0 || ack_requested) &&
+        !(msg.msg_flags & MSG_CTRUNC)) {
         length = (Py_ssize_t)(((uint32_t)header[0] << 24) | ((uint32_t)header[1] << 16) |
                               ((uint32_t)header[2] << 8) | (uint32_t)header[3]);
-        if (length != got - EMU_HEADER || length > limit) {
+        if (length != got - EMU_HEADER || length > limit || (nfds == 0 && ack_requested)) {
+            length = -1;
+        }
+        else if (nfds == 0 ? msg.msg_controllen != 0
+                           : !emu_only_rights(&msg, nfds, max_fds, &numbers) || emu_guarded()) {
             length = -1;
         }
     }
@@ -2454,41 +2502,94 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
         result = emu_call_method(conn, emu_receive_name, receive_args, 3);
         goto out;
     }
+    int fds_open = 0;
+    int fd_list[CONTROL_MAX / sizeof(int)];
+    if (nfds > 0) {
+        memcpy(fd_list, numbers, sizeof(int) * (size_t)nfds);
+        fds_open = 1;
+#ifdef MSG_CMSG_CLOEXEC
+        int kernel_cloexec = (flags & MSG_CMSG_CLOEXEC) != 0;
+#else
+        int kernel_cloexec = 0;
+#endif
+        for (Py_ssize_t i = 0; !kernel_cloexec && i < nfds; i++) {
+            if (fcntl(fd_list[i], F_SETFD, FD_CLOEXEC) < 0) {
+                PyErr_SetFromErrno(PyExc_OSError); /* _receiving stays set, as in _ingest */
+                goto fail_fds;
+            }
+        }
+    }
     int truncated = length > bufsize;
     PyObject *payload = payload_of(buffer, truncated ? bufsize : length);
     buffer = NULL;
     if (payload == NULL) {
-        goto out; /* out of memory: the frame is lost, _receiving stays set */
+        goto fail_fds; /* out of memory: the frame is lost, _receiving stays set */
     }
-    PyObject *message = message_type != NULL ? message_type->tp_alloc(message_type, 4) : NULL;
-    PyObject *no_fds = message != NULL ? PyTuple_New(0) : NULL;
-    if (no_fds == NULL) {
-        if (message == NULL && !PyErr_Occurred()) {
+    PyObject *fd_tuple = PyTuple_New(nfds);
+    for (Py_ssize_t i = 0; fd_tuple != NULL && i < nfds; i++) {
+        PyObject *number = PyLong_FromLong(fd_list[i]);
+        if (number == NULL) {
+            Py_CLEAR(fd_tuple);
+            break;
+        }
+        PyTuple_SET_ITEM(fd_tuple, i, number);
+    }
+    PyObject *message = fd_tuple != NULL && message_type != NULL
+                            ? message_type->tp_alloc(message_type, 4)
+                            : NULL;
+    if (message == NULL) {
+        if (fd_tuple != NULL && !PyErr_Occurred()) {
             PyErr_SetString(PyExc_RuntimeError, "configure_message() was not called");
         }
-        Py_XDECREF(message);
+        Py_XDECREF(fd_tuple);
         Py_DECREF(payload);
-        goto out;
+        goto fail_fds;
     }
-    PyTuple_SET_ITEM(message, 0, payload);
-    PyTuple_SET_ITEM(message, 1, no_fds);
+    PyTuple_SET_ITEM(message, 0, Py_NewRef(payload));
+    PyTuple_SET_ITEM(message, 1, fd_tuple);
     PyTuple_SET_ITEM(message, 2, Py_NewRef(truncated ? Py_True : Py_False));
     PyTuple_SET_ITEM(message, 3, Py_NewRef(Py_None));
-    if (emu_set(conn, emu_receiving_name, Py_False) < 0) {
-        Py_DECREF(message);
-        goto out;
+    if (ack_requested) { /* next_event counts the request (the connection counts ACKs sent) */
+        Py_ssize_t requests = emu_count(decoder, emu_ack_requests_name);
+        PyObject *more = requests >= 0 ? PyLong_FromSsize_t(requests + 1) : NULL;
+        int counted = more != NULL ? emu_set(decoder, emu_ack_requests_name, more) : -1;
+        Py_XDECREF(more);
+        if (counted < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_RuntimeError, "the decoder's ack_requests is not a count");
+            }
+            goto fail_message;
+        }
     }
-    int owed = emu_nothing_owed(conn, decoder);
-    if (owed != 1) {
+    if (emu_set(conn, emu_receiving_name, Py_False) < 0) {
+        goto fail_message;
+    }
+    if (emu_nothing_owed(conn, decoder) != 1) {
         PyErr_Clear();
         PyObject *acked = emu_call_method(conn, emu_acknowledge_name, NULL, 0);
         if (acked == NULL) {
-            Py_DECREF(message);
-            goto out;
+            goto fail_message; /* a raising handler: the descriptors are closed, not lost */
         }
         Py_DECREF(acked);
     }
+    if (nfds > maxfds) { /* _fit: more than the caller takes are closed, then refused */
+        close_all(fd_list, nfds);
+        raise_truncated("excess", payload, nfds, maxfds, NULL);
+        Py_DECREF(payload);
+        Py_DECREF(message);
+        goto out;
+    }
+    Py_DECREF(payload);
     result = message;
+    goto out;
+
+fail_message:
+    Py_DECREF(message);
+    Py_DECREF(payload);
+fail_fds:
+    if (fds_open) {
+        close_all(fd_list, nfds);
+    }
 
 out:
     if (buffer != NULL) {
@@ -2581,6 +2682,7 @@ speedups_configure_emulated(PyObject *module, PyObject *args)
         {&emu_idle_name, "idle"},
         {&emu_fast_name, "_fast"},
         {&emu_recv_flags_name, "_recv_flags"},
+        {&emu_max_fds_name, "max_fds"},
         {&emu_start_frame_name, "_start_frame"},
         {&emu_flush_name, "_flush"},
         {&emu_ingest_name, "_ingest"},
