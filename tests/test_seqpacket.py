@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Any, Iterator, List, Tuple
 
 import pytest
 
@@ -514,6 +514,32 @@ def test_from_socket_refuses_what_it_cannot_wrap_naming_it() -> None:
         SeqpacketConn.from_socket(dgram)
     with pytest.raises(TypeError, match=r"sock must be a socket\.socket, not int"):
         SeqpacketConn.from_socket(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("real", "claimed"),
+    [
+        ((socket.AF_UNIX, socket.SOCK_STREAM), (socket.AF_UNIX, "seqpacket")),
+        ((socket.AF_UNIX, "seqpacket"), (socket.AF_UNIX, socket.SOCK_STREAM)),
+        ((socket.AF_INET, socket.SOCK_STREAM), (socket.AF_UNIX, socket.SOCK_STREAM)),
+    ],
+    ids=["stream-as-seqpacket", "seqpacket-as-stream", "inet-as-unix"],
+)
+def test_from_socket_believes_the_kernel_not_the_socket_object(real: Any, claimed: Any) -> None:
+    """socket.socket(family, type, fileno=fd) is believed by CPython: a stream taken for a
+    seqpacket socket would be a native connection without message boundaries (a peer's
+    two messages read as one), a seqpacket socket would get the emulation's framing."""
+    family, kind = real[0], backend.SOCK_SEQPACKET if real[1] == "seqpacket" else real[1]
+    if kind == backend.SOCK_SEQPACKET and not _probes.seqpacket().available:
+        pytest.skip("no native SOCK_SEQPACKET here")
+    if family == socket.AF_INET and not hasattr(socket, "SO_DOMAIN"):
+        pytest.skip("the kernel's family cannot be asked here (no SO_DOMAIN)")
+    original = socket.socket(family, kind)
+    claimed_kind = backend.SOCK_SEQPACKET if claimed[1] == "seqpacket" else claimed[1]
+    with socket.socket(claimed[0], claimed_kind, fileno=original.detach()) as liar:
+        with pytest.raises(ValueError, match="but the kernel's socket is family"):
+            SeqpacketConn.from_socket(liar)
+        assert liar.fileno() >= 0  # refused, so still the caller's
 
 
 def test_timeouts_are_checked_as_the_standard_library_checks_them(pair: Pair) -> None:

@@ -295,10 +295,18 @@ class SeqpacketConn:
         framing: another udscompat emulated connection).  The connection owns
         the socket from now on and makes it non-blocking.
 
+        The family and type are the kernel's (``SO_DOMAIN`` where the OS has
+        it, ``SO_TYPE``), not what the socket object was told: CPython
+        believes ``socket.socket(family, type, fileno=fd)``, and a stream
+        taken for a seqpacket socket would lose every message boundary.
+
         Raises:
             TypeError: ``sock`` is not a ``socket.socket``.
             ValueError: ``sock`` is not AF_UNIX, or neither SOCK_SEQPACKET
-                nor SOCK_STREAM (the message names the family or type).
+                nor SOCK_STREAM, or the kernel's family or type is not what
+                the socket object says (the message names them).
+            OSError: the kernel could not be asked (``EBADF``: closed;
+                ``ENOTSOCK``: not a socket).
         """
         if not isinstance(sock, socket.socket):
             raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
@@ -306,6 +314,7 @@ class SeqpacketConn:
             name = getattr(sock.family, "name", sock.family)
             raise ValueError(f"sock must be an AF_UNIX socket, not family {name}")
         kind = sock.type
+        _check_kernel_agrees(sock, kind)
         if kind == backend.SOCK_SEQPACKET:
             return _NativeConn(sock)
         if kind == socket.SOCK_STREAM:
@@ -1818,6 +1827,33 @@ def _copy_into(views: List[memoryview], data: bytes) -> int:
         if offset >= len(data):
             break
     return offset
+
+
+def _check_kernel_agrees(sock: socket.socket, kind: int) -> None:
+    """Refuse a socket whose kernel family or type is not what the object says."""
+    actual = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    family: int = socket.AF_UNIX  # where the kernel cannot say: the type alone
+    domain = getattr(socket, "SO_DOMAIN", None)  # Linux, FreeBSD
+    if domain is not None:
+        try:
+            family = sock.getsockopt(socket.SOL_SOCKET, domain)
+        except OSError as exc:
+            if exc.errno != errno.ENOPROTOOPT:  # a kernel without it (NetBSD's Linux ABI)
+                raise
+    if actual != kind or family != socket.AF_UNIX:
+        raise ValueError(
+            f"sock says family {_name(sock.family, socket.AddressFamily)} and type "
+            f"{_name(kind, socket.SocketKind)}, but the kernel's socket is family "
+            f"{_name(family, socket.AddressFamily)} and type {_name(actual, socket.SocketKind)} "
+            "(a socket.socket built with explicit family and type over another descriptor)"
+        )
+
+
+def _name(value: int, kind: Any) -> str:
+    try:
+        return str(kind(value).name)
+    except ValueError:
+        return str(int(value))
 
 
 def _wrap(sock: socket.socket, implementation: str) -> SeqpacketConn:
