@@ -1738,7 +1738,7 @@ static PyObject *emu_send_lock_name, *emu_recv_lock_name, *emu_unsent_name, *emu
     *emu_receiving_name, *emu_broken_name, *emu_closed_name, *emu_decoder_name,
     *emu_ack_requests_name, *emu_acks_sent_name, *emu_encoder_name, *emu_max_size_name,
     *emu_timeout_name, *emu_sock_name, *emu_cmsgs_name, *emu_idle_name, *emu_fast_name,
-    *emu_recv_flags_name, *emu_max_fds_name, *emu_start_frame_name, *emu_flush_name, *emu_ingest_name,
+    *emu_recv_flags_name, *emu_max_fds_name, *emu_inline_args_name, *emu_start_frame_name, *emu_flush_name, *emu_ingest_name,
     *emu_receive_name, *emu_acknowledge_name, *emu_raise_read_error_name;
 
 /* reference(conn, *args, **kwargs), from a vectorcall's arguments without the connection. */
@@ -1869,18 +1869,29 @@ emu_no_items(PyObject *obj)
            (PyList_CheckExact(obj) && PyList_GET_SIZE(obj) == 0);
 }
 
+/* The connection's ``_inline_args``: (sock, send_lock, recv_lock, decoder, encoder,
+ * recv_flags), what never changes after __init__; NULL (no exception) if it is not that. */
+static PyObject *
+emu_inline_args(PyObject *conn)
+{
+    PyObject *args = emu_get(conn, emu_inline_args_name);
+    if (args != NULL && (!PyTuple_CheckExact(args) || PyTuple_GET_SIZE(args) != 6)) {
+        Py_CLEAR(args);
+    }
+    return args;
+}
+
 /* The plain AF_UNIX socket of the connection, or NULL (no exception): the
  * reference then runs (a stand-in socket type, a closed socket). */
 static socket_prefix *
-emu_socket(PyObject *conn, PyObject **sock_out)
+emu_socket(PyObject *inline_args, PyObject **sock_out)
 {
-    PyObject *sock = emu_get(conn, emu_sock_name);
-    socket_prefix *plain = sock != NULL ? plain_unix_socket(sock) : NULL;
+    PyObject *sock = PyTuple_GET_ITEM(inline_args, 0);
+    socket_prefix *plain = plain_unix_socket(sock);
     if (plain == NULL || plain->sock_fd < 0) {
-        Py_XDECREF(sock);
         return NULL;
     }
-    *sock_out = sock;
+    *sock_out = Py_NewRef(sock);
     return plain;
 }
 
@@ -1984,9 +1995,13 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
     PyObject *result = NULL, *deadline = NULL, *lock = NULL, *encoder = NULL, *decoder = NULL,
              *sock = NULL, *unsent = NULL, *cmsgs = NULL;
     int nonblocking = 0, locked = 0, to_reference = 1;
+    PyObject *inline_args = emu_inline_args(conn);
+    if (inline_args == NULL) {
+        goto out;
+    }
     /* The header as the Python method builds it: a payload over the limit goes to the
      * reference, whose encoder raises the ValueError. */
-    encoder = emu_get(conn, emu_encoder_name);
+    encoder = Py_NewRef(PyTuple_GET_ITEM(inline_args, 4));
     Py_ssize_t limit = encoder != NULL ? emu_count(encoder, emu_max_size_name) : -1;
     if (limit < 0 || size > limit || size > (Py_ssize_t)UINT32_MAX) {
         goto out;
@@ -1995,7 +2010,7 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (deadline == NULL) {
         goto out;
     }
-    lock = emu_get(conn, emu_send_lock_name);
+    lock = Py_NewRef(PyTuple_GET_ITEM(inline_args, 1));
     locked = emu_try_lock(lock);
     if (locked <= 0) {
         if (locked < 0) {
@@ -2006,7 +2021,7 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
     }
     /* The Python method's idle test; anything owed or wrong is its _before_send's. */
     unsent = emu_get(conn, emu_unsent_name);
-    decoder = emu_get(conn, emu_decoder_name);
+    decoder = Py_NewRef(PyTuple_GET_ITEM(inline_args, 3));
     int unsent_empty = unsent != NULL && (PyBytes_CheckExact(unsent) || PyMemoryView_Check(unsent))
                            ? PyObject_Length(unsent) == 0
                            : 0;
@@ -2016,7 +2031,7 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
         PyErr_Clear();
         goto out;
     }
-    socket_prefix *plain = emu_socket(conn, &sock);
+    socket_prefix *plain = emu_socket(inline_args, &sock);
     if (plain == NULL) {
         goto out;
     }
@@ -2139,6 +2154,7 @@ out:
     if (locked && emu_unlock(lock) < 0 && result != NULL) {
         Py_CLEAR(result);
     }
+    Py_XDECREF(inline_args);
     Py_XDECREF(lock);
     Py_XDECREF(deadline);
     Py_XDECREF(encoder);
@@ -2328,7 +2344,11 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
     PyObject *result = NULL, *lock = NULL, *decoder = NULL, *sock = NULL, *flags_obj = NULL,
              *buffer = NULL;
     int locked = 0, to_reference = 1, flags = 0;
-    lock = emu_get(conn, emu_recv_lock_name);
+    PyObject *inline_args = emu_inline_args(conn);
+    if (inline_args == NULL) {
+        goto out;
+    }
+    lock = Py_NewRef(PyTuple_GET_ITEM(inline_args, 2));
     locked = emu_try_lock(lock);
     if (locked <= 0) {
         if (locked < 0) {
@@ -2339,16 +2359,16 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
     }
     /* The Python method's inline test: a receive cut short (_receiving still set) is
      * its abort, a decoder holding anything its _receive. */
-    decoder = emu_get(conn, emu_decoder_name);
-    if (decoder == NULL || !emu_is(conn, emu_receiving_name, Py_False) ||
+    decoder = Py_NewRef(PyTuple_GET_ITEM(inline_args, 3));
+    if (!emu_is(conn, emu_receiving_name, Py_False) ||
         !emu_is(decoder, emu_idle_name, Py_True) || !emu_is(conn, emu_fast_name, Py_True) ||
         !emu_is(conn, emu_broken_name, Py_None)) {
         goto out;
     }
     Py_ssize_t limit = emu_count(decoder, emu_max_size_name);
     Py_ssize_t max_fds = emu_count(decoder, emu_max_fds_name);
-    flags_obj = emu_get(conn, emu_recv_flags_name);
-    socket_prefix *plain = emu_socket(conn, &sock);
+    flags_obj = Py_NewRef(PyTuple_GET_ITEM(inline_args, 5));
+    socket_prefix *plain = emu_socket(inline_args, &sock);
     if (plain == NULL || limit < 0 || max_fds < 0 || flags_obj == NULL ||
         !int_value(flags_obj, 1, &flags) ||
         emu_chunk <= EMU_HEADER) {
@@ -2598,6 +2618,7 @@ out:
     if (locked && emu_unlock(lock) < 0 && result != NULL) {
         Py_CLEAR(result);
     }
+    Py_XDECREF(inline_args);
     Py_XDECREF(lock);
     Py_XDECREF(decoder);
     Py_XDECREF(sock);
@@ -2683,6 +2704,7 @@ speedups_configure_emulated(PyObject *module, PyObject *args)
         {&emu_fast_name, "_fast"},
         {&emu_recv_flags_name, "_recv_flags"},
         {&emu_max_fds_name, "max_fds"},
+        {&emu_inline_args_name, "_inline_args"},
         {&emu_start_frame_name, "_start_frame"},
         {&emu_flush_name, "_flush"},
         {&emu_ingest_name, "_ingest"},
