@@ -882,3 +882,42 @@ def test_received_descriptors_are_guarded_while_sent_ones_are_held(
             assert message.data == bytes([3]) * 3 and same_file(message.fds[0], pipe[0])
             os.close(message.fds[0])
             assert len(guarded) == held
+
+
+@pytest.mark.parametrize("path", ["compiled", "pure"])
+@pytest.mark.parametrize("method", ["send", "recv_message"])
+def test_a_timeout_holds_when_another_holder_clears_o_nonblocking(path: str, method: str) -> None:
+    """O_NONBLOCK belongs to the open file description: another holder of the descriptor (a
+    forked child, a process it was passed to) can clear it.  Every system call carries
+    MSG_DONTWAIT, so a timed call still ends at its deadline (it waited in the kernel for a
+    message, or for room, until one came: for ever without)."""
+    if path == "compiled" and not COMPILED:
+        pytest.skip("the compiled accelerator is not in use")
+    send, recv = PATHS[path]
+    a, b = _seqpacket.seqpacket_pair(implementation="emulated")
+    conn = a if method == "send" else b
+    if method == "send":
+        a.setblocking(False)
+        while not a._unsent:  # the peer never reads: fill the socket, a frame left in part
+            a.send(b"f" * 65536)
+        a._unsent = b""  # forget the rest (the stream is junk to this test's peer anyway)
+    other = os.dup(conn.fileno())
+    os.set_blocking(other, True)  # another holder clears O_NONBLOCK for both
+    conn.settimeout(0.2)
+    outcome: List[Any] = []
+    call = (
+        functools.partial(send, a, b"x" * 1000) if method == "send" else functools.partial(recv, b)
+    )
+    worker = threading.Thread(target=lambda: outcome.append(_outcome(call, -1)))
+    started = time.monotonic()
+    worker.start()
+    worker.join(3)
+    try:
+        assert not worker.is_alive(), "the call waited in the kernel past its timeout"
+        assert outcome[0][:2] == ("raised", "TimeoutError")
+        assert time.monotonic() - started < 2
+    finally:
+        a.close()
+        b.close()
+        os.close(other)
+        worker.join(5)

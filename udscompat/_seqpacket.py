@@ -82,6 +82,9 @@ _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 #: a process the descriptor was passed to) can make blocking -- a timed call then waited
 #: in the kernel past its deadline, and close() from another thread could not wake it.
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+#: An emulated connection's send flags: MSG_DONTWAIT as for native connections (O_NONBLOCK
+#: belongs to the open file description, which another holder of the descriptor can clear).
+_STREAM_SEND = int(_NOSIGNAL | _DONTWAIT)  # a plain int: IntFlag arithmetic is a Python call
 _MSG_TRUNC = backend.MSG_TRUNC
 _MSG_CTRUNC = backend.MSG_CTRUNC
 _MSG_EOR = backend.MSG_EOR
@@ -1124,7 +1127,7 @@ class _EmulatedConn(SeqpacketConn):
         self._sending = False
         self._receiving = False
         cloexec = _io.cloexec_flag()
-        self._recv_flags = cloexec or 0
+        self._recv_flags = int((cloexec or 0) | _DONTWAIT)
         self._set_cloexec = cloexec is None
         #: Inline the common receive (property-tested equal to ``_receive``); off while a
         #: peeked message waits and while credentials are reported.
@@ -1221,7 +1224,7 @@ class _EmulatedConn(SeqpacketConn):
             if numbers is None and frame is not None and cmsgs is None:
                 self._sending = True  # the common case of _send_frame, inline
                 try:
-                    sent = self._sock.send(frame, _NOSIGNAL)
+                    sent = self._sock.send(frame, _STREAM_SEND)
                 except BlockingIOError:
                     self._sending = False
                     if deadline == _NONBLOCKING:
@@ -1298,13 +1301,13 @@ class _EmulatedConn(SeqpacketConn):
             if cmsgs is not None:  # credentials: sendmsg itself (the compiled call has no room)
                 buffers = [frame] if frame is not None else [header, payload]
                 ancdata = cmsgs if numbers is None else cmsgs + _io.rights(self._sock, numbers)
-                return self._sock.sendmsg(buffers, ancdata, _NOSIGNAL)
+                return self._sock.sendmsg(buffers, ancdata, _STREAM_SEND)
             if numbers is None:
                 if frame is not None:
-                    return self._sock.send(frame, _NOSIGNAL)
-                return self._sock.sendmsg([header, payload], [], _NOSIGNAL)
+                    return self._sock.send(frame, _STREAM_SEND)
+                return self._sock.sendmsg([header, payload], [], _STREAM_SEND)
             buffers = [frame] if frame is not None else [header, payload]
-            return _io.send_with_fds(self._sock, buffers, numbers, _NOSIGNAL)
+            return _io.send_with_fds(self._sock, buffers, numbers, _STREAM_SEND)
         except OSError:
             self._sending = False  # nothing went out
             raise
@@ -1332,9 +1335,9 @@ class _EmulatedConn(SeqpacketConn):
             self._sending = True
             try:
                 if self._cmsgs is None:
-                    sent = self._sock.send(self._unsent, _NOSIGNAL)
+                    sent = self._sock.send(self._unsent, _STREAM_SEND)
                 else:
-                    sent = self._sock.sendmsg([self._unsent], self._cmsgs, _NOSIGNAL)
+                    sent = self._sock.sendmsg([self._unsent], self._cmsgs, _STREAM_SEND)
             except BlockingIOError:
                 self._sending = False
                 try:
@@ -1701,7 +1704,7 @@ if _accel.speedups is not None:
         PYTHON_EMULATED_RECV_MESSAGE,
         _STREAM_CHUNK,
         _ANCBUF,
-        _NOSIGNAL,
+        _STREAM_SEND,
         _monotonic,
         type(threading.Lock()),
     )
