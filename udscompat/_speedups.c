@@ -563,8 +563,12 @@ static void
 give_back(PyObject *buffer)
 {
     Py_ssize_t size = PyBytes_GET_SIZE(buffer);
-    if (spare == NULL && Py_REFCNT(buffer) == 1 && size > 0 && size <= SPARE_MAX) {
-        spare = buffer;
+    if (Py_REFCNT(buffer) == 1 && size > 0 && size <= SPARE_MAX &&
+        (spare == NULL || PyBytes_GET_SIZE(spare) < size)) {
+        /* The larger one is kept: a smaller spare left by another kind of receive
+         * (recv_fds with bufsize 1, a 64 KiB seqpacket read) would otherwise make every
+         * emulated chunk read allocate and free 128 KiB -- an mmap and its page faults. */
+        Py_XSETREF(spare, buffer);
     }
     else {
         Py_DECREF(buffer);
