@@ -1216,7 +1216,8 @@ call_reference(PyObject *reference, PyObject *conn, PyObject *const *args, Py_ss
 {
     if (reference == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "udscompat._speedups.configure_native() was not called");
+                        "udscompat._speedups: configure_native() or configure_emulated() was "
+                        "not called");
         return NULL;
     }
     Py_ssize_t total = nargs + (kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0);
@@ -1226,7 +1227,9 @@ call_reference(PyObject *reference, PyObject *conn, PyObject *const *args, Py_ss
         return PyErr_NoMemory();
     }
     call[0] = conn;
-    memcpy(call + 1, args, sizeof(PyObject *) * (size_t)total);
+    if (total > 0) { /* args may be NULL then */
+        memcpy(call + 1, args, sizeof(PyObject *) * (size_t)total);
+    }
     PyObject *result = PyObject_Vectorcall(reference, call, (size_t)nargs + 1, kwnames);
     if (call != small) {
         PyMem_Free(call);
@@ -1265,6 +1268,34 @@ no_items(PyObject *obj)
            (PyList_CheckExact(obj) && PyList_GET_SIZE(obj) == 0);
 }
 
+/* The payload of a send the compiled methods take: positional (data[, fds[, credentials]])
+ * with fds empty and credentials None, data bytes, bytearray or a contiguous memoryview.
+ * 1 with ``view`` filled (view->obj NULL for bytes: nothing to release), else 0 with no
+ * exception: the Python method takes the call and names what is wrong. */
+static int
+send_payload(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, Py_buffer *view)
+{
+    if (kwnames != NULL || nargs < 1 || nargs > 3 || (nargs >= 2 && !no_items(args[1])) ||
+        (nargs == 3 && args[2] != Py_None)) {
+        return 0;
+    }
+    PyObject *data = args[0];
+    if (PyBytes_CheckExact(data)) {
+        view->obj = NULL; /* bytes never move or change */
+        view->buf = PyBytes_AS_STRING(data);
+        view->len = PyBytes_GET_SIZE(data);
+        return 1;
+    }
+    if (!PyByteArray_CheckExact(data) && !PyMemoryView_Check(data)) {
+        return 0;
+    }
+    if (PyObject_GetBuffer(data, view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear(); /* strided or released */
+        return 0;
+    }
+    return 1;
+}
+
 PyDoc_STRVAR(native_send_doc,
 "send($self, data, fds=(), credentials=None)\n--\n\n"
 "SeqpacketConn.send of a native connection, compiled: one send(2) of one\n"
@@ -1274,24 +1305,8 @@ PyDoc_STRVAR(native_send_doc,
 static PyObject *
 native_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (kwnames != NULL || nargs < 1 || nargs > 3 || (nargs >= 2 && !no_items(args[1])) ||
-        (nargs == 3 && args[2] != Py_None)) {
-        return call_reference(native_send_reference, conn, args, nargs, kwnames);
-    }
-    PyObject *data = args[0];
     Py_buffer view;
-    if (PyBytes_CheckExact(data)) {
-        view.obj = NULL; /* nothing to release: bytes never move or change */
-        view.buf = PyBytes_AS_STRING(data);
-        view.len = PyBytes_GET_SIZE(data);
-    }
-    else if (PyByteArray_CheckExact(data) || PyMemoryView_Check(data)) {
-        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-            PyErr_Clear(); /* a strided view: the reference names `data` in its TypeError */
-            return call_reference(native_send_reference, conn, args, nargs, kwnames);
-        }
-    }
-    else {
+    if (!send_payload(args, nargs, kwnames, &view)) {
         return call_reference(native_send_reference, conn, args, nargs, kwnames);
     }
     PyObject *result = NULL;
@@ -1745,33 +1760,6 @@ static PyObject *emu_send_lock_name, *emu_recv_lock_name, *emu_unsent_name, *emu
     *emu_recv_flags_name, *emu_max_fds_name, *emu_inline_args_name, *emu_start_frame_name, *emu_flush_name, *emu_ingest_name,
     *emu_receive_name, *emu_acknowledge_name, *emu_raise_read_error_name;
 
-/* reference(conn, *args, **kwargs), from a vectorcall's arguments without the connection. */
-static PyObject *
-emu_reference(PyObject *reference, PyObject *conn, PyObject *const *args, Py_ssize_t nargs,
-              PyObject *kwnames)
-{
-    if (reference == NULL) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "udscompat._speedups.configure_emulated() was not called");
-        return NULL;
-    }
-    Py_ssize_t total = nargs + (kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0);
-    PyObject *small[8];
-    PyObject **call = total < 8 ? small : PyMem_New(PyObject *, (size_t)total + 1);
-    if (call == NULL) {
-        return PyErr_NoMemory();
-    }
-    call[0] = conn;
-    if (total > 0) {
-        memcpy(call + 1, args, sizeof(PyObject *) * (size_t)total);
-    }
-    PyObject *result = PyObject_Vectorcall(reference, call, (size_t)nargs + 1, kwnames);
-    if (call != small) {
-        PyMem_Free(call);
-    }
-    return result;
-}
-
 /* lock.acquire(False): 1 taken, 0 held elsewhere (or not a threading.Lock), -1 error. */
 static int
 emu_try_lock(PyObject *lock)
@@ -1810,22 +1798,11 @@ emu_unlock(PyObject *lock)
     return 0;
 }
 
-/* An attribute as a new reference, or NULL with no exception set. */
-static PyObject *
-emu_get(PyObject *obj, PyObject *name)
-{
-    PyObject *value = PyObject_GetAttr(obj, name);
-    if (value == NULL) {
-        PyErr_Clear();
-    }
-    return value;
-}
-
 /* Whether attribute ``name`` of ``obj`` is ``expected`` (identity: True, False, None). */
 static int
 emu_is(PyObject *obj, PyObject *name, PyObject *expected)
 {
-    PyObject *value = emu_get(obj, name);
+    PyObject *value = conn_attribute(obj, name);
     Py_XDECREF(value);
     return value == expected;
 }
@@ -1834,7 +1811,7 @@ emu_is(PyObject *obj, PyObject *name, PyObject *expected)
 static Py_ssize_t
 emu_count(PyObject *obj, PyObject *name)
 {
-    PyObject *value = emu_get(obj, name);
+    PyObject *value = conn_attribute(obj, name);
     Py_ssize_t count = -1;
     if (value != NULL && PyLong_CheckExact(value)) {
         count = PyLong_AsSsize_t(value);
@@ -1865,20 +1842,12 @@ emu_set(PyObject *obj, PyObject *name, PyObject *value)
     return PyObject_SetAttr(obj, name, value);
 }
 
-/* An empty tuple or list: what a send without descriptors passes as ``fds``. */
-static int
-emu_no_items(PyObject *obj)
-{
-    return (PyTuple_CheckExact(obj) && PyTuple_GET_SIZE(obj) == 0) ||
-           (PyList_CheckExact(obj) && PyList_GET_SIZE(obj) == 0);
-}
-
 /* The connection's ``_inline_args``: (sock, send_lock, recv_lock, decoder, encoder,
  * recv_flags), what never changes after __init__; NULL (no exception) if it is not that. */
 static PyObject *
 emu_inline_args(PyObject *conn)
 {
-    PyObject *args = emu_get(conn, emu_inline_args_name);
+    PyObject *args = conn_attribute(conn, emu_inline_args_name);
     if (args != NULL && (!PyTuple_CheckExact(args) || PyTuple_GET_SIZE(args) != 6)) {
         Py_CLEAR(args);
     }
@@ -1916,7 +1885,7 @@ emu_put_header(unsigned char *header, Py_ssize_t length)
 static PyObject *
 emu_deadline(PyObject *conn, int *nonblocking)
 {
-    PyObject *timeout = emu_get(conn, emu_timeout_name);
+    PyObject *timeout = conn_attribute(conn, emu_timeout_name);
     *nonblocking = 0;
     if (timeout == NULL || timeout == Py_None) {
         return timeout;
@@ -1971,30 +1940,13 @@ PyDoc_STRVAR(emulated_send_doc,
 static PyObject *
 emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (kwnames != NULL || nargs < 1 || nargs > 3 || (nargs >= 2 && !emu_no_items(args[1])) ||
-        (nargs == 3 && args[2] != Py_None)) {
-        return emu_reference(emu_send_reference, conn, args, nargs, kwnames);
+    Py_buffer view;
+    if (!send_payload(args, nargs, kwnames, &view)) {
+        return call_reference(emu_send_reference, conn, args, nargs, kwnames);
     }
     PyObject *data = args[0];
-    Py_buffer view;
-    const char *payload;
-    Py_ssize_t size;
-    view.obj = NULL;
-    if (PyBytes_CheckExact(data)) {
-        payload = PyBytes_AS_STRING(data);
-        size = PyBytes_GET_SIZE(data);
-    }
-    else if (PyByteArray_CheckExact(data) || PyMemoryView_Check(data)) {
-        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-            PyErr_Clear(); /* strided, released: the reference says what is wrong */
-            return emu_reference(emu_send_reference, conn, args, nargs, kwnames);
-        }
-        payload = (const char *)view.buf;
-        size = view.len;
-    }
-    else {
-        return emu_reference(emu_send_reference, conn, args, nargs, kwnames);
-    }
+    const char *payload = (const char *)view.buf;
+    Py_ssize_t size = view.len;
 
     PyObject *result = NULL, *deadline = NULL, *lock = NULL, *encoder = NULL, *decoder = NULL,
              *sock = NULL, *unsent = NULL, *cmsgs = NULL;
@@ -2024,7 +1976,7 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
         goto out;
     }
     /* The Python method's idle test; anything owed or wrong is its _before_send's. */
-    unsent = emu_get(conn, emu_unsent_name);
+    unsent = conn_attribute(conn, emu_unsent_name);
     decoder = Py_NewRef(PyTuple_GET_ITEM(inline_args, 3));
     int unsent_empty = unsent != NULL && (PyBytes_CheckExact(unsent) || PyMemoryView_Check(unsent))
                            ? PyObject_Length(unsent) == 0
@@ -2040,7 +1992,7 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
         goto out;
     }
     to_reference = 0; /* from here on the call is this function's */
-    cmsgs = emu_get(conn, emu_cmsgs_name);
+    cmsgs = conn_attribute(conn, emu_cmsgs_name);
     if (cmsgs != Py_None && emu_set(conn, emu_cmsgs_name, Py_None) < 0) {
         goto out;
     }
@@ -2170,7 +2122,7 @@ out:
         PyBuffer_Release(&view);
     }
     if (to_reference && result == NULL && !PyErr_Occurred()) {
-        return emu_reference(emu_send_reference, conn, args, nargs, kwnames);
+        return call_reference(emu_send_reference, conn, args, nargs, kwnames);
     }
     return result;
 }
@@ -2338,7 +2290,7 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
 {
     if (kwnames != NULL || nargs > 2 || (nargs >= 1 && !emu_size_argument(args[0])) ||
         (nargs == 2 && !emu_size_argument(args[1])) || emu_default_bufsize == NULL) {
-        return emu_reference(emu_recv_reference, conn, args, nargs, kwnames);
+        return call_reference(emu_recv_reference, conn, args, nargs, kwnames);
     }
     PyObject *bufsize_obj = nargs >= 1 ? args[0] : emu_default_bufsize;
     PyObject *maxfds_obj = nargs == 2 ? args[1] : emu_default_maxfds;
@@ -2426,7 +2378,7 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
         give_back(buffer);
         buffer = NULL;
         if (saved == EAGAIN || saved == EWOULDBLOCK) {
-            PyObject *timeout = emu_get(conn, emu_timeout_name);
+            PyObject *timeout = conn_attribute(conn, emu_timeout_name);
             int nonblocking = timeout != NULL && PyFloat_Check(timeout) &&
                               PyFloat_AS_DOUBLE(timeout) == 0.0; /* self._timeout == 0.0 */
             Py_XDECREF(timeout);
@@ -2628,7 +2580,7 @@ out:
     Py_XDECREF(sock);
     Py_XDECREF(flags_obj);
     if (to_reference && result == NULL && !PyErr_Occurred()) {
-        return emu_reference(emu_recv_reference, conn, args, nargs, kwnames);
+        return call_reference(emu_recv_reference, conn, args, nargs, kwnames);
     }
     return result;
 }
