@@ -261,14 +261,7 @@ def pure_recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: in
     except OSError:
         cloexec = None  # the probe itself could not run (EMFILE?): set FD_CLOEXEC by hand
     installed = True if not flags & _MSG_PEEK else peek_installs_now()
-    try:  # recvmsg() inline: a call is a tenth of this function's cost
-        data, ancdata, msg_flags, address = sock.recvmsg(
-            bufsize, ANCBUF_SIZE, flags | (cloexec or 0)
-        )
-    except OSError as exc:
-        if exc.errno == errno.EMSGSIZE:
-            raise emsgsize_error() from exc
-        raise
+    data, ancdata, msg_flags, address = recvmsg(sock, bufsize, flags | (cloexec or 0))
     if (
         ancdata
         and installed is not True
