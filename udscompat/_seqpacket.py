@@ -314,7 +314,7 @@ class SeqpacketConn:
         if not isinstance(sock, socket.socket):
             raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
         if sock.family != socket.AF_UNIX:
-            name = getattr(sock.family, "name", sock.family)
+            name = _enum_name(sock.family, socket.AddressFamily)
             raise ValueError(f"sock must be an AF_UNIX socket, not family {name}")
         kind = sock.type
         _check_kernel_agrees(sock, kind)
@@ -322,7 +322,7 @@ class SeqpacketConn:
             return _NativeConn(sock)
         if kind == socket.SOCK_STREAM:
             return _EmulatedConn(sock)
-        name = getattr(kind, "name", kind)
+        name = _enum_name(kind, socket.SocketKind)
         raise ValueError(f"sock must be SOCK_SEQPACKET or SOCK_STREAM, not type {name}")
 
     # -- the socket-like surface -------------------------------------------------------
@@ -1855,14 +1855,17 @@ def _check_kernel_agrees(sock: socket.socket, kind: int) -> None:
                 raise
     if actual != kind or family != socket.AF_UNIX:
         raise ValueError(
-            f"sock says family {_name(sock.family, socket.AddressFamily)} and type "
-            f"{_name(kind, socket.SocketKind)}, but the kernel's socket is family "
-            f"{_name(family, socket.AddressFamily)} and type {_name(actual, socket.SocketKind)} "
+            f"sock says family {_enum_name(sock.family, socket.AddressFamily)} and type "
+            f"{_enum_name(kind, socket.SocketKind)}, but the kernel's socket is family "
+            f"{_enum_name(family, socket.AddressFamily)} and type "
+            f"{_enum_name(actual, socket.SocketKind)} "
             "(a socket.socket built with explicit family and type over another descriptor)"
         )
 
 
-def _name(value: int, kind: Any) -> str:
+def _enum_name(value: int, kind: Any) -> str:
+    """``AF_UNIX``, ``SOCK_STREAM``: the name of a family or type the socket module knows,
+    else the number (what the kernel answered may be a value it has no name for)."""
     try:
         return str(kind(value).name)
     except ValueError:

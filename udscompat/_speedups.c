@@ -1475,8 +1475,7 @@ native_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyO
     }
     PyObject *call[6] = {conn, PyTuple_GET_ITEM(message, 0), PyTuple_GET_ITEM(message, 1),
                          PyTuple_GET_ITEM(message, 2), PyTuple_GET_ITEM(message, 4), size};
-    PyObject *result = PyObject_VectorcallMethod(
-        message_name, call, 6, NULL);
+    PyObject *result = PyObject_VectorcallMethod(message_name, call, 6, NULL);
     Py_DECREF(size);
     Py_DECREF(message);
     return result;
