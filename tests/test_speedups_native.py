@@ -411,3 +411,50 @@ def test_configure_native_refuses_what_it_cannot_use() -> None:
         speedups.configure_native(_seqpacket._NativeConn, PY_SEND, lambda self: None, 1024)
     with pytest.raises(ValueError, match="fast_bufsize"):
         speedups.configure_native(_seqpacket._NativeConn, PY_SEND, PY_RECV, -1)
+
+
+@needs_compiled
+@needs_seqpacket
+@pytest.mark.parametrize("free", [0, 1, 2])
+def test_a_full_descriptor_table_is_reported_alike_and_leaks_nothing(free: int) -> None:
+    """RLIMIT_NOFILE lowered so that only ``free`` of a message's 3 descriptors fit: the
+    compiled method and the Python method (compiled receive off) raise the same
+    ControlTruncatedError with the payload, close what arrived, and the next message comes
+    whole once the table has room."""
+    from udscompat import ControlTruncatedError
+
+    from .test_speedups import _free_slots
+
+    before = open_fds()
+    r, w = os.pipe()
+    outcomes: Dict[str, Any] = {}
+    try:
+        for impl in ("compiled", "python"):
+            x, y = _pair()
+            with x, y:
+                y.settimeout(0)
+                if impl == "python":
+                    y._compiled_recv = None
+                receive = y.recv_message if impl == "compiled" else functools.partial(PY_RECV, y)
+                x.send(b"three", [r, r, w])
+                x.send(b"after")
+                held = open_fds()
+                with _free_slots(free):
+                    try:
+                        got: Any = receive(64, 3)
+                    except ControlTruncatedError as exc:
+                        got = (type(exc), exc.data, exc.closed_fds)
+                    else:
+                        _io.close_fds(list(got.fds))  # outside the lowered limit: closing is safe
+                        got = ("message", got.data, len(got.fds))
+                    during = open_fds() - held
+                after = receive(64, 3)
+                assert after is not None and after.data == b"after" and after.fds == ()
+                outcomes[impl] = (got, sorted(during))
+        assert outcomes["compiled"] == outcomes["python"]
+        assert outcomes["compiled"][0][0] is ControlTruncatedError
+        assert outcomes["compiled"][0][1] == b"three"
+        assert outcomes["compiled"][1] == []  # nothing left open while the table was full
+    finally:
+        _io.close_fds([r, w])
+    assert open_fds() == before
