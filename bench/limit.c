@@ -10,6 +10,9 @@
  *                        MSG_CMSG_CLOEXEC (else FD_CLOEXEC by hand), fds closed
  *   seq64, seq65536      native SOCK_SEQPACKET: send; recvmsg with the marker on
  *                        (Linux SO_TIMESTAMP) and the same control room
+ *   raw64, raw65536      the baseline's round trip: send; recv(2), no marker, no
+ *                        control room (what a raw stdlib recv asks of the kernel):
+ *                        seqN / rawN is the kernel's own price of the contract
  *   emu64, emu65536      the emulation: an 8-byte frame header plus payload in one
  *                        send over SOCK_STREAM; recvmsg of 128 KiB chunks until
  *                        the frame is whole
@@ -132,7 +135,7 @@ struct pair {
 };
 
 static int
-seqpacket_pair(struct pair *p)
+seqpacket_pair(struct pair *p, int marker)
 {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) < 0) {
@@ -141,10 +144,13 @@ seqpacket_pair(struct pair *p)
 #ifdef SO_TIMESTAMP
 #ifdef __linux__
     int on = 1;
-    setsockopt(sv[0], SOL_SOCKET, SO_TIMESTAMP, &on, sizeof(on));
-    setsockopt(sv[1], SOL_SOCKET, SO_TIMESTAMP, &on, sizeof(on));
+    if (marker) {
+        setsockopt(sv[0], SOL_SOCKET, SO_TIMESTAMP, &on, sizeof(on));
+        setsockopt(sv[1], SOL_SOCKET, SO_TIMESTAMP, &on, sizeof(on));
+    }
 #endif
 #endif
+    (void)marker;
     p->a = sv[0];
     p->b = sv[1];
     return 0;
@@ -180,6 +186,19 @@ seqpacket(struct pair *p, size_t size, long n)
             die("send");
         }
         receive(p->b, chunk, 65536, &got);
+    }
+}
+
+static void
+raw(struct pair *p, size_t size, long n)
+{
+    for (long i = 0; i < n; i++) {
+        if (send(p->a, payload, size, MSG_NOSIGNAL) != (ssize_t)size) {
+            die("send");
+        }
+        if (recv(p->b, chunk, 65536, 0) < 0) {
+            die("recv");
+        }
     }
 }
 
@@ -230,7 +249,7 @@ echo(struct pair *p, size_t size, long n)
     }
 }
 
-enum kind { FDPASS, SEQPACKET, EMULATED, ECHO };
+enum kind { FDPASS, SEQPACKET, RAW, EMULATED, ECHO };
 
 static void
 run(const char *name, enum kind kind, size_t size, long n, int repeats)
@@ -244,7 +263,7 @@ run(const char *name, enum kind kind, size_t size, long n, int repeats)
         p.a = sv[0];
         p.b = sv[1];
     }
-    else if (seqpacket_pair(&p) < 0) {
+    else if (seqpacket_pair(&p, kind != RAW) < 0) {
         return; /* no SOCK_SEQPACKET here */
     }
     if (kind == ECHO) {
@@ -258,6 +277,7 @@ run(const char *name, enum kind kind, size_t size, long n, int repeats)
         switch (kind) {
         case FDPASS: fdpass(&p, (int)size, count); break;
         case SEQPACKET: seqpacket(&p, size, count); break;
+        case RAW: raw(&p, size, count); break;
         case EMULATED: emulated(&p, size, count); break;
         case ECHO: echo(&p, size, count); break;
         }
@@ -285,6 +305,8 @@ main(int argc, char **argv)
     run("fdpass16", FDPASS, 16, n, repeats);
     run("seq64", SEQPACKET, 64, n, repeats);
     run("seq65536", SEQPACKET, 65536, big, repeats);
+    run("raw64", RAW, 64, n, repeats);
+    run("raw65536", RAW, 65536, big, repeats);
     run("emu64", EMULATED, 64, n, repeats);
     run("emu65536", EMULATED, 65536, big, repeats);
     run("aio64", ECHO, 64, big, repeats);
