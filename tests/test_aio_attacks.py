@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Awaitable, Callable, List, Set, Tuple
@@ -409,6 +410,52 @@ def test_a_second_live_loop_is_refused_naming_the_cause(impl: str, loop_kind: st
         assert message is not None and message.data == b"after the first loop closed"
     finally:
         first.close()
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("impl", SEQPACKET_IMPLEMENTATIONS)
+def test_a_receive_from_this_threads_loop_while_the_last_one_runs_in_another(
+    impl: str, loop_kind: str
+) -> None:
+    """The connection last waited in a loop that now runs in another thread, idle (no call of
+    the connection waits there); a receive from this thread's loop must wait in this loop.
+    Asking which loop runs is a system call before Python 3.12, so the receive first trusts
+    the loop it last waited in, where that loop says it runs in this thread: one that runs
+    elsewhere must not be taken for it (the waiter would belong to the other thread's loop)."""
+    a, b = pair(impl)
+    elsewhere = new_loop(loop_kind)
+    started = threading.Event()
+    thread = threading.Thread(target=elsewhere.run_forever, daemon=True)
+    try:
+
+        async def first() -> Any:
+            receiving = asyncio.ensure_future(b.recv_message())  # waits: the loop is recorded
+            await asyncio.sleep(0.01)
+            await a.send(b"in the first loop")
+            return await receiving
+
+        message = elsewhere.run_until_complete(asyncio.wait_for(first(), 60))
+        assert message is not None and message.data == b"in the first loop"
+        elsewhere.call_soon(started.set)
+        thread.start()
+        assert started.wait(10)  # the first loop runs in the other thread from now on
+
+        async def main() -> Any:
+            receiving = asyncio.ensure_future(b.recv_message())
+            await asyncio.sleep(0.05)  # the receive waits: nothing was sent yet
+            assert not receiving.done()
+            await a.send(b"in this thread's loop")
+            return await receiving
+
+        message = in_new_loop(loop_kind, main)
+        assert message is not None and message.data == b"in this thread's loop"
+    finally:
+        if thread.is_alive():
+            elsewhere.call_soon_threadsafe(elsewhere.stop)
+            thread.join(10)
+        elsewhere.close()
         a.close()
         b.close()
 
