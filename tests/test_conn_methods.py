@@ -312,6 +312,26 @@ def test_a_hostile_claim_is_only_ever_a_labelled_claim(claims_only: None) -> Non
             conn.recv_message()
 
 
+@pytest.mark.parametrize("method", ["as called", "Python"])
+def test_a_truncated_message_keeps_its_claim(claims_only: None, method: str) -> None:
+    """A claimed message cut to ``bufsize`` still carries its claim, whichever receive takes
+    it: the compiled method (where the accelerator runs) or the Python method, whose inline
+    receive cut it to ``data[:bufsize]`` and dropped the claim, where ``_fit`` keeps it."""
+    raw, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = udscompat.SeqpacketConn.from_socket(theirs)
+    with raw, conn:
+        conn.pass_credentials(claimed=True)
+        for payload in (b"I am root, and this is cut", b"whole"):
+            raw.sendall(_claim_frame(ROOT_CLAIM, payload))
+            if method == "as called":
+                message = conn.recv_message(8)
+            else:
+                message = _seqpacket.PYTHON_EMULATED_RECV_MESSAGE(conn, 8)
+            assert message is not None
+            assert (message.data, message.truncated) == (payload[:8], len(payload) > 8)
+            assert message.credentials == udscompat.ClaimedCredentials(1, 0, 0)
+
+
 def test_a_sender_claims_only_its_own_ids(claims_only: None) -> None:
     a, b = udscompat.seqpacket_pair(implementation="emulated")
     with a, b:

@@ -1460,7 +1460,7 @@ class _EmulatedConn(SeqpacketConn):
             if decoder.ack_requests != self._acks_sent:
                 self._acknowledge()
             if len(event.data) > bufsize:
-                return new_message((event.data[:bufsize], (), True, None))
+                return new_message((event.data[:bufsize], (), True, event.credentials))
             return event
 
     def _receive(
