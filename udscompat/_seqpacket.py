@@ -106,6 +106,12 @@ _LARGE_BUFSIZE = 262144
 _COMPILED_RECV = _io.compiled_recv_message
 _NO_LIMIT = 1 << 30  # the decoder, not collect_fds, limits a chunk's descriptors
 _NO_WAIT = (False,)
+#: The emulated connections' lock type: one whose try-acquire the compiled methods make in C
+#: where the accelerator runs (a threading.Lock's costs them a Python call with its argument
+#: parsing, ~1,000 instructions), else threading.Lock.
+_EMULATED_LOCK: Callable[[], threading.Lock] = (
+    threading.Lock if _accel.speedups is None else _accel.speedups.Lock
+)
 #: The types of ``data`` that mean several buffers sent as one message.
 _SEVERAL = (list, tuple)
 _MSG_PEEK = int(socket.MSG_PEEK)  # a plain int: IntFlag arithmetic is a Python call
@@ -1114,8 +1120,8 @@ class _EmulatedConn(SeqpacketConn):
         super().__init__(sock)
         self._encoder = _framing.FrameEncoder(max_message_size, max_fds)
         self._decoder = _framing.FrameDecoder(max_message_size, max_fds)
-        self._send_lock = threading.Lock()
-        self._recv_lock = threading.Lock()
+        self._send_lock = _EMULATED_LOCK()
+        self._recv_lock = _EMULATED_LOCK()
         #: The unsent rest of a frame already accepted (a partly sent message or acknowledgement).
         self._unsent: Union[bytes, memoryview] = b""
         #: Acknowledgements sent so far (the decoder counts the requests; the difference is owed).
@@ -1706,7 +1712,6 @@ if _accel.speedups is not None:
         _ANCBUF,
         _STREAM_SEND,
         _monotonic,
-        type(threading.Lock()),
     )
     setattr(_EmulatedConn, "send", _emulated_send)  # noqa: B010 (mypy: a method)
     setattr(_EmulatedConn, "recv_message", _emulated_recv_message)  # noqa: B010

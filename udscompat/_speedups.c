@@ -33,6 +33,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -41,6 +43,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Python 3.9 lacks these two (added in 3.10). */
@@ -1699,6 +1702,375 @@ speedups_control_size(PyObject *module, PyObject *unused)
     return PyLong_FromSize_t(control_size());
 }
 
+/* -- Lock: the emulated connections' send and receive locks ----------------- */
+
+/* threading.Lock, as _thread.lock is, for _EmulatedConn's _send_lock and _recv_lock
+ * where the accelerator runs (the pure path keeps threading.Lock).  The compiled
+ * emulated methods take and release it in C (lock_try, lock_untake: a few dozen
+ * instructions); taking a threading.Lock from C means calling its acquire, whose
+ * arguments are parsed from a tuple, about 1,000 instructions per call -- an eighth
+ * of a small message's round trip.  For Python it is the whole lock:
+ * acquire(blocking=True, timeout=-1), release, locked, ``with``, _at_fork_reinit.
+ *
+ * A blocking acquire lets go of the GIL, keeps its timeout as a deadline, and is
+ * interruptible as _thread.lock's is: the pending calls (signal handlers) run; a
+ * raising one propagates with the lock not taken, a quiet one lets the wait go
+ * on with what is left of the timeout.  Releasing a lock that is not held raises
+ * RuntimeError.  Fork: as threading.Lock, a lock some thread held at fork stays
+ * held in the child (nothing re-initialises it; _at_fork_reinit does, on request).
+ * Freed while held, it is released first (the semaphore is never freed taken). */
+
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lock;
+    char locked; /* taken (set once taken, cleared before the release) */
+    PyObject *weakreflist;
+} LockObject;
+
+static PyTypeObject LockType;
+
+#define LOCK_UNSET_TIMEOUT (-1.0)
+
+/* Take ``self`` if it is free, without waiting or letting go of the GIL: 1 taken, 0 not. */
+static int
+lock_try(LockObject *self)
+{
+    if (PyThread_acquire_lock_timed(self->lock, 0, 0) != PY_LOCK_ACQUIRED) {
+        return 0;
+    }
+    self->locked = 1;
+    return 1;
+}
+
+/* release(): 0, or -1 with RuntimeError set (not held). */
+static int
+lock_untake(LockObject *self)
+{
+    if (!self->locked) {
+        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
+        return -1;
+    }
+    self->locked = 0;
+    PyThread_release_lock(self->lock);
+    return 0;
+}
+
+static double
+lock_clock(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
+}
+
+/* Wait for the lock up to ``timeout`` seconds (negative: for ever), as _thread.lock's
+ * acquire_timed: 1 taken, 0 timed out, -1 a signal handler raised (not taken). */
+static int
+lock_wait(LockObject *self, double timeout)
+{
+    if (lock_try(self)) {
+        return 1;
+    }
+    if (timeout == 0.0) {
+        return 0;
+    }
+    double deadline = timeout > 0.0 ? lock_clock() + timeout : 0.0;
+    for (;;) {
+        PY_TIMEOUT_T microseconds = -1;
+        if (timeout > 0.0) {
+            double left = ceil(timeout * 1e6);
+            microseconds = left < (double)PY_TIMEOUT_MAX ? (PY_TIMEOUT_T)left : PY_TIMEOUT_MAX;
+        }
+        PyLockStatus status;
+        Py_BEGIN_ALLOW_THREADS
+        status = PyThread_acquire_lock_timed(self->lock, microseconds, 1);
+        Py_END_ALLOW_THREADS
+        if (status == PY_LOCK_ACQUIRED) {
+            self->locked = 1;
+            return 1;
+        }
+        if (status == PY_LOCK_FAILURE) {
+            return 0;
+        }
+        /* PY_LOCK_INTR: run the handlers; a raising one ends the wait, lock not taken. */
+        if (Py_MakePendingCalls() < 0) {
+            return -1;
+        }
+        if (timeout > 0.0) {
+            timeout = deadline - lock_clock();
+            if (timeout <= 0.0) {
+                return lock_try(self);
+            }
+        }
+    }
+}
+
+/* acquire's (blocking, timeout) from a vectorcall, checked as _thread.lock checks them,
+ * each error naming its parameter: 0 with *timeout set (0: don't wait, negative: for
+ * ever), -1 with an exception. */
+static int
+lock_arguments(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, double *timeout)
+{
+    PyObject *blocking_obj = NULL, *timeout_obj = NULL;
+    if (nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "acquire() takes at most 2 arguments (%zd given)",
+                     nargs + (kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0));
+        return -1;
+    }
+    if (nargs >= 1) {
+        blocking_obj = args[0];
+    }
+    if (nargs == 2) {
+        timeout_obj = args[1];
+    }
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        PyObject **slot = NULL;
+        int position = 0;
+        if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "blocking") == 0) {
+            slot = &blocking_obj;
+            position = 1;
+        }
+        else if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "timeout") == 0) {
+            slot = &timeout_obj;
+            position = 2;
+        }
+        else {
+            PyErr_Format(PyExc_TypeError, "acquire() got an unexpected keyword argument '%S'",
+                         key);
+            return -1;
+        }
+        if (*slot != NULL) {
+            PyErr_Format(PyExc_TypeError,
+                         "argument for acquire() given by name ('%S') and position (%d)", key,
+                         position);
+            return -1;
+        }
+        *slot = args[nargs + i];
+    }
+    int blocking = 1;
+    if (blocking_obj != NULL) { /* an int, as _thread.lock's "i" takes it (bool is one) */
+        if (!PyIndex_Check(blocking_obj)) {
+            PyErr_Format(PyExc_TypeError, "blocking must be a bool or an int, not %.200s",
+                         Py_TYPE(blocking_obj)->tp_name);
+            return -1;
+        }
+        PyObject *number = PyNumber_Index(blocking_obj);
+        int overflow = 0;
+        long value = number != NULL ? PyLong_AsLongAndOverflow(number, &overflow) : -1;
+        Py_XDECREF(number);
+        if (value == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (overflow || value > INT_MAX || value < INT_MIN) {
+            PyErr_SetString(PyExc_OverflowError, "blocking does not fit in a C int");
+            return -1;
+        }
+        blocking = value != 0;
+    }
+    double seconds = LOCK_UNSET_TIMEOUT;
+    if (timeout_obj != NULL) {
+        if (PyFloat_Check(timeout_obj)) {
+            seconds = PyFloat_AS_DOUBLE(timeout_obj);
+        }
+        else if (PyLong_Check(timeout_obj) || PyIndex_Check(timeout_obj)) {
+            PyObject *number = PyNumber_Index(timeout_obj);
+            seconds = number != NULL ? PyLong_AsDouble(number) : -1.0;
+            Py_XDECREF(number);
+            if (seconds == -1.0 && PyErr_Occurred()) {
+                if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                    PyErr_SetString(PyExc_OverflowError, "timeout value is too large");
+                }
+                return -1;
+            }
+        }
+        else {
+            PyErr_Format(PyExc_TypeError, "timeout must be a number (seconds), not %.200s",
+                         Py_TYPE(timeout_obj)->tp_name);
+            return -1;
+        }
+        if (isnan(seconds)) {
+            PyErr_SetString(PyExc_ValueError, "timeout must be a number of seconds, not NaN");
+            return -1;
+        }
+    }
+    if (!blocking && seconds != LOCK_UNSET_TIMEOUT) {
+        PyErr_SetString(PyExc_ValueError,
+                        "can't specify a timeout for a non-blocking call (blocking=False)");
+        return -1;
+    }
+    if (seconds < 0.0 && seconds != LOCK_UNSET_TIMEOUT) {
+        PyErr_SetString(PyExc_ValueError, "timeout value must be positive (or -1: no limit)");
+        return -1;
+    }
+    if (seconds > 0.0 && !(seconds * 1e6 <= (double)PY_TIMEOUT_MAX)) {
+        PyErr_SetString(PyExc_OverflowError, "timeout value is too large");
+        return -1;
+    }
+    *timeout = !blocking ? 0.0 : seconds;
+    return 0;
+}
+
+PyDoc_STRVAR(lock_acquire_doc,
+"acquire($self, /, blocking=True, timeout=-1)\n--\n\n"
+"Take the lock, as threading.Lock.acquire: without blocking, return False at\n"
+"once if it is held; else wait, at most timeout seconds if timeout is not -1.\n"
+"Returns whether it was taken.  Signal handlers run during the wait; one that\n"
+"raises ends it with the lock not taken.");
+
+static PyObject *
+lock_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    double timeout = LOCK_UNSET_TIMEOUT;
+    if ((nargs > 0 || kwnames != NULL) && lock_arguments(args, nargs, kwnames, &timeout) < 0) {
+        return NULL;
+    }
+    int taken = lock_wait((LockObject *)self, timeout);
+    if (taken < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(taken);
+}
+
+static PyObject *
+lock_enter(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    int taken = lock_wait((LockObject *)self, LOCK_UNSET_TIMEOUT);
+    if (taken < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(taken);
+}
+
+PyDoc_STRVAR(lock_release_doc,
+"release($self, /)\n--\n\n"
+"Release the lock (any thread may); RuntimeError if it is not held.");
+
+static PyObject *
+lock_release(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (lock_untake((LockObject *)self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+lock_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args;
+    (void)nargs;
+    return lock_release(self, NULL);
+}
+
+PyDoc_STRVAR(lock_locked_doc, "locked($self, /)\n--\n\nWhether the lock is held.");
+
+static PyObject *
+lock_locked(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(((LockObject *)self)->locked);
+}
+
+PyDoc_STRVAR(lock_at_fork_reinit_doc,
+"_at_fork_reinit($self, /)\n--\n\n"
+"A new, free lock in place of this one (for a child after fork, as threading's).");
+
+static PyObject *
+lock_at_fork_reinit(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    LockObject *lock = (LockObject *)self;
+    PyThread_type_lock fresh = PyThread_allocate_lock();
+    if (fresh == NULL) {
+        PyErr_SetString(PyExc_MemoryError, "cannot allocate lock");
+        return NULL;
+    }
+    /* The old one may be held by a thread that does not exist in this process: it is
+     * left, not freed (as threading's _at_fork_reinit does). */
+    lock->lock = fresh;
+    lock->locked = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+lock_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Lock() takes no arguments");
+        return NULL;
+    }
+    LockObject *self = (LockObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->lock = PyThread_allocate_lock();
+    self->locked = 0;
+    self->weakreflist = NULL;
+    if (self->lock == NULL) {
+        Py_DECREF(self);
+        PyErr_SetString(PyExc_MemoryError, "cannot allocate lock");
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void
+lock_dealloc(PyObject *obj)
+{
+    LockObject *self = (LockObject *)obj;
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(obj);
+    }
+    if (self->lock != NULL) {
+        if (self->locked) { /* a semaphore is not freed taken */
+            PyThread_release_lock(self->lock);
+        }
+        PyThread_free_lock(self->lock);
+    }
+    Py_TYPE(obj)->tp_free(obj);
+}
+
+static PyObject *
+lock_repr(PyObject *obj)
+{
+    return PyUnicode_FromFormat("<%s %s object at %p>",
+                                ((LockObject *)obj)->locked ? "locked" : "unlocked",
+                                Py_TYPE(obj)->tp_name, obj);
+}
+
+static PyMethodDef lock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))lock_acquire, METH_FASTCALL | METH_KEYWORDS,
+     lock_acquire_doc},
+    {"release", lock_release, METH_NOARGS, lock_release_doc},
+    {"locked", lock_locked, METH_NOARGS, lock_locked_doc},
+    {"__enter__", lock_enter, METH_NOARGS, lock_acquire_doc},
+    {"__exit__", (PyCFunction)(void (*)(void))lock_exit, METH_FASTCALL, lock_release_doc},
+    {"_at_fork_reinit", lock_at_fork_reinit, METH_NOARGS, lock_at_fork_reinit_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(lock_doc,
+"Lock()\n--\n\n"
+"A lock as threading.Lock, whose try-acquire the compiled emulated seqpacket\n"
+"methods make without a Python call (_EmulatedConn's send and receive locks).");
+
+static PyTypeObject LockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "udscompat._speedups.Lock",
+    .tp_basicsize = sizeof(LockObject),
+    .tp_dealloc = lock_dealloc,
+    .tp_repr = lock_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = lock_doc,
+    .tp_weaklistoffset = offsetof(LockObject, weakreflist),
+    .tp_methods = lock_methods,
+    .tp_new = lock_new,
+};
+
 /* -- emulated seqpacket connections: send and recv_message as methods ------ */
 
 /* The emulation (_seqpacket._EmulatedConn: frames over SOCK_STREAM) pays for two
@@ -1741,9 +2113,6 @@ static PyObject *emu_recv_reference = NULL; /* _EmulatedConn.recv_message, likew
 static PyObject *emu_default_bufsize = NULL; /* recv_message's defaults, from the reference */
 static PyObject *emu_default_maxfds = NULL;
 static PyObject *emu_monotonic = NULL;       /* the deadlines' clock (time.monotonic) */
-static PyTypeObject *emu_lock_type = NULL;   /* threading.Lock's type */
-static PyObject *emu_lock_acquire = NULL;    /* its acquire and release methods */
-static PyObject *emu_lock_release = NULL;
 static PyObject *emu_committed_kw = NULL;    /* ("committed",) */
 static Py_ssize_t emu_chunk = 0;             /* _STREAM_CHUNK: one read's size */
 static Py_ssize_t emu_control = 0;           /* _ANCBUF: one read's control room */
@@ -1759,42 +2128,29 @@ static PyObject *emu_send_lock_name, *emu_recv_lock_name, *emu_unsent_name, *emu
     *emu_recv_flags_name, *emu_max_fds_name, *emu_inline_args_name, *emu_start_frame_name, *emu_flush_name, *emu_ingest_name,
     *emu_receive_name, *emu_acknowledge_name, *emu_raise_read_error_name;
 
-/* lock.acquire(False): 1 taken, 0 held elsewhere (or not a threading.Lock), -1 error. */
+/* Take the connection's lock if it is free: 1 taken, 0 held elsewhere or not a
+ * _speedups.Lock (the reference then waits for it, or takes whatever it is). */
 static int
 emu_try_lock(PyObject *lock)
 {
-    if (lock == NULL || Py_TYPE(lock) != emu_lock_type) {
-        PyErr_Clear();
-        return 0;
-    }
-    PyObject *call[2] = {lock, Py_False};
-    PyObject *got = PyObject_Vectorcall(emu_lock_acquire, call, 2, NULL);
-    if (got == NULL) {
-        return -1;
-    }
-    int taken = got == Py_True;
-    Py_DECREF(got);
-    return taken;
+    return lock != NULL && Py_TYPE(lock) == &LockType && lock_try((LockObject *)lock);
 }
 
-/* lock.release(), keeping an exception already set (the caller's to raise). */
+/* Release a lock emu_try_lock took, keeping an exception already set (the caller's to
+ * raise; the first one wins): -1 if it was no longer held (another thread released it). */
 static int
 emu_unlock(PyObject *lock)
 {
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
-    PyObject *call[1] = {lock};
-    PyObject *done = PyObject_Vectorcall(emu_lock_release, call, 1, NULL);
-    if (done == NULL) {
-        if (type != NULL) {
-            PyErr_Clear(); /* the first exception wins */
-            PyErr_Restore(type, value, traceback);
-        }
-        return -1;
+    int done = lock_untake((LockObject *)lock);
+    if (done < 0 && type != NULL) {
+        PyErr_Clear();
     }
-    Py_DECREF(done);
-    PyErr_Restore(type, value, traceback);
-    return 0;
+    if (done == 0 || type != NULL) {
+        PyErr_Restore(type, value, traceback);
+    }
+    return done;
 }
 
 /* Whether attribute ``name`` of ``obj`` is ``expected`` (identity: True, False, None). */
@@ -1966,12 +2322,7 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
         goto out;
     }
     lock = Py_NewRef(PyTuple_GET_ITEM(inline_args, 1));
-    locked = emu_try_lock(lock);
-    if (locked <= 0) {
-        if (locked < 0) {
-            to_reference = 0;
-        }
-        locked = 0;
+    if (!(locked = emu_try_lock(lock))) {
         goto out;
     }
     /* The Python method's idle test; anything owed or wrong is its _before_send's. */
@@ -2304,12 +2655,7 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
         goto out;
     }
     lock = Py_NewRef(PyTuple_GET_ITEM(inline_args, 2));
-    locked = emu_try_lock(lock);
-    if (locked <= 0) {
-        if (locked < 0) {
-            to_reference = 0;
-        }
-        locked = 0;
+    if (!(locked = emu_try_lock(lock))) {
         goto out;
     }
     /* The Python method's inline test: a receive cut short (_receiving still set) is
@@ -2591,25 +2937,27 @@ static PyMethodDef emulated_recv_def = {"recv_message",
                                         METH_FASTCALL | METH_KEYWORDS, emulated_recv_message_doc};
 
 PyDoc_STRVAR(configure_emulated_doc,
-"configure_emulated(cls, send, recv_message, chunk, control, send_flags, monotonic, lock_type)\n"
+"configure_emulated(cls, send, recv_message, chunk, control, send_flags, monotonic)\n"
 "    -> (send, recv_message)\n\n"
 "The compiled send and recv_message of cls, the emulated connection class, as\n"
 "its method descriptors: send and recv_message are its Python methods, which\n"
 "they stand in for and hand every other call to (recv_message's defaults are\n"
 "read from it); chunk and control, one stream read's sizes (_STREAM_CHUNK,\n"
 "_ANCBUF); send_flags, a send's flags (MSG_NOSIGNAL); monotonic, the deadlines'\n"
-"clock; lock_type, the type of the connection's locks.");
+"clock.  The connection's _send_lock and _recv_lock must be _speedups.Lock\n"
+"objects for these methods to take them (others hand every call to the\n"
+"Python methods).");
 
 static PyObject *
 speedups_configure_emulated(PyObject *module, PyObject *args)
 {
     (void)module;
-    PyObject *cls, *send_method, *recv_method, *monotonic, *lock_type;
+    PyObject *cls, *send_method, *recv_method, *monotonic;
     Py_ssize_t chunk, control;
     int send_flags;
-    if (!PyArg_ParseTuple(args, "O!OOnniOO!:configure_emulated", &PyType_Type, &cls,
-                          &send_method, &recv_method, &chunk, &control, &send_flags, &monotonic,
-                          &PyType_Type, &lock_type)) {
+    if (!PyArg_ParseTuple(args, "O!OOnniO:configure_emulated", &PyType_Type, &cls,
+                          &send_method, &recv_method, &chunk, &control, &send_flags,
+                          &monotonic)) {
         return NULL;
     }
     if (!PyFunction_Check(send_method) || !PyFunction_Check(recv_method)) {
@@ -2676,10 +3024,7 @@ speedups_configure_emulated(PyObject *module, PyObject *args)
     if (emu_committed_kw == NULL && (emu_committed_kw = Py_BuildValue("(s)", "committed")) == NULL) {
         return NULL;
     }
-    PyObject *acquire = PyObject_GetAttrString(lock_type, "acquire");
-    PyObject *release = acquire != NULL ? PyObject_GetAttrString(lock_type, "release") : NULL;
-    PyObject *send_descriptor =
-        release != NULL ? PyDescr_NewMethod((PyTypeObject *)cls, &emulated_send_def) : NULL;
+    PyObject *send_descriptor = PyDescr_NewMethod((PyTypeObject *)cls, &emulated_send_def);
     PyObject *recv_descriptor =
         send_descriptor != NULL ? PyDescr_NewMethod((PyTypeObject *)cls, &emulated_recv_def)
                                 : NULL;
@@ -2689,13 +3034,8 @@ speedups_configure_emulated(PyObject *module, PyObject *args)
     Py_XDECREF(send_descriptor);
     Py_XDECREF(recv_descriptor);
     if (pair == NULL) {
-        Py_XDECREF(acquire);
-        Py_XDECREF(release);
         return NULL;
     }
-    Py_XSETREF(emu_lock_acquire, acquire);
-    Py_XSETREF(emu_lock_release, release);
-    Py_XSETREF(emu_lock_type, (PyTypeObject *)Py_NewRef(lock_type));
     Py_XSETREF(emu_send_reference, Py_NewRef(send_method));
     Py_XSETREF(emu_recv_reference, Py_NewRef(recv_method));
     Py_XSETREF(emu_default_bufsize, Py_NewRef(PyTuple_GET_ITEM(defaults, 0)));
@@ -2744,8 +3084,15 @@ PyInit__speedups(void)
     if (socket_type == NULL && check_socket_layout() < 0) {
         return NULL;
     }
+    if (PyType_Ready(&LockType) < 0) {
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType) < 0) {
+        Py_DECREF(m);
         return NULL;
     }
     /* The header values this module was compiled with, so tests can pin the
