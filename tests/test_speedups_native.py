@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Any, Callable, Dict, List, Tuple
@@ -411,6 +412,71 @@ def test_configure_native_refuses_what_it_cannot_use() -> None:
         speedups.configure_native(_seqpacket._NativeConn, PY_SEND, lambda self: None, 1024)
     with pytest.raises(ValueError, match="fast_bufsize"):
         speedups.configure_native(_seqpacket._NativeConn, PY_SEND, PY_RECV, -1)
+
+
+@needs_compiled
+def test_configure_native_wants_the_fields_it_reads_in_slots() -> None:
+    """The C reads ``_inline_args`` and ``_fast`` at their slot's offset: a class that keeps
+    them anywhere else is refused, naming the field, before anything is configured."""
+    speedups: Any = _accel.speedups
+
+    class Unslotted(_seqpacket.SeqpacketConn):
+        pass
+
+    class HalfSlotted(_seqpacket.SeqpacketConn):
+        __slots__ = ("_inline_args",)  # _fast is not
+
+    largest = _seqpacket._LARGE_BUFSIZE
+    with pytest.raises(TypeError, match=r"Unslotted\._inline_args must be a writable slot"):
+        speedups.configure_native(Unslotted, PY_SEND, PY_RECV, largest)
+    with pytest.raises(TypeError, match=r"HalfSlotted\._fast must be a writable slot"):
+        speedups.configure_native(HalfSlotted, PY_SEND, PY_RECV, largest)
+    x, y = _pair()  # the configured class still works
+    with x, y:
+        x.send(b"still")
+        assert y.recv_message() == udscompat.Message(b"still")
+
+
+@needs_compiled
+@needs_seqpacket
+def test_unset_slots_take_the_python_methods() -> None:
+    """A slot emptied under the C (``del``) is not read as a value: the call is the Python
+    method's, with its outcome (here: the send works without ``_inline_args``, and the
+    receive without ``_fast`` raises the Python method's AttributeError)."""
+    x, y = _pair()
+    with x, y:
+        del x._inline_args
+        assert x.send(b"sent by Python") == len(b"sent by Python")
+        del y._fast
+        with pytest.raises(AttributeError, match="_fast"):
+            y.recv_message()
+        with pytest.raises(AttributeError, match="_fast"):
+            PY_RECV(y)
+
+
+@needs_compiled
+@needs_seqpacket
+def test_a_subclass_is_read_through_its_type() -> None:
+    """The slot is read at its offset only for objects of exactly the configured class; a
+    subclass may redefine the name, and what it says holds (here a property naming another
+    socket: the compiled send uses that one, as an attribute read would)."""
+    other_x, other_y = _pair()
+
+    class Redirected(_seqpacket._NativeConn):
+        @property  # type: ignore[override]
+        def _inline_args(self) -> Any:
+            return other_x._inline_args
+
+        @_inline_args.setter
+        def _inline_args(self, value: Any) -> None:
+            pass  # the slot stays empty
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    x, y = Redirected(a), udscompat.SeqpacketConn.from_socket(b)
+    with x, y, other_x, other_y:
+        x.send(b"through the property")
+        other_y.settimeout(5)
+        assert other_y.recv_message() == udscompat.Message(b"through the property")
 
 
 @needs_compiled

@@ -768,6 +768,9 @@ class _Group:
 
 
 class _NativeConn(SeqpacketConn):
+    # What the compiled send and recv_message read on every call, kept in slots: the C reads
+    # them at their offset (_speedups.c, struct slot) instead of through the type's lookup.
+    __slots__ = ("_fast", "_inline_args")
     implementation = "native"
 
     def __init__(self, sock: socket.socket) -> None:
