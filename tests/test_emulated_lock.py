@@ -26,6 +26,8 @@ import pytest
 from udscompat import _seqpacket
 from udscompat._framing import HEADER, KIND_DATA
 
+from .test_emulated_speedups import pair_and_lock
+
 speedups = pytest.importorskip("udscompat._speedups", reason="the accelerator is not built")
 Lock = speedups.Lock
 TYPES: Dict[str, Callable[[], Any]] = {"threading": threading.Lock, "speedups": Lock}
@@ -379,12 +381,8 @@ def test_a_raising_handler_while_a_call_waits_for_the_lock(
 ) -> None:
     """A call that finds the lock held waits for it (the Python method's ``with``); a
     raising handler then ends the call with nothing sent or read and the connection fine."""
-    a, b = _seqpacket.seqpacket_pair(implementation="emulated")
+    a, b, lock = pair_and_lock(method)
     with a, b:
-        a.settimeout(5)
-        b.settimeout(5)
-        conn = a if method == "send" else b
-        lock = conn._send_lock if method == "send" else conn._recv_lock
         a.send(b"first")
         call = (lambda: a.send(b"second")) if method == "send" else b.recv_message
 

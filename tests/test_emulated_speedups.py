@@ -406,16 +406,21 @@ def test_both_paths_send_the_same_to_a_slow_reader(
 # -- the locks -------------------------------------------------------------------------------
 
 
+def pair_and_lock(method: str) -> Tuple[Any, Any, Any]:
+    """An emulated pair a, b (5 s timeouts) and the lock ``method`` takes on it: a's send
+    lock for "send", b's receive lock for "recv_message"."""
+    a, b = _seqpacket.seqpacket_pair(implementation="emulated")
+    a.settimeout(5)
+    b.settimeout(5)
+    return a, b, (a._send_lock if method == "send" else b._recv_lock)
+
+
 @needs_compiled
 @pytest.mark.parametrize("method", ["send", "recv_message"])
 def test_a_call_waits_for_the_lock_another_thread_holds(method: str) -> None:
     """The compiled call takes the connection's lock: held elsewhere, it waits (in Python)."""
-    a, b = _seqpacket.seqpacket_pair(implementation="emulated")
+    a, b, lock = pair_and_lock(method)
     with a, b:
-        a.settimeout(5)
-        b.settimeout(5)
-        conn = a if method == "send" else b
-        lock = conn._send_lock if method == "send" else conn._recv_lock
         if method == "recv_message":
             a.send(b"waiting")
         results: List[Any] = []
@@ -921,3 +926,128 @@ def test_a_timeout_holds_when_another_holder_clears_o_nonblocking(path: str, met
         b.close()
         os.close(other)
         worker.join(5)
+
+
+# -- the state the compiled methods read as slots --------------------------------------------
+
+#: (object, attribute) of every slot the compiled methods read.
+STATE_SLOTS = [("conn", name) for name in _Emulated.__slots__] + [
+    ("decoder", "ack_requests"),
+    ("decoder", "idle"),
+]
+
+
+@needs_compiled
+@pytest.mark.parametrize("method", ["send", "recv_message"])
+@pytest.mark.parametrize(("owner", "name"), STATE_SLOTS)
+def test_a_state_slot_left_unset_gives_what_the_python_method_gives(
+    method: str, owner: str, name: str, pipe: Tuple[int, int]
+) -> None:
+    """The C reads the state from the slots directly: an unset one (deleted: NULL there) must
+    hand the call to the Python method (its AttributeError, or the call done as it does it),
+    never be read as a value.  Same outcome, state and bytes on the wire on both paths."""
+    runs = []
+    for path in ("compiled", "pure"):
+        send, recv_message = PATHS[path]
+        raw, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn = SeqpacketConn.from_socket(ours)
+        with raw, conn:
+            conn.settimeout(5)
+            raw.sendall(_frame(2, 0, KIND_DATA, 0))  # one whole frame: the C builds it
+            target = conn if owner == "conn" else conn._decoder
+            kept = getattr(target, name)
+            delattr(target, name)
+            try:
+                call = (
+                    functools.partial(send, conn, b"out")
+                    if method == "send"
+                    else functools.partial(recv_message, conn)
+                )
+                outcome = _outcome(call, pipe[0])
+                still_unset = not hasattr(target, name)  # or set by the call, as Python sets it
+            finally:
+                if not hasattr(target, name):
+                    setattr(target, name, kept)
+            runs.append((outcome, still_unset, _state(conn), _drain(raw, pipe[0])))
+    assert runs[0] == runs[1]
+
+
+@needs_compiled
+def test_configure_emulated_takes_only_slots() -> None:
+    """configure_emulated refuses a class whose state is not in __slots__ (the C would read
+    the object at a wrong offset), naming the attribute, and leaves the methods installed."""
+    from udscompat import _accel, _framing
+
+    class Plain(SeqpacketConn):
+        pass
+
+    class Decoder:
+        __slots__ = ("ack_requests",)
+
+    arguments = (
+        _seqpacket.PYTHON_EMULATED_SEND,
+        _seqpacket.PYTHON_EMULATED_RECV_MESSAGE,
+        131072,
+        1024,
+        0,
+        time.monotonic,
+    )
+    configure = _accel.speedups.configure_emulated
+    with pytest.raises(TypeError, match=r"Plain\._[a-z_]+ must be a writable slot"):
+        configure(Plain, _framing.FrameDecoder, *arguments)
+    with pytest.raises(TypeError, match=r"Decoder\.idle must be a writable slot"):
+        configure(_Emulated, Decoder, *arguments)
+    a, b = _seqpacket.seqpacket_pair(implementation="emulated")
+    with a, b:
+        assert a.send(b"still") == 5
+        assert b.recv_message().data == b"still"
+
+
+class _BrokenByProperty(_Emulated):
+    """A subclass whose ``_broken`` is its own property: the slot the C reads is not it."""
+
+    @property  # type: ignore[override]
+    def _broken(self) -> OSError:
+        return OSError(errno.EPIPE, "broken, says the subclass")
+
+    @_broken.setter
+    def _broken(self, value: Any) -> None:
+        pass
+
+
+@needs_compiled
+@pytest.mark.parametrize("method", ["send", "recv_message"])
+def test_a_subclass_with_its_own_state_takes_the_python_method(
+    method: str, pipe: Tuple[int, int]
+) -> None:
+    """The C reads the slots of exactly _EmulatedConn and FrameDecoder: a subclass of either
+    (which may make any of them a property) gets what the Python method makes of it."""
+    from udscompat import _framing
+
+    class AckOwed(_framing.FrameDecoder):
+        ack_requests = property(lambda self: 1, lambda self, value: None)  # type: ignore[assignment]
+
+    for owner in ("conn", "decoder"):
+        runs = []
+        for path in ("compiled", "pure"):
+            send, recv_message = PATHS[path]
+            raw, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn: Any = (_BrokenByProperty if owner == "conn" else _Emulated)(ours)
+            # The slots under the properties hold what an idle connection holds there.
+            _Emulated._broken.__set__(conn, None)  # type: ignore[attr-defined]
+            if owner == "decoder":
+                decoder = AckOwed(conn._decoder.max_message_size, conn._decoder.max_fds)
+                _framing.FrameDecoder.ack_requests.__set__(decoder, 0)  # type: ignore[attr-defined]
+                conn._decoder = decoder
+                conn._inline_args = (*conn._inline_args[:3], decoder, *conn._inline_args[4:])
+            with raw, conn:
+                conn.settimeout(5)
+                raw.sendall(_frame(2, 0, KIND_DATA, 0) + _frame(3, 0, KIND_DATA, 0))
+                call = (
+                    functools.partial(send, conn, b"out")
+                    if method == "send"
+                    else functools.partial(recv_message, conn)
+                )
+                outcome = _outcome(call, pipe[0])
+                runs.append((outcome, _state(conn), _drain(raw, pipe[0])))
+        assert runs[0] == runs[1], owner

@@ -208,6 +208,10 @@ class FrameDecoder:
     and every later call raises again.
     """
 
+    # The compiled emulated receive (udscompat/_speedups.c) reads these two on every call:
+    # as slots, at a fixed offset.  Everything else stays in the instance dictionary.
+    __slots__ = ("__dict__", "__weakref__", "ack_requests", "idle")
+
     def __init__(
         self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_fds: int = DEFAULT_MAX_FDS
     ):

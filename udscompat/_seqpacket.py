@@ -1112,6 +1112,20 @@ if _accel.speedups is not None:
 
 
 class _EmulatedConn(SeqpacketConn):
+    # The state the compiled send and recv_message read and write on every call: as slots,
+    # the C finds each at a fixed offset (configure_emulated) instead of looking it up.
+    __slots__ = (
+        "_acks_sent",
+        "_broken",
+        "_closed",
+        "_cmsgs",
+        "_fast",
+        "_inline_args",
+        "_receiving",
+        "_sending",
+        "_timeout",
+        "_unsent",
+    )
     implementation = "emulated"
 
     def __init__(
@@ -1157,6 +1171,9 @@ class _EmulatedConn(SeqpacketConn):
             self._decoder,
             self._encoder,
             self._recv_flags,
+            self._encoder.max_message_size,
+            self._decoder.max_message_size,
+            self._decoder.max_fds,
         )
 
     def _update_fast(self) -> None:
@@ -1709,6 +1726,7 @@ if _accel.speedups is not None:
     # (_speedups.c, configure_emulated) over the same attributes and continuations.
     _emulated_send, _emulated_recv_message = _accel.speedups.configure_emulated(
         _EmulatedConn,
+        _framing.FrameDecoder,
         PYTHON_EMULATED_SEND,
         PYTHON_EMULATED_RECV_MESSAGE,
         _STREAM_CHUNK,

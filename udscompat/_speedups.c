@@ -2192,12 +2192,19 @@ static int emu_send_flags = 0;               /* MSG_NOSIGNAL where there is one 
 #define EMU_HEADER 8        /* u32 length | u16 nfds | u8 kind | u8 flags, big-endian */
 #define EMU_SMALL_FRAME 4096 /* the Python method joins smaller frames into one buffer */
 
-static PyObject *emu_send_lock_name, *emu_recv_lock_name, *emu_unsent_name, *emu_sending_name,
-    *emu_receiving_name, *emu_broken_name, *emu_closed_name, *emu_decoder_name,
-    *emu_ack_requests_name, *emu_acks_sent_name, *emu_encoder_name, *emu_max_size_name,
-    *emu_timeout_name, *emu_sock_name, *emu_cmsgs_name, *emu_idle_name, *emu_fast_name,
-    *emu_recv_flags_name, *emu_max_fds_name, *emu_inline_args_name, *emu_start_frame_name, *emu_flush_name, *emu_ingest_name,
-    *emu_receive_name, *emu_acknowledge_name, *emu_raise_read_error_name;
+static PyObject *emu_start_frame_name, *emu_flush_name, *emu_ingest_name, *emu_receive_name,
+    *emu_acknowledge_name, *emu_raise_read_error_name;
+
+/* The state every call reads and writes is in __slots__ (_EmulatedConn's, FrameDecoder's):
+ * found at the offsets their member descriptors give (configure_emulated), each read is
+ * a load instead of an attribute lookup (~190 instructions, ~20 per round trip).  Python
+ * sees the same attributes; an unset slot (NULL) hands the call to the reference. */
+static struct slot emu_unsent_slot, emu_sending_slot, emu_receiving_slot, emu_broken_slot,
+    emu_closed_slot, emu_acks_sent_slot, emu_timeout_slot, emu_cmsgs_slot, emu_fast_slot,
+    emu_inline_args_slot;                         /* _EmulatedConn's */
+static struct slot emu_idle_slot, emu_ack_requests_slot; /* _framing.FrameDecoder's */
+/* Slot ``slot`` of ``obj``, an object of exactly slot->type: borrowed, NULL if unset. */
+#define EMU_SLOT(obj, slot) (*(PyObject **)((char *)(obj) + (slot)->offset))
 
 /* Take the connection's lock if it is free: 1 taken, 0 held elsewhere or not a
  * _speedups.Lock (the reference then waits for it, or takes whatever it is). */
@@ -2224,20 +2231,17 @@ emu_unlock(PyObject *lock)
     return done;
 }
 
-/* Whether attribute ``name`` of ``obj`` is ``expected`` (identity: True, False, None). */
+/* Whether slot ``at`` of ``obj`` is ``expected`` (identity: True, False, None). */
 static int
-emu_is(PyObject *obj, PyObject *name, PyObject *expected)
+emu_is(PyObject *obj, const struct slot *at, PyObject *expected)
 {
-    PyObject *value = conn_attribute(obj, name);
-    Py_XDECREF(value);
-    return value == expected;
+    return EMU_SLOT(obj, at) == expected;
 }
 
-/* An attribute that must be an exact int in 0..PY_SSIZE_T_MAX; -1 otherwise. */
+/* An exact int in 0..PY_SSIZE_T_MAX; -1 otherwise (NULL included). */
 static Py_ssize_t
-emu_count(PyObject *obj, PyObject *name)
+emu_count_of(PyObject *value)
 {
-    PyObject *value = conn_attribute(obj, name);
     Py_ssize_t count = -1;
     if (value != NULL && PyLong_CheckExact(value)) {
         count = PyLong_AsSsize_t(value);
@@ -2246,38 +2250,65 @@ emu_count(PyObject *obj, PyObject *name)
             count = -1;
         }
     }
-    Py_XDECREF(value);
     return count;
+}
+
+/* Slot ``at`` of ``obj``, an exact int in 0..PY_SSIZE_T_MAX; -1 otherwise. */
+static Py_ssize_t
+emu_count(PyObject *obj, const struct slot *at)
+{
+    return emu_count_of(EMU_SLOT(obj, at));
 }
 
 /* No acknowledgement owed: decoder.ack_requests == conn._acks_sent (-1: can't tell). */
 static int
 emu_nothing_owed(PyObject *conn, PyObject *decoder)
 {
-    Py_ssize_t requests = emu_count(decoder, emu_ack_requests_name);
-    Py_ssize_t sent = emu_count(conn, emu_acks_sent_name);
+    Py_ssize_t requests = emu_count(decoder, &emu_ack_requests_slot);
+    Py_ssize_t sent = emu_count(conn, &emu_acks_sent_slot);
     if (requests < 0 || sent < 0) {
         return -1;
     }
     return requests == sent;
 }
 
+/* obj.<slot at> = value, as the member descriptor sets it (never fails: returns 0). */
 static int
-emu_set(PyObject *obj, PyObject *name, PyObject *value)
+emu_set(PyObject *obj, const struct slot *at, PyObject *value)
 {
-    return PyObject_SetAttr(obj, name, value);
+    PyObject *old = EMU_SLOT(obj, at);
+    EMU_SLOT(obj, at) = Py_NewRef(value);
+    Py_XDECREF(old);
+    return 0;
 }
 
+/* Slot ``at`` of ``obj`` as a new reference, NULL (no exception) if unset. */
+static PyObject *
+emu_get(PyObject *obj, const struct slot *at)
+{
+    PyObject *value = EMU_SLOT(obj, at);
+    Py_XINCREF(value);
+    return value;
+}
+
+#define EMU_INLINE_ARGS 9
 /* The connection's ``_inline_args``: (sock, send_lock, recv_lock, decoder, encoder,
- * recv_flags), what never changes after __init__; NULL (no exception) if it is not that. */
+ * recv_flags, encoder.max_message_size, decoder.max_message_size, decoder.max_fds), what
+ * never changes after __init__; NULL (no exception) if it is not that, or the connection
+ * or its decoder is not exactly of the configured classes (whose slots are read). */
 static PyObject *
 emu_inline_args(PyObject *conn)
 {
-    PyObject *args = conn_attribute(conn, emu_inline_args_name);
-    if (args != NULL && (!PyTuple_CheckExact(args) || PyTuple_GET_SIZE(args) != 6)) {
-        Py_CLEAR(args);
+    if (Py_TYPE(conn) != emu_inline_args_slot.type) {
+        return NULL; /* a subclass may have made any of them a property */
     }
-    return args;
+    PyObject *args = EMU_SLOT(conn, &emu_inline_args_slot);
+    if (args == NULL || !PyTuple_CheckExact(args) ||
+        PyTuple_GET_SIZE(args) != EMU_INLINE_ARGS ||
+        Py_TYPE(PyTuple_GET_ITEM(args, 3)) != emu_idle_slot.type) {
+        return NULL;
+    }
+    return Py_NewRef(args);
 }
 
 /* The plain AF_UNIX socket of the connection, or NULL (no exception): the
@@ -2311,7 +2342,7 @@ emu_put_header(unsigned char *header, Py_ssize_t length)
 static PyObject *
 emu_deadline(PyObject *conn, int *nonblocking)
 {
-    PyObject *timeout = conn_attribute(conn, emu_timeout_name);
+    PyObject *timeout = emu_get(conn, &emu_timeout_slot);
     *nonblocking = 0;
     if (timeout == NULL || timeout == Py_None) {
         return timeout;
@@ -2374,7 +2405,7 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
     const char *payload = (const char *)view.buf;
     Py_ssize_t size = view.len;
 
-    PyObject *result = NULL, *deadline = NULL, *lock = NULL, *encoder = NULL, *decoder = NULL,
+    PyObject *result = NULL, *deadline = NULL, *lock = NULL, *decoder = NULL,
              *sock = NULL, *unsent = NULL, *cmsgs = NULL;
     int nonblocking = 0, locked = 0, to_reference = 1;
     PyObject *inline_args = emu_inline_args(conn);
@@ -2383,8 +2414,7 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
     }
     /* The header as the Python method builds it: a payload over the limit goes to the
      * reference, whose encoder raises the ValueError. */
-    encoder = Py_NewRef(PyTuple_GET_ITEM(inline_args, 4));
-    Py_ssize_t limit = encoder != NULL ? emu_count(encoder, emu_max_size_name) : -1;
+    Py_ssize_t limit = emu_count_of(PyTuple_GET_ITEM(inline_args, 6));
     if (limit < 0 || size > limit || size > (Py_ssize_t)UINT32_MAX) {
         goto out;
     }
@@ -2397,13 +2427,13 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
         goto out;
     }
     /* The Python method's idle test; anything owed or wrong is its _before_send's. */
-    unsent = conn_attribute(conn, emu_unsent_name);
+    unsent = emu_get(conn, &emu_unsent_slot);
     decoder = Py_NewRef(PyTuple_GET_ITEM(inline_args, 3));
     int unsent_empty = unsent != NULL && (PyBytes_CheckExact(unsent) || PyMemoryView_Check(unsent))
                            ? PyObject_Length(unsent) == 0
                            : 0;
-    if (!unsent_empty || !emu_is(conn, emu_sending_name, Py_False) ||
-        !emu_is(conn, emu_broken_name, Py_None) || !emu_is(conn, emu_closed_name, Py_False) ||
+    if (!unsent_empty || !emu_is(conn, &emu_sending_slot, Py_False) ||
+        !emu_is(conn, &emu_broken_slot, Py_None) || !emu_is(conn, &emu_closed_slot, Py_False) ||
         decoder == NULL || emu_nothing_owed(conn, decoder) != 1) {
         PyErr_Clear();
         goto out;
@@ -2413,8 +2443,8 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
         goto out;
     }
     to_reference = 0; /* from here on the call is this function's */
-    cmsgs = conn_attribute(conn, emu_cmsgs_name);
-    if (cmsgs != Py_None && emu_set(conn, emu_cmsgs_name, Py_None) < 0) {
+    cmsgs = emu_get(conn, &emu_cmsgs_slot);
+    if (cmsgs != Py_None && emu_set(conn, &emu_cmsgs_slot, Py_None) < 0) {
         goto out;
     }
 
@@ -2430,7 +2460,7 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
     msg.msg_iov = iov;
     msg.msg_iovlen = size > 0 ? 2 : 1;
     ssize_t sent;
-    if (emu_set(conn, emu_sending_name, Py_True) < 0) {
+    if (emu_set(conn, &emu_sending_slot, Py_True) < 0) {
         goto out;
     }
     for (;;) {
@@ -2443,11 +2473,11 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
             break;
         }
         /* Nothing went out. */
-        if (emu_set(conn, emu_sending_name, Py_False) < 0) {
+        if (emu_set(conn, &emu_sending_slot, Py_False) < 0) {
             goto out;
         }
         if (saved == EINTR) {
-            if (PyErr_CheckSignals() < 0 || emu_set(conn, emu_sending_name, Py_True) < 0) {
+            if (PyErr_CheckSignals() < 0 || emu_set(conn, &emu_sending_slot, Py_True) < 0) {
                 goto out; /* a raising handler: nothing sent, nothing recorded */
             }
             continue;
@@ -2503,7 +2533,7 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
         start = whole_view != NULL ? PyLong_FromSsize_t(sent) : NULL;
         cut = start != NULL ? PySlice_New(start, NULL, NULL) : NULL;
         rest = cut != NULL ? PyObject_GetItem(whole_view, cut) : NULL;
-        int recorded = rest != NULL ? emu_set(conn, emu_unsent_name, rest) : -1;
+        int recorded = rest != NULL ? emu_set(conn, &emu_unsent_slot, rest) : -1;
         Py_XDECREF(whole);
         Py_XDECREF(whole_view);
         Py_XDECREF(start);
@@ -2513,7 +2543,7 @@ emulated_send(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject 
             goto out;
         }
     }
-    if (emu_set(conn, emu_sending_name, Py_False) < 0) {
+    if (emu_set(conn, &emu_sending_slot, Py_False) < 0) {
         goto out;
     }
     if (partly && !nonblocking) {
@@ -2534,7 +2564,6 @@ out:
     Py_XDECREF(inline_args);
     Py_XDECREF(lock);
     Py_XDECREF(deadline);
-    Py_XDECREF(encoder);
     Py_XDECREF(decoder);
     Py_XDECREF(sock);
     Py_XDECREF(unsent);
@@ -2732,13 +2761,13 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
     /* The Python method's inline test: a receive cut short (_receiving still set) is
      * its abort, a decoder holding anything its _receive. */
     decoder = Py_NewRef(PyTuple_GET_ITEM(inline_args, 3));
-    if (!emu_is(conn, emu_receiving_name, Py_False) ||
-        !emu_is(decoder, emu_idle_name, Py_True) || !emu_is(conn, emu_fast_name, Py_True) ||
-        !emu_is(conn, emu_broken_name, Py_None)) {
+    if (!emu_is(conn, &emu_receiving_slot, Py_False) ||
+        !emu_is(decoder, &emu_idle_slot, Py_True) || !emu_is(conn, &emu_fast_slot, Py_True) ||
+        !emu_is(conn, &emu_broken_slot, Py_None)) {
         goto out;
     }
-    Py_ssize_t limit = emu_count(decoder, emu_max_size_name);
-    Py_ssize_t max_fds = emu_count(decoder, emu_max_fds_name);
+    Py_ssize_t limit = emu_count_of(PyTuple_GET_ITEM(inline_args, 7));
+    Py_ssize_t max_fds = emu_count_of(PyTuple_GET_ITEM(inline_args, 8));
     flags_obj = Py_NewRef(PyTuple_GET_ITEM(inline_args, 5));
     socket_prefix *plain = emu_socket(inline_args, &sock);
     if (plain == NULL || limit < 0 || max_fds < 0 || flags_obj == NULL ||
@@ -2751,7 +2780,7 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
         goto out;
     }
     to_reference = 0; /* from here on the call is this function's */
-    if (emu_set(conn, emu_receiving_name, Py_True) < 0) {
+    if (emu_set(conn, &emu_receiving_slot, Py_True) < 0) {
         goto out;
     }
     unsigned char header[EMU_HEADER];
@@ -2785,8 +2814,8 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
         }
         /* Nothing was read. */
         if (saved == EINTR) {
-            if (emu_set(conn, emu_receiving_name, Py_False) < 0 || PyErr_CheckSignals() < 0 ||
-                emu_set(conn, emu_receiving_name, Py_True) < 0) {
+            if (emu_set(conn, &emu_receiving_slot, Py_False) < 0 || PyErr_CheckSignals() < 0 ||
+                emu_set(conn, &emu_receiving_slot, Py_True) < 0) {
                 goto out; /* a raising handler: nothing read, nothing recorded */
             }
             continue;
@@ -2794,12 +2823,12 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
         give_back(buffer);
         buffer = NULL;
         if (saved == EAGAIN || saved == EWOULDBLOCK) {
-            PyObject *timeout = conn_attribute(conn, emu_timeout_name);
+            PyObject *timeout = emu_get(conn, &emu_timeout_slot);
             int nonblocking = timeout != NULL && PyFloat_Check(timeout) &&
                               PyFloat_AS_DOUBLE(timeout) == 0.0; /* self._timeout == 0.0 */
             Py_XDECREF(timeout);
             if (nonblocking) {
-                if (emu_set(conn, emu_receiving_name, Py_False) == 0) {
+                if (emu_set(conn, &emu_receiving_slot, Py_False) == 0) {
                     errno = saved;
                     PyErr_SetFromErrno(PyExc_OSError); /* BlockingIOError, as recvmsg's */
                 }
@@ -2809,7 +2838,7 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
             result = emu_call_method(conn, emu_receive_name, call, 3);
             goto out;
         }
-        if (emu_set(conn, emu_receiving_name, Py_False) < 0) {
+        if (emu_set(conn, &emu_receiving_slot, Py_False) < 0) {
             goto out;
         }
         errno = saved;
@@ -2942,9 +2971,9 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
     PyTuple_SET_ITEM(message, 2, Py_NewRef(truncated ? Py_True : Py_False));
     PyTuple_SET_ITEM(message, 3, Py_NewRef(Py_None));
     if (ack_requested) { /* next_event counts the request (the connection counts ACKs sent) */
-        Py_ssize_t requests = emu_count(decoder, emu_ack_requests_name);
+        Py_ssize_t requests = emu_count(decoder, &emu_ack_requests_slot);
         PyObject *more = requests >= 0 ? PyLong_FromSsize_t(requests + 1) : NULL;
-        int counted = more != NULL ? emu_set(decoder, emu_ack_requests_name, more) : -1;
+        int counted = more != NULL ? emu_set(decoder, &emu_ack_requests_slot, more) : -1;
         Py_XDECREF(more);
         if (counted < 0) {
             if (!PyErr_Occurred()) {
@@ -2953,7 +2982,7 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
             goto fail_message;
         }
     }
-    if (emu_set(conn, emu_receiving_name, Py_False) < 0) {
+    if (emu_set(conn, &emu_receiving_slot, Py_False) < 0) {
         goto fail_message;
     }
     if (emu_nothing_owed(conn, decoder) != 1) {
@@ -3008,10 +3037,11 @@ static PyMethodDef emulated_recv_def = {"recv_message",
                                         METH_FASTCALL | METH_KEYWORDS, emulated_recv_message_doc};
 
 PyDoc_STRVAR(configure_emulated_doc,
-"configure_emulated(cls, send, recv_message, chunk, control, send_flags, monotonic)\n"
-"    -> (send, recv_message)\n\n"
+"configure_emulated(cls, decoder_cls, send, recv_message, chunk, control, send_flags,\n"
+"                   monotonic) -> (send, recv_message)\n\n"
 "The compiled send and recv_message of cls, the emulated connection class, as\n"
-"its method descriptors: send and recv_message are its Python methods, which\n"
+"its method descriptors (decoder_cls: its decoder's class; the state both read\n"
+"is their __slots__); send and recv_message are its Python methods, which\n"
 "they stand in for and hand every other call to (recv_message's defaults are\n"
 "read from it); chunk and control, one stream read's sizes (_STREAM_CHUNK,\n"
 "_ANCBUF); send_flags, a send's flags (MSG_NOSIGNAL); monotonic, the deadlines'\n"
@@ -3023,12 +3053,12 @@ static PyObject *
 speedups_configure_emulated(PyObject *module, PyObject *args)
 {
     (void)module;
-    PyObject *cls, *send_method, *recv_method, *monotonic;
+    PyObject *cls, *decoder_cls, *send_method, *recv_method, *monotonic;
     Py_ssize_t chunk, control;
     int send_flags;
-    if (!PyArg_ParseTuple(args, "O!OOnniO:configure_emulated", &PyType_Type, &cls,
-                          &send_method, &recv_method, &chunk, &control, &send_flags,
-                          &monotonic)) {
+    if (!PyArg_ParseTuple(args, "O!O!OOnniO:configure_emulated", &PyType_Type, &cls,
+                          &PyType_Type, &decoder_cls, &send_method, &recv_method, &chunk,
+                          &control, &send_flags, &monotonic)) {
         return NULL;
     }
     if (!PyFunction_Check(send_method) || !PyFunction_Check(recv_method)) {
@@ -3059,26 +3089,6 @@ speedups_configure_emulated(PyObject *module, PyObject *args)
         PyObject **slot;
         const char *name;
     } names[] = {
-        {&emu_send_lock_name, "_send_lock"},
-        {&emu_recv_lock_name, "_recv_lock"},
-        {&emu_unsent_name, "_unsent"},
-        {&emu_sending_name, "_sending"},
-        {&emu_receiving_name, "_receiving"},
-        {&emu_broken_name, "_broken"},
-        {&emu_closed_name, "_closed"},
-        {&emu_decoder_name, "_decoder"},
-        {&emu_ack_requests_name, "ack_requests"},
-        {&emu_acks_sent_name, "_acks_sent"},
-        {&emu_encoder_name, "_encoder"},
-        {&emu_max_size_name, "max_message_size"},
-        {&emu_timeout_name, "_timeout"},
-        {&emu_sock_name, "_sock"},
-        {&emu_cmsgs_name, "_cmsgs"},
-        {&emu_idle_name, "idle"},
-        {&emu_fast_name, "_fast"},
-        {&emu_recv_flags_name, "_recv_flags"},
-        {&emu_max_fds_name, "max_fds"},
-        {&emu_inline_args_name, "_inline_args"},
         {&emu_start_frame_name, "_start_frame"},
         {&emu_flush_name, "_flush"},
         {&emu_ingest_name, "_ingest"},
@@ -3095,6 +3105,40 @@ speedups_configure_emulated(PyObject *module, PyObject *args)
     if (emu_committed_kw == NULL && (emu_committed_kw = Py_BuildValue("(s)", "committed")) == NULL) {
         return NULL;
     }
+    struct {
+        struct slot *into;
+        PyObject *owner;
+        const char *name;
+    } slots[] = {
+        {&emu_unsent_slot, cls, "_unsent"},
+        {&emu_sending_slot, cls, "_sending"},
+        {&emu_receiving_slot, cls, "_receiving"},
+        {&emu_broken_slot, cls, "_broken"},
+        {&emu_closed_slot, cls, "_closed"},
+        {&emu_acks_sent_slot, cls, "_acks_sent"},
+        {&emu_timeout_slot, cls, "_timeout"},
+        {&emu_cmsgs_slot, cls, "_cmsgs"},
+        {&emu_fast_slot, cls, "_fast"},
+        {&emu_inline_args_slot, cls, "_inline_args"},
+        {&emu_idle_slot, decoder_cls, "idle"},
+        {&emu_ack_requests_slot, decoder_cls, "ack_requests"},
+    };
+#define EMU_SLOTS (sizeof(slots) / sizeof(slots[0]))
+    struct slot found[EMU_SLOTS];
+    memset(found, 0, sizeof(found));
+    int configured = 1;
+    for (size_t i = 0; configured && i < EMU_SLOTS; i++) {
+        PyObject *name = PyUnicode_InternFromString(slots[i].name);
+        configured = name != NULL &&
+                     slot_configure(&found[i], (PyTypeObject *)slots[i].owner, name) == 0;
+        Py_XDECREF(name);
+    }
+    if (!configured) {
+        for (size_t i = 0; i < EMU_SLOTS; i++) {
+            slot_clear(&found[i]);
+        }
+        return NULL;
+    }
     PyObject *send_descriptor = PyDescr_NewMethod((PyTypeObject *)cls, &emulated_send_def);
     PyObject *recv_descriptor =
         send_descriptor != NULL ? PyDescr_NewMethod((PyTypeObject *)cls, &emulated_recv_def)
@@ -3104,6 +3148,16 @@ speedups_configure_emulated(PyObject *module, PyObject *args)
                          : NULL;
     Py_XDECREF(send_descriptor);
     Py_XDECREF(recv_descriptor);
+    for (size_t i = 0; i < EMU_SLOTS; i++) { /* all or nothing */
+        if (pair == NULL) {
+            slot_clear(&found[i]);
+        }
+        else {
+            slot_clear(slots[i].into);
+            *slots[i].into = found[i];
+        }
+    }
+#undef EMU_SLOTS
     if (pair == NULL) {
         return NULL;
     }
