@@ -21,7 +21,9 @@ uvloop is installed, the same on uvloop against uvloop's streams).
 The C limit (bench/limit.c) follows: each round trip done in C, and for
 native seqpacket the kernel's own price of the contract (recvmsg with the
 zero-length-message marker against a bare recv, both in C), which no Python
-code can get under.
+code can get under; and the kernel's price of the emulation (its frames over
+SOCK_STREAM against native seqpacket, both in C): the floor of the emulated
+rows' ratios.
 """
 
 from __future__ import annotations
@@ -297,6 +299,16 @@ def main(argv: List[str]) -> int:
             print(
                 f"kernel's price of the contract, native {label}: recvmsg with the marker "
                 f"{marked * 1e6:.2f}us / bare recv {bare * 1e6:.2f}us = {marked / bare:.3f}x (in C)"
+            )
+    for size, label in ((64, "64 B"), (65536, "64 KiB")):
+        # Linux's unix_stream_sendmsg cuts a write into skbs of at most SKB_MAX_HEAD(0) plus
+        # 32 KiB of pages: a 64 KiB frame is two, a seqpacket message one.
+        framed, native = limits.get(f"emu{size}"), limits.get(f"seq{size}")
+        if framed and native:
+            print(
+                f"kernel's price of the emulation, {label}: frames over SOCK_STREAM "
+                f"{framed * 1e6:.2f}us / native seqpacket {native * 1e6:.2f}us = "
+                f"{framed / native:.3f}x (in C)"
             )
     return 0
 

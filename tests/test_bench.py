@@ -26,6 +26,11 @@ PRICE = re.compile(
     r"^kernel's price of the contract, native (64 B|64 KiB): recvmsg with the marker "
     r"(?P<marked>[\d.]+)us / bare recv (?P<bare>[\d.]+)us = (?P<ratio>[\d.]+)x \(in C\)$"
 )
+EMULATION_PRICE = re.compile(
+    r"^kernel's price of the emulation, (64 B|64 KiB): frames over SOCK_STREAM "
+    r"(?P<framed>[\d.]+)us / native seqpacket (?P<native>[\d.]+)us = (?P<ratio>[\d.]+)x "
+    r"\(in C\)$"
+)
 
 
 def test_quick_run_reports_every_case_as_a_ratio() -> None:
@@ -87,7 +92,11 @@ def test_quick_run_reports_every_case_as_a_ratio() -> None:
         assert targets["aio echo native, 64 B"] == 1.3
     assert limits.startswith("Distance to the C limit")
     if shutil.which("cc"):  # bench/limit.c compiled: every case it runs has its distance
-        distances = [line for line in limits.splitlines()[1:] if not PRICE.match(line)]
+        distances = [
+            line
+            for line in limits.splitlines()[1:]
+            if not PRICE.match(line) and not EMULATION_PRICE.match(line)
+        ]
         assert len(distances) == (8 if sys.platform == "linux" else 4)
         prices = [PRICE.match(line) for line in limits.splitlines() if PRICE.match(line)]
         assert len(prices) == (2 if sys.platform == "linux" else 0)
@@ -95,3 +104,10 @@ def test_quick_run_reports_every_case_as_a_ratio() -> None:
             assert price is not None
             marked, bare = float(price["marked"]), float(price["bare"])
             assert abs(float(price["ratio"]) - marked / bare) < 0.01 * marked / bare + 0.002
+        emulation = [EMULATION_PRICE.match(line) for line in limits.splitlines()]
+        emulation_prices = [match for match in emulation if match]
+        if sys.platform == "linux":  # elsewhere where the OS has SOCK_SEQPACKET
+            assert len(emulation_prices) == 2
+        for match in emulation_prices:
+            framed, native = float(match["framed"]), float(match["native"])
+            assert abs(float(match["ratio"]) - framed / native) < 0.01 * framed / native + 0.002
