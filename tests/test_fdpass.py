@@ -460,6 +460,74 @@ def test_a_forked_child_starts_with_an_empty_registry_and_a_free_lock(
 # -- input checks, before any system call -----------------------------------------------------
 
 
+class _Fileno:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+def test_several_descriptors_with_0_and_1_are_sent(pipe: Tuple[int, int]) -> None:
+    """0 and 1 are what a bool holds, so check_fds's quick test for several descriptors
+    leaves them to the item-by-item one, which takes them as the descriptors they are."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        udscompat.send_fds(a, b"x", [pipe[0], 0, 1, pipe[1]])
+        _, fds, _, _ = udscompat.recv_fds(b, 8, 4)
+        assert [same_file(x, y) for x, y in zip(fds, [pipe[0], 0, 1, pipe[1]])] == [True] * 4
+        for fd in fds:
+            os.close(fd)
+
+
+class _Index:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+@pytest.mark.parametrize(
+    ("bufsize", "maxfds", "error", "match"),
+    [
+        (-1, 1, ValueError, "bufsize must be >= 0, got -1"),
+        ("8", 1, TypeError, "bufsize must be an int, not str"),
+        (1.5, 1, TypeError, "bufsize must be an int, not float"),
+        (None, 1, TypeError, "bufsize must be an int, not NoneType"),
+        (8, -1, ValueError, "maxfds must be >= 0, got -1"),
+        (8, 1.0, TypeError, "maxfds must be an int, not float"),
+    ],
+)
+def test_bad_sizes_leave_the_message_where_it_was(
+    pipe: Tuple[int, int], bufsize: object, maxfds: object, error: type, match: str
+) -> None:
+    """recv_fds refuses a bad size before it receives anything (bufsize: the receive itself
+    refuses it before its system call, and recv_fds says so in its words)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        udscompat.send_fds(a, b"kept", [pipe[0]])
+        with pytest.raises(error, match=match):
+            udscompat.recv_fds(b, bufsize, maxfds)  # type: ignore[arg-type]
+        data, fds, _, _ = udscompat.recv_fds(b, 8, 1)
+        assert data == b"kept" and len(fds) == 1 and same_file(fds[0], pipe[0])
+        os.close(fds[0])
+
+
+@pytest.mark.parametrize("which", ["bufsize", "maxfds", "both"])
+def test_sizes_may_be_any_integer_like_object(pipe: Tuple[int, int], which: str) -> None:
+    """An object with __index__ is an int to recv_fds, as to socket.recvmsg (the compiled
+    receive takes ints only: recv_fds converts it first there)."""
+    bufsize = _Index(3) if which != "maxfds" else 3
+    maxfds = _Index(1) if which != "bufsize" else 1
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        udscompat.send_fds(a, b"indexed", [pipe[0]])
+        data, fds, _, _ = udscompat.recv_fds(b, bufsize, maxfds)  # type: ignore[arg-type]
+        assert data == b"ind" and len(fds) == 1 and same_file(fds[0], pipe[0])
+        os.close(fds[0])
+
+
 def test_fds_from_a_generator_are_read_once(pipe: Tuple[int, int], tmp_path: Path) -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b, open(tmp_path / "f", "wb") as f:
@@ -479,6 +547,15 @@ def test_fds_from_a_generator_are_read_once(pipe: Tuple[int, int], tmp_path: Pat
         ([-(2**31) - 1], ValueError, "invalid file descriptor"),
         ([2**40], ValueError, "invalid file descriptor"),
         ([1.5], TypeError, "fds: expected a file descriptor"),
+        # Several descriptors take check_fds's other quick test (an unsigned array, then the
+        # least and greatest number): what it lets through must still be refused.
+        ([7, True], TypeError, "True is not a file descriptor"),
+        ([False, 7, 8], TypeError, "False is not a file descriptor"),
+        ([7, 2**31], ValueError, "invalid file descriptor 2147483648"),
+        ([7, 2**32], ValueError, "invalid file descriptor 4294967296"),
+        ([7, -1], ValueError, "invalid file descriptor -1"),
+        ([7, 1.5], TypeError, "fds: expected a file descriptor"),
+        ([_Fileno(7), 2**40], ValueError, "invalid file descriptor 1099511627776"),
     ],
 )
 def test_bad_descriptors_are_refused_naming_fds(fds: list, error: type, match: str) -> None:

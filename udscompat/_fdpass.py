@@ -295,6 +295,10 @@ if hasattr(os, "register_at_fork"):
 _fast_send = _io.enable_fast_fdpass(hold_sent_fds, REGISTRY)
 _fast_recv = _io.compiled_recv_fds
 _PURE_SEND = _io.send_with_fds is _io.pure_send_with_fds
+#: recv_fds's receive, and its receive for a peek (the same function in pure Python).
+_RECEIVE = _io.recv_with_fds
+_PEEK_RECEIVE = _io.pure_recv_with_fds
+_PURE_RECEIVE = _RECEIVE is _PEEK_RECEIVE
 
 
 def send_fds(
@@ -351,7 +355,12 @@ def send_fds(
     else:
         buffers = list(data)
     numbers = _io.check_fds(fds)
-    if numbers and not _has_payload(buffers) and _raw_type(sock) & 0xF == socket.SOCK_STREAM:
+    if (
+        numbers
+        and not (buffers and type(buffers[0]) is bytes and buffers[0])  # _has_payload's first test
+        and not _has_payload(buffers)
+        and _raw_type(sock) & 0xF == socket.SOCK_STREAM
+    ):
         raise ValueError("descriptors need at least one payload byte on a stream socket")
     # Held before the send, so a full descriptor table fails it before anything went out.
     batch = REGISTRY.hold(sock, numbers) if numbers and hold_sent_fds() else None
@@ -416,11 +425,13 @@ def recv_fds(
         _check_unix(sock)
     if TYPE_CHECKING:  # what the test above established, for mypy (free at run time)
         assert isinstance(sock, socket.socket)
-    if not type(bufsize) is type(maxfds) is int or (bufsize | maxfds) < 0:  # either negative
+    # A bad bufsize the receive itself refuses, before any system call (below); the
+    # compiled one wants an int, so only Python's recvmsg sees an __index__ object.
+    if type(maxfds) is not int or maxfds < 0 or (not _PURE_RECEIVE and type(bufsize) is not int):
         bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
     # A peek takes the pure path, which reads descriptors only where the kernel installed
     # copies for the peeker (_probes.peek_installs_fds).
-    receive = _io.pure_recv_with_fds if flags & _MSG_PEEK else _io.recv_with_fds
+    receive = _PEEK_RECEIVE if flags & _MSG_PEEK else _RECEIVE
     try:
         data, fds, msg_flags, address, _ = receive(sock, bufsize, maxfds, flags)
     except BlockingIOError:
@@ -430,6 +441,9 @@ def recv_fds(
         data, fds, msg_flags, address, _ = _within_timeout(
             sock, timeout, False, receive, bufsize, maxfds, flags
         )
+    except (TypeError, ValueError, OverflowError):
+        _io.check_sizes(bufsize, maxfds)  # a bad bufsize: the error in our words, naming it
+        raise
     if fds and REGISTRY.originals:
         fds = guard_reused(fds)
     return data, fds, msg_flags, address
