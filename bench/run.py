@@ -293,23 +293,22 @@ def main(argv: List[str]) -> int:
                 f"{row.name:42} {limit * 1e6:9.2f}us  udscompat {min(row.ours) / limit:5.2f}x  "
                 f"{row.baseline_name} {min(row.baseline) / limit:5.2f}x"
             )
-    for size, label in ((64, "64 B"), (65536, "64 KiB")):
-        marked, bare = limits.get(f"seq{size}"), limits.get(f"raw{size}")
-        if marked and bare:
-            print(
-                f"kernel's price of the contract, native {label}: recvmsg with the marker "
-                f"{marked * 1e6:.2f}us / bare recv {bare * 1e6:.2f}us = {marked / bare:.3f}x (in C)"
-            )
-    for size, label in ((64, "64 B"), (65536, "64 KiB")):
-        # Linux's unix_stream_sendmsg cuts a write into skbs of at most SKB_MAX_HEAD(0) plus
-        # 32 KiB of pages: a 64 KiB frame is two, a seqpacket message one.
-        framed, native = limits.get(f"emu{size}"), limits.get(f"seq{size}")
-        if framed and native:
-            print(
-                f"kernel's price of the emulation, {label}: frames over SOCK_STREAM "
-                f"{framed * 1e6:.2f}us / native seqpacket {native * 1e6:.2f}us = "
-                f"{framed / native:.3f}x (in C)"
-            )
+    # The kernel's prices, both sides in C: native seqpacket's contract (the marker) against a
+    # bare recv; the emulation against native seqpacket (Linux's unix_stream_sendmsg cuts a
+    # write into skbs of at most SKB_MAX_HEAD(0) plus 32 KiB of pages: a 64 KiB frame is two
+    # skbs, a seqpacket message one).
+    prices = (
+        ("the contract, native", "seq", "recvmsg with the marker", "raw", "bare recv"),
+        ("the emulation,", "emu", "frames over SOCK_STREAM", "seq", "native seqpacket"),
+    )
+    for what, case, case_name, base, base_name in prices:
+        for size, label in ((64, "64 B"), (65536, "64 KiB")):
+            paid, plain = limits.get(f"{case}{size}"), limits.get(f"{base}{size}")
+            if paid and plain:
+                print(
+                    f"kernel's price of {what} {label}: {case_name} {paid * 1e6:.2f}us / "
+                    f"{base_name} {plain * 1e6:.2f}us = {paid / plain:.3f}x (in C)"
+                )
     return 0
 
 
