@@ -1259,7 +1259,8 @@ conn_attribute(PyObject *conn, PyObject *name)
  * a read cost 100-150 instructions, and each call makes two, against ~3,600 for the whole
  * round trip of a small message.  Any other object (a subclass, which may redefine the
  * name) is asked through the type.  Configured from the class's own member descriptor, so
- * the offset is the one CPython computed. */
+ * the offset is the one CPython computed (one of another class, put in its dict under the
+ * name, carries that class's offset: another slot, or memory past the object). */
 struct slot {
     PyTypeObject *type; /* NULL: not configured, every read goes through the type */
     Py_ssize_t offset;
@@ -1272,6 +1273,7 @@ slot_configure(struct slot *slot, PyTypeObject *cls, PyObject *name)
 {
     PyObject *descriptor = PyDict_GetItemWithError(cls->tp_dict, name); /* borrowed */
     if (descriptor == NULL || !Py_IS_TYPE(descriptor, &PyMemberDescr_Type) ||
+        PyDescr_TYPE(descriptor) != cls ||
         ((PyMemberDescrObject *)descriptor)->d_member->type != T_OBJECT_EX ||
         (((PyMemberDescrObject *)descriptor)->d_member->flags & READONLY)) {
         if (!PyErr_Occurred()) {
@@ -3188,37 +3190,32 @@ static PyMethodDef speedups_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef speedups_module = {
-    PyModuleDef_HEAD_INIT,
-    "udscompat._speedups",
-    "The innermost system-call wrappers of udscompat, compiled (optional; see _accel).",
-    -1,
-    speedups_methods,
-    NULL,
-    NULL,
-    NULL,
-    NULL,
-};
-
-PyMODINIT_FUNC
-PyInit__speedups(void)
+/* The configuration (configure_*: the classes whose slots the compiled methods read, the
+ * Python methods they hand calls to) is in C globals, one set per process: the main
+ * interpreter's.  A subinterpreter's ``import udscompat`` configured it again with its own
+ * objects, which the main interpreter's connections then called (once it was destroyed,
+ * without builtins: NameError on every emulated send).  In a subinterpreter the import
+ * fails, and _accel takes the pure-Python path there. */
+static int
+speedups_exec(PyObject *m)
 {
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_ImportError,
+                        "udscompat._speedups loads in the main interpreter only (its "
+                        "configuration is the process's)");
+        return -1;
+    }
     if (fileno_name == NULL && (fileno_name = PyUnicode_InternFromString("fileno")) == NULL) {
-        return NULL;
+        return -1;
     }
     if (socket_type == NULL && check_socket_layout() < 0) {
-        return NULL;
+        return -1;
     }
     if (PyType_Ready(&LockType) < 0) {
-        return NULL;
-    }
-    PyObject *m = PyModule_Create(&speedups_module);
-    if (m == NULL) {
-        return NULL;
+        return -1;
     }
     if (PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType) < 0) {
-        Py_DECREF(m);
-        return NULL;
+        return -1;
     }
     /* The header values this module was compiled with, so tests can pin the
      * Python backend's hand-written constants against the OS's own headers. */
@@ -3230,24 +3227,47 @@ PyInit__speedups(void)
         PyModule_AddIntConstant(m, "CMSG_LEN_0", (long)CMSG_LEN(0)) < 0 ||
         PyModule_AddIntConstant(m, "MAX_FD_ROOM", MAX_FD_ROOM) < 0 ||
         PyModule_AddIntConstant(m, "READS_SOCKET_FD", socket_type != NULL) < 0) {
-        Py_DECREF(m);
-        return NULL;
+        return -1;
     }
 #ifdef MSG_CMSG_CLOEXEC
     if (PyModule_AddIntConstant(m, "MSG_CMSG_CLOEXEC", MSG_CMSG_CLOEXEC) < 0) {
 #else
     if (PyModule_AddObjectRef(m, "MSG_CMSG_CLOEXEC", Py_None) < 0) {
 #endif
-        Py_DECREF(m);
-        return NULL;
+        return -1;
     }
 #ifdef SCM_TIMESTAMP
     if (PyModule_AddIntConstant(m, "SCM_TIMESTAMP", SCM_TIMESTAMP) < 0) {
 #else
     if (PyModule_AddObjectRef(m, "SCM_TIMESTAMP", Py_None) < 0) {
 #endif
-        Py_DECREF(m);
-        return NULL;
+        return -1;
     }
-    return m;
+    return 0;
+}
+
+static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, speedups_exec},
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    "udscompat._speedups",
+    "The innermost system-call wrappers of udscompat, compiled (optional; see _accel).",
+    0,
+    speedups_methods,
+    speedups_slots,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModuleDef_Init(&speedups_module);
 }
