@@ -23,6 +23,7 @@ from tests.conftest import (
     same_file,
     send_with_the_table_full,
 )
+from tests.test_sockarg import Fileno
 from udscompat import ControlTruncatedError, UnixSocketAddr, _probes
 from udscompat._fdpass import REGISTRY
 from udscompat._platform import backend
@@ -460,14 +461,6 @@ def test_a_forked_child_starts_with_an_empty_registry_and_a_free_lock(
 # -- input checks, before any system call -----------------------------------------------------
 
 
-class _Fileno:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def fileno(self) -> int:
-        return self.fd
-
-
 def test_several_descriptors_with_0_and_1_are_sent(pipe: Tuple[int, int]) -> None:
     """0 and 1 are what a bool holds, so check_fds's quick test for several descriptors
     leaves them to the item-by-item one, which takes them as the descriptors they are."""
@@ -555,7 +548,7 @@ def test_fds_from_a_generator_are_read_once(pipe: Tuple[int, int], tmp_path: Pat
         ([7, 2**32], ValueError, "invalid file descriptor 4294967296"),
         ([7, -1], ValueError, "invalid file descriptor -1"),
         ([7, 1.5], TypeError, "fds: expected a file descriptor"),
-        ([_Fileno(7), 2**40], ValueError, "invalid file descriptor 1099511627776"),
+        ([Fileno(7), 2**40], ValueError, "invalid file descriptor 1099511627776"),
     ],
 )
 def test_bad_descriptors_are_refused_naming_fds(fds: list, error: type, match: str) -> None:
