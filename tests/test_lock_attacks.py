@@ -167,6 +167,37 @@ def test_a_subinterpreter_importing_udscompat_leaves_the_main_interpreters_conne
     assert "subinterpreter: pure-python" in result.stdout
 
 
+# -- Lock: acquire's checks in _thread.lock's order --------------------------------------------
+
+
+def _error_of(make: Any, *args: Any) -> Any:
+    lock = make()
+    try:
+        if lock.acquire(*args):
+            lock.release()
+    except Exception as exc:
+        return type(exc)
+    return None
+
+
+@needs_compiled
+@pytest.mark.parametrize("blocking", [True, False])
+@pytest.mark.parametrize(
+    "timeout",
+    [-1e300, -(2**70), -9.3e9, 9.3e9, 1e10, 2**63, 2**100, float("inf"), float("-inf"), 9.2e9],
+)
+def test_lock_acquire_refuses_an_out_of_range_timeout_as_thread_lock(
+    blocking: bool, timeout: float
+) -> None:
+    """A timeout beyond what _thread.lock converts (about 9.2e9 s either way) is its
+    OverflowError whatever else is wrong; _speedups.Lock said ValueError when blocking was
+    False or the value negative (13 of these 20 differed)."""
+    speedups: Any = _accel.speedups
+    assert _error_of(speedups.Lock, blocking, timeout) is _error_of(
+        threading.Lock, blocking, timeout
+    )
+
+
 # -- a call that finds the lock held: its timeout is not a deadline for the wait ---------------
 
 _LOCK_WAIT_UNBOUNDED = pytest.mark.xfail(

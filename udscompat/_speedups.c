@@ -1967,6 +1967,12 @@ lock_arguments(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, doubl
             PyErr_SetString(PyExc_ValueError, "timeout must be a number of seconds, not NaN");
             return -1;
         }
+        /* _thread.lock converts it to nanoseconds first: beyond _PyTime_t (about 9.2e9 s
+         * either way) it is OverflowError, whatever blocking or the sign say. */
+        if (!(fabs(seconds) * 1e9 < 9223372036854775808.0)) {
+            PyErr_SetString(PyExc_OverflowError, "timeout value is too large");
+            return -1;
+        }
     }
     if (!blocking && seconds != LOCK_UNSET_TIMEOUT) {
         PyErr_SetString(PyExc_ValueError,
