@@ -1295,13 +1295,59 @@ slot_clear(struct slot *slot)
     Py_CLEAR(slot->name);
 }
 
+/* Slot ``slot`` of ``obj``, an object of exactly slot->type: borrowed, NULL if unset. */
+#define SLOT_AT(obj, slot) (*(PyObject **)((char *)(obj) + (slot)->offset))
+
+/* One slot a configure_* call finds: into ``*into``, ``owner``'s slot ``name``. */
+struct slot_spec {
+    struct slot *into;
+    PyTypeObject *owner;
+    const char *name;
+};
+
+/* Every slot of ``specs`` configured into ``found`` (``count`` of each): 0, or -1 with an
+ * exception set and nothing kept.  Nothing is installed yet: see slots_install. */
+static int
+slots_find(const struct slot_spec *specs, struct slot *found, size_t count)
+{
+    memset(found, 0, sizeof(*found) * count);
+    for (size_t i = 0; i < count; i++) {
+        PyObject *name = PyUnicode_InternFromString(specs[i].name);
+        int configured = name != NULL && slot_configure(&found[i], specs[i].owner, name) == 0;
+        Py_XDECREF(name);
+        if (!configured) {
+            for (size_t j = 0; j <= i; j++) {
+                slot_clear(&found[j]);
+            }
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ``found`` (from slots_find) in place of the slots ``specs`` name, all at once, where
+ * ``install``; else dropped (a later step of the configuration failed): all or nothing. */
+static void
+slots_install(const struct slot_spec *specs, struct slot *found, size_t count, int install)
+{
+    for (size_t i = 0; i < count; i++) {
+        if (install) {
+            slot_clear(specs[i].into);
+            *specs[i].into = found[i];
+        }
+        else {
+            slot_clear(&found[i]);
+        }
+    }
+}
+
 /* A new reference to the slot's value, or NULL with no exception (unset, or the type's
  * lookup failed): the reference then meets whatever is wrong and says so. */
 static PyObject *
 slot_value(const struct slot *slot, PyObject *obj)
 {
     if (Py_TYPE(obj) == slot->type) {
-        PyObject *value = *(PyObject **)((char *)obj + slot->offset);
+        PyObject *value = SLOT_AT(obj, slot);
         return value != NULL ? Py_NewRef(value) : NULL;
     }
     return slot->name != NULL ? conn_attribute(obj, slot->name) : NULL;
@@ -1726,33 +1772,22 @@ speedups_configure_native(PyObject *module, PyObject *args)
             return NULL;
         }
     }
-    PyObject *inline_args_name = PyUnicode_InternFromString("_inline_args");
-    PyObject *fast_name = inline_args_name != NULL ? PyUnicode_InternFromString("_fast") : NULL;
-    PyTypeObject *type = (PyTypeObject *)cls;
-    struct slot inline_args = {NULL, 0, NULL}, fast = {NULL, 0, NULL};
-    int configured = fast_name != NULL &&
-                     slot_configure(&inline_args, type, inline_args_name) == 0 &&
-                     slot_configure(&fast, type, fast_name) == 0;
-    Py_XDECREF(inline_args_name);
-    Py_XDECREF(fast_name);
-    if (!configured) {
-        slot_clear(&inline_args);
-        slot_clear(&fast);
+    const struct slot_spec slots[] = {
+        {&native_inline_args, (PyTypeObject *)cls, "_inline_args"},
+        {&native_fast, (PyTypeObject *)cls, "_fast"},
+    };
+    struct slot found[sizeof(slots) / sizeof(slots[0])];
+    if (slots_find(slots, found, sizeof(slots) / sizeof(slots[0])) < 0) {
         return NULL;
     }
     PyObject *send_descriptor = PyDescr_NewMethod((PyTypeObject *)cls, &native_send_def);
     PyObject *recv_descriptor =
         send_descriptor != NULL ? PyDescr_NewMethod((PyTypeObject *)cls, &native_recv_def) : NULL;
+    slots_install(slots, found, sizeof(slots) / sizeof(slots[0]), recv_descriptor != NULL);
     if (recv_descriptor == NULL) {
         Py_XDECREF(send_descriptor);
-        slot_clear(&inline_args);
-        slot_clear(&fast);
         return NULL;
     }
-    slot_clear(&native_inline_args); /* all or nothing: configured only once nothing failed */
-    slot_clear(&native_fast);
-    native_inline_args = inline_args;
-    native_fast = fast;
     Py_XSETREF(native_send_reference, Py_NewRef(send_method));
     Py_XSETREF(native_recv_reference, Py_NewRef(recv_method));
     native_default_bufsize = bufsize;
@@ -2211,8 +2246,6 @@ static struct slot emu_unsent_slot, emu_sending_slot, emu_receiving_slot, emu_br
     emu_closed_slot, emu_acks_sent_slot, emu_timeout_slot, emu_cmsgs_slot, emu_fast_slot,
     emu_inline_args_slot;                         /* _EmulatedConn's */
 static struct slot emu_idle_slot, emu_ack_requests_slot; /* _framing.FrameDecoder's */
-/* Slot ``slot`` of ``obj``, an object of exactly slot->type: borrowed, NULL if unset. */
-#define EMU_SLOT(obj, slot) (*(PyObject **)((char *)(obj) + (slot)->offset))
 
 /* Take the connection's lock if it is free: 1 taken, 0 held elsewhere or not a
  * _speedups.Lock (the reference then waits for it, or takes whatever it is). */
@@ -2243,7 +2276,7 @@ emu_unlock(PyObject *lock)
 static int
 emu_is(PyObject *obj, const struct slot *at, PyObject *expected)
 {
-    return EMU_SLOT(obj, at) == expected;
+    return SLOT_AT(obj, at) == expected;
 }
 
 /* An exact int in 0..PY_SSIZE_T_MAX; -1 otherwise (NULL included). */
@@ -2265,7 +2298,7 @@ emu_count_of(PyObject *value)
 static Py_ssize_t
 emu_count(PyObject *obj, const struct slot *at)
 {
-    return emu_count_of(EMU_SLOT(obj, at));
+    return emu_count_of(SLOT_AT(obj, at));
 }
 
 /* No acknowledgement owed: decoder.ack_requests == conn._acks_sent (-1: can't tell). */
@@ -2284,8 +2317,8 @@ emu_nothing_owed(PyObject *conn, PyObject *decoder)
 static int
 emu_set(PyObject *obj, const struct slot *at, PyObject *value)
 {
-    PyObject *old = EMU_SLOT(obj, at);
-    EMU_SLOT(obj, at) = Py_NewRef(value);
+    PyObject *old = SLOT_AT(obj, at);
+    SLOT_AT(obj, at) = Py_NewRef(value);
     Py_XDECREF(old);
     return 0;
 }
@@ -2294,7 +2327,7 @@ emu_set(PyObject *obj, const struct slot *at, PyObject *value)
 static PyObject *
 emu_get(PyObject *obj, const struct slot *at)
 {
-    PyObject *value = EMU_SLOT(obj, at);
+    PyObject *value = SLOT_AT(obj, at);
     Py_XINCREF(value);
     return value;
 }
@@ -2310,7 +2343,7 @@ emu_inline_args(PyObject *conn)
     if (Py_TYPE(conn) != emu_inline_args_slot.type) {
         return NULL; /* a subclass may have made any of them a property */
     }
-    PyObject *args = EMU_SLOT(conn, &emu_inline_args_slot);
+    PyObject *args = SLOT_AT(conn, &emu_inline_args_slot);
     if (args == NULL || !PyTuple_CheckExact(args) ||
         PyTuple_GET_SIZE(args) != EMU_INLINE_ARGS ||
         Py_TYPE(PyTuple_GET_ITEM(args, 3)) != emu_idle_slot.type) {
@@ -3113,38 +3146,24 @@ speedups_configure_emulated(PyObject *module, PyObject *args)
     if (emu_committed_kw == NULL && (emu_committed_kw = Py_BuildValue("(s)", "committed")) == NULL) {
         return NULL;
     }
-    struct {
-        struct slot *into;
-        PyObject *owner;
-        const char *name;
-    } slots[] = {
-        {&emu_unsent_slot, cls, "_unsent"},
-        {&emu_sending_slot, cls, "_sending"},
-        {&emu_receiving_slot, cls, "_receiving"},
-        {&emu_broken_slot, cls, "_broken"},
-        {&emu_closed_slot, cls, "_closed"},
-        {&emu_acks_sent_slot, cls, "_acks_sent"},
-        {&emu_timeout_slot, cls, "_timeout"},
-        {&emu_cmsgs_slot, cls, "_cmsgs"},
-        {&emu_fast_slot, cls, "_fast"},
-        {&emu_inline_args_slot, cls, "_inline_args"},
-        {&emu_idle_slot, decoder_cls, "idle"},
-        {&emu_ack_requests_slot, decoder_cls, "ack_requests"},
+    PyTypeObject *conn_type = (PyTypeObject *)cls, *decoder_type = (PyTypeObject *)decoder_cls;
+    const struct slot_spec slots[] = {
+        {&emu_unsent_slot, conn_type, "_unsent"},
+        {&emu_sending_slot, conn_type, "_sending"},
+        {&emu_receiving_slot, conn_type, "_receiving"},
+        {&emu_broken_slot, conn_type, "_broken"},
+        {&emu_closed_slot, conn_type, "_closed"},
+        {&emu_acks_sent_slot, conn_type, "_acks_sent"},
+        {&emu_timeout_slot, conn_type, "_timeout"},
+        {&emu_cmsgs_slot, conn_type, "_cmsgs"},
+        {&emu_fast_slot, conn_type, "_fast"},
+        {&emu_inline_args_slot, conn_type, "_inline_args"},
+        {&emu_idle_slot, decoder_type, "idle"},
+        {&emu_ack_requests_slot, decoder_type, "ack_requests"},
     };
 #define EMU_SLOTS (sizeof(slots) / sizeof(slots[0]))
     struct slot found[EMU_SLOTS];
-    memset(found, 0, sizeof(found));
-    int configured = 1;
-    for (size_t i = 0; configured && i < EMU_SLOTS; i++) {
-        PyObject *name = PyUnicode_InternFromString(slots[i].name);
-        configured = name != NULL &&
-                     slot_configure(&found[i], (PyTypeObject *)slots[i].owner, name) == 0;
-        Py_XDECREF(name);
-    }
-    if (!configured) {
-        for (size_t i = 0; i < EMU_SLOTS; i++) {
-            slot_clear(&found[i]);
-        }
+    if (slots_find(slots, found, EMU_SLOTS) < 0) {
         return NULL;
     }
     PyObject *send_descriptor = PyDescr_NewMethod((PyTypeObject *)cls, &emulated_send_def);
@@ -3156,15 +3175,7 @@ speedups_configure_emulated(PyObject *module, PyObject *args)
                          : NULL;
     Py_XDECREF(send_descriptor);
     Py_XDECREF(recv_descriptor);
-    for (size_t i = 0; i < EMU_SLOTS; i++) { /* all or nothing */
-        if (pair == NULL) {
-            slot_clear(&found[i]);
-        }
-        else {
-            slot_clear(slots[i].into);
-            *slots[i].into = found[i];
-        }
-    }
+    slots_install(slots, found, EMU_SLOTS, pair != NULL);
 #undef EMU_SLOTS
     if (pair == NULL) {
         return NULL;
