@@ -60,11 +60,9 @@ LIMIT_CASES = {
 }
 
 
-def best_of(
-    fns: Sequence[Callable[[int], None]], n: int, repeats: int
-) -> Tuple[List[float], List[List[float]]]:
-    """Seconds per operation for each of ``fns``: the best of ``repeats`` runs of ``n``,
-    and every run's time (``times[i][r]``: function ``i`` in repeat ``r``).
+def runs(fns: Sequence[Callable[[int], None]], n: int, repeats: int) -> List[List[float]]:
+    """Seconds per operation of each of ``fns`` in each of ``repeats`` runs of ``n``
+    (``times[i][r]``: function ``i`` in repeat ``r``; a ``Row`` takes the best and pairs them).
 
     The functions take turns within each repeat, so a slow spell of the
     machine (frequency scaling) hits all of them alike.  Time is this
@@ -80,7 +78,7 @@ def best_of(
             start = time.process_time()
             fn(n)
             times[i].append((time.process_time() - start) / n)
-    return [min(t) for t in times], times
+    return times
 
 
 class Row(NamedTuple):
@@ -217,12 +215,12 @@ def main(argv: List[str]) -> int:
         repeats = args.repeats
     rows: List[Row] = []
     for nfds, target in ((1, 0.80), (16, 0.85)):
-        _, (ours, std) = best_of([fdpass_case(nfds, False), fdpass_case(nfds, True)], n, repeats)
+        ours, std = runs([fdpass_case(nfds, False), fdpass_case(nfds, True)], n, repeats)
         rows.append(Row(f"send_fds+recv_fds, {nfds} fd(s)", ours, "stdlib", std, target, 1.15))
     for size in (64, 65536):
         count = n if size == 64 else max(n // 10, 100)
         kinds = ["stdlib", "native", "emulated"] + (["floor"] if sys.platform == "linux" else [])
-        _, (raw, native, emulated, *floor) = best_of(
+        raw, native, emulated, *floor = runs(
             [seqpacket_case(size, kind) for kind in kinds],
             count,
             repeats,
@@ -260,7 +258,7 @@ def main(argv: List[str]) -> int:
     for suffix, new_loop, baseline in loops:
         for size in (64, 65536):
             label = ("64 B" if size == 64 else "64 KiB") + suffix
-            _, (streams, native, emulated) = best_of(
+            streams, native, emulated = runs(
                 [aio_echo_case(size, kind, new_loop) for kind in ("streams", "native", "emulated")],
                 aio_count,
                 repeats,
