@@ -2742,21 +2742,6 @@ emu_guarded(void)
     return held != 0;
 }
 
-/* An exact int argument in 0..PY_SSIZE_T_MAX. */
-static int
-emu_size_argument(PyObject *obj)
-{
-    if (!PyLong_CheckExact(obj)) {
-        return 0;
-    }
-    Py_ssize_t value = PyLong_AsSsize_t(obj);
-    if (value < 0) {
-        PyErr_Clear();
-        return 0;
-    }
-    return 1;
-}
-
 /* conn.name(*args) with ``cause`` as the exception being handled meanwhile (what an
  * ``except OSError as exc:`` clause around the call gives the Python method). */
 static PyObject *
@@ -2779,14 +2764,16 @@ PyDoc_STRVAR(emulated_recv_message_doc,
 static PyObject *
 emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (kwnames != NULL || nargs > 2 || (nargs >= 1 && !emu_size_argument(args[0])) ||
-        (nargs == 2 && !emu_size_argument(args[1])) || emu_default_bufsize == NULL) {
+    if (kwnames != NULL || nargs > 2 || emu_default_bufsize == NULL) {
         return call_reference(emu_recv_reference, conn, args, nargs, kwnames);
     }
     PyObject *bufsize_obj = nargs >= 1 ? args[0] : emu_default_bufsize;
     PyObject *maxfds_obj = nargs == 2 ? args[1] : emu_default_maxfds;
-    Py_ssize_t bufsize = PyLong_AsSsize_t(bufsize_obj);
-    Py_ssize_t maxfds = PyLong_AsSsize_t(maxfds_obj);
+    Py_ssize_t bufsize, maxfds;
+    if (!fast_size(bufsize_obj, PY_SSIZE_T_MAX, &bufsize) ||
+        !fast_size(maxfds_obj, PY_SSIZE_T_MAX, &maxfds)) {
+        return call_reference(emu_recv_reference, conn, args, nargs, kwnames);
+    }
 
     PyObject *result = NULL, *lock = NULL, *decoder = NULL, *sock = NULL, *flags_obj = NULL,
              *buffer = NULL;
@@ -3095,7 +3082,7 @@ speedups_configure_emulated(PyObject *module, PyObject *args)
 {
     (void)module;
     PyObject *cls, *decoder_cls, *send_method, *recv_method, *monotonic;
-    Py_ssize_t chunk, control;
+    Py_ssize_t chunk, control, bufsize, maxfds; /* the last two: the defaults, checked */
     int send_flags;
     if (!PyArg_ParseTuple(args, "O!O!OOnniO:configure_emulated", &PyType_Type, &cls,
                           &PyType_Type, &decoder_cls, &send_method, &recv_method, &chunk,
@@ -3120,8 +3107,8 @@ speedups_configure_emulated(PyObject *module, PyObject *args)
     }
     PyObject *defaults = PyFunction_GetDefaults(recv_method);
     if (defaults == NULL || !PyTuple_Check(defaults) || PyTuple_GET_SIZE(defaults) != 2 ||
-        !emu_size_argument(PyTuple_GET_ITEM(defaults, 0)) ||
-        !emu_size_argument(PyTuple_GET_ITEM(defaults, 1))) {
+        !fast_size(PyTuple_GET_ITEM(defaults, 0), PY_SSIZE_T_MAX, &bufsize) ||
+        !fast_size(PyTuple_GET_ITEM(defaults, 1), PY_SSIZE_T_MAX, &maxfds)) {
         PyErr_SetString(PyExc_ValueError,
                         "recv_message's defaults must be (bufsize, maxfds), non-negative ints");
         return NULL;
