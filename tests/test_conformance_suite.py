@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -353,3 +354,69 @@ def test_shim_cases_hold_under_the_standin(standin_result: Dict[str, Any]) -> No
     assert cases["shim.seqpacket.truncation"]["observed"]["emulated"]["outcome"] == "pass"
     errors = [c["id"] for c in standin_result["cases"] if c["outcome"] == "error"]
     assert not errors
+
+
+# --- the README's main command keeps README.md, report/ and report/results/ in agreement ------
+
+
+def test_run_with_readme_keeps_the_readme_table_and_the_report_in_agreement(
+    tmp_path: Path,
+) -> None:
+    """The README's main command (``run --report report --readme README.md``) adds this
+    machine's result; the tests then check README.md's table and report/ against
+    report/results/ (test_report.py).  Run without ``--readme`` it left the table one result
+    behind, and the README's test command failed right after its main command."""
+    from udscompat_conformance import report
+    from udscompat_conformance.matrix import build_matrix, find_result_files
+
+    # One published column that is not this machine's, and the README whose table has seven:
+    # the run must leave a table of two.
+    (tmp_path / "report" / "results").mkdir(parents=True)
+    published = "netbsd-7.99.34-rump-native-abi-x86_64.json"
+    shutil.copy2(ROOT / "report" / "results" / published, tmp_path / "report" / "results")
+    shutil.copy2(ROOT / "README.md", tmp_path / "README.md")
+    out = tmp_path / "report" / "results" / "this-machine.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "udscompat_conformance",
+            "run",
+            "--out",
+            str(out),
+            "--report",
+            "report",
+            "--readme",
+            "README.md",
+            "--",
+            "-k",
+            "test_implementation",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    matrix = build_matrix(find_result_files([str(tmp_path / "report" / "results")]))
+    assert len(matrix["columns"]) == 2
+    assert "this-machine.json" in (tmp_path / "report" / "MATRIX.md").read_text()
+    block = (tmp_path / "README.md").read_text().split(report.README_START)[1]
+    assert block.split(report.README_END)[0].strip() == report.summary_markdown(matrix).strip()
+    rendered = tmp_path / "rendered"
+    report.write_report([str(tmp_path / "report" / "results")], rendered, report.default_claims())
+    for name in ("MATRIX.md", "matrix.json", "index.html"):
+        assert (rendered / name).read_bytes() == (tmp_path / "report" / name).read_bytes(), name
+
+
+def test_run_refuses_readme_without_report(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "udscompat_conformance", "run", "--readme", "README.md"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "--readme" in proc.stderr and "--report" in proc.stderr
+    assert not list(tmp_path.iterdir()), "nothing ran, nothing was written"

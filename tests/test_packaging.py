@@ -236,3 +236,11 @@ def test_readme_main_command_in_a_brand_new_venv(tmp_path: Path, clean_env: Dict
     for name in ("MATRIX.md", "index.html", "matrix.json"):
         assert (checkout / "report" / name).stat().st_size > 0
     assert "udscompat-conformance: results in" in proc.stdout
+    # The README's table agrees with report/results/ afterwards, as the README's test command
+    # checks (test_report.py): run in this order, the two commands both pass.
+    from udscompat_conformance import report
+    from udscompat_conformance.matrix import build_matrix, find_result_files
+
+    matrix = build_matrix(find_result_files([str(checkout / "report" / "results")]))
+    block = (checkout / "README.md").read_text().split(report.README_START)[1]
+    assert block.split(report.README_END)[0].strip() == report.summary_markdown(matrix).strip()

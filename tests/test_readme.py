@@ -26,7 +26,7 @@ def test_readme_main_job_runs_the_suite_and_writes_the_report() -> None:
     text = (ROOT / "README.md").read_text()
     main_job = (
         'python3 -m pip install ".[conformance]" && '
-        "python3 -m udscompat_conformance run -n auto --report report"
+        "python3 -m udscompat_conformance run -n auto --report report --readme README.md"
     )
     assert main_job in text
     tox = (ROOT / "tox.ini").read_text()

@@ -1,9 +1,10 @@
 """``udscompat-conformance`` (or ``python -m udscompat_conformance``): run the suite, build reports.
 
 udscompat-conformance run [--out FILE] [-n N] [--seqpacket native|emulated|auto]
-                          [--timeout S] [--report DIR] [-- pytest args]
+                          [--timeout S] [--report DIR [--readme FILE]] [-- pytest args]
 udscompat-conformance run --kernel netbsd-rump|netbsd-rump-linux|gvisor [--out FILE]
-                          [--timeout S] [--check COMMITTED] [--report DIR] [-- pytest args]
+                          [--timeout S] [--check COMMITTED] [--report DIR [--readme FILE]]
+                          [-- pytest args]
 udscompat-conformance report RESULTS... [--out DIR] [--claims FILE...] [--readme FILE]
 udscompat-conformance vm [TARGET...] [--parallel N] [--provider P] [--keep] [--timeout S]
 """
@@ -113,7 +114,8 @@ def run_kernel(args: argparse.Namespace) -> int:
 
 
 def render_report(args: argparse.Namespace, out: Path) -> int:
-    """With ``--report DIR``: re-render DIR from its published results and ``out``."""
+    """With ``--report DIR``: re-render DIR from its published results and ``out``, and with
+    ``--readme FILE`` the matrix block of FILE from the same results, in the same write."""
     if not args.report:
         return 0
     from udscompat_conformance import report
@@ -122,7 +124,8 @@ def render_report(args: argparse.Namespace, out: Path) -> int:
     inputs = [str(published)] if published.is_dir() else []
     if out.resolve().parent != published.resolve():
         inputs.append(str(out))
-    return report.main([*inputs, "--out", args.report])
+    readme = ["--readme", args.readme] if args.readme else []
+    return report.main([*inputs, "--out", args.report, *readme])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,6 +191,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="then render the report into DIR from DIR/results/*.json and this run's result",
     )
     run_parser.add_argument(
+        "--readme",
+        metavar="FILE",
+        help="with --report: also re-render the matrix block of FILE (the README's table), so "
+        "FILE and DIR describe the same results",
+    )
+    run_parser.add_argument(
         "--standin",
         metavar="FEATURES",
         help="run under the LD_PRELOAD kernel stand-in (Linux): a comma-separated subset of "
@@ -219,6 +228,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.pytest_args = extra
     if args.check and not args.kernel:
         parser.error("--check compares a --kernel run with a committed result file")
+    if args.readme and not args.report:
+        parser.error("--readme re-renders a README's table with the report: give --report DIR")
     args.timeout_given = args.timeout
     if args.timeout is None:
         args.timeout = DEFAULT_TIMEOUT
