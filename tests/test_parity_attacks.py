@@ -635,12 +635,6 @@ def test_a_peek_with_room_for_its_copies_but_not_for_the_probe_leaks_nothing(
             os.close(fd)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known, open: the first peek of a process, with room for the kernel's copies but "
-    "not for the probe, cannot tell installed copies (Linux) from the foreign numbers of "
-    "NetBSD's Linux ABI; it raises the probe's EMFILE and the copies stay open",
-)
 def test_a_first_peek_on_a_plain_socket_with_room_for_its_copies_only_leaks_nothing(
     pipe: Tuple[int, int],
 ) -> None:

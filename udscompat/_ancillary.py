@@ -315,23 +315,27 @@ def receive(
         ControlTruncatedError: as ``recv_with_fds``; every descriptor closed first.
         UnsupportedError: (``refuse_peeked_fds``) the peeked message carries
             descriptors and the kernel installed no copies of them.
+        OSError: ``EMFILE`` for a peek of a message with descriptors when the
+            descriptor table is too full to learn whether the kernel installs
+            copies (``_io.peek_recvmsg``): nothing installed, the message queued.
         OSError: ``EPROTO`` for a credential message that cannot be what the
             kernel's headers say (descriptors closed first).
     """
     cloexec = _io.cloexec_flag()
     added = (cloexec or 0) & ~flags  # reported back in msg_flags; not the caller's
-    installed = True if not flags & _MSG_PEEK else _io.peek_installs_now()
-    try:
-        data, ancdata, msg_flags, source = sock.recvmsg(bufsize, ANCILLARY_ROOM, flags | added)
-    except OSError as exc:
-        if exc.errno == errno.EMSGSIZE:
-            raise _io.emsgsize_error() from exc
-        raise
-    if ancdata and installed is not True and _carries_fds(ancdata):
-        if installed is None:
-            installed = _probes.peek_installs_fds()  # could not run before: may raise now
-        if not installed:
+    if flags & _MSG_PEEK:
+        data, ancdata, msg_flags, source, installed = _io.peek_recvmsg(
+            sock, bufsize, ANCILLARY_ROOM, flags | added
+        )
+        if not installed and ancdata and _io.carries_fds(ancdata):
             ancdata = _uninstalled_peek(ancdata, refuse_peeked_fds)
+    else:
+        try:
+            data, ancdata, msg_flags, source = sock.recvmsg(bufsize, ANCILLARY_ROOM, flags | added)
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                raise _io.emsgsize_error() from exc
+            raise
     fds, marked = _io.collect_fds(data, ancdata, msg_flags, maxfds, cloexec is None)
     try:
         creds = backend.credentials_from_cmsgs(ancdata)
@@ -341,11 +345,6 @@ def receive(
     if fds and _fdpass.REGISTRY.originals:
         fds = _fdpass.guard_reused(fds)
     return data, fds, msg_flags & ~added, source, marked, creds
-
-
-def _carries_fds(ancdata: List[Tuple[int, int, Any]]) -> bool:
-    """Whether some control message carries descriptors (the marker and credentials do not)."""
-    return any(c[0] == _SOL_SOCKET and c[1] in _FD_CMSG_TYPES for c in ancdata)
 
 
 def _uninstalled_peek(

@@ -317,14 +317,10 @@ def _pure_peek_with_fds(
     A peek is rare, so it is kept off the plain receive's path and reads its
     control data the general way (``collect_fds``).
     """
-    installed = peek_installs_now()
-    data, ancdata, msg_flags, address = recvmsg(sock, bufsize, flags | (cloexec or 0))
-    if (
-        ancdata
-        and installed is not True
-        and any(c[0] == _SOL_SOCKET and c[1] == _SCM_RIGHTS for c in ancdata)
-        and not (installed is None and peek_installs_fds())
-    ):
+    data, ancdata, msg_flags, address, installed = peek_recvmsg(
+        sock, bufsize, ANCBUF_SIZE, flags | (cloexec or 0)
+    )
+    if not installed:
         # The kernel copied out its own file pointers (NetBSD, FreeBSD) or zeros (macOS):
         # nothing was installed, and those numbers name unrelated descriptors of ours.
         ancdata = [c for c in ancdata if not (c[0] == _SOL_SOCKET and c[1] == _SCM_RIGHTS)]
@@ -332,22 +328,62 @@ def _pure_peek_with_fds(
     return data, fds, msg_flags, address, marked
 
 
-def peek_installs_fds() -> bool:
-    """``_probes.peek_installs_fds()`` (may raise ``OSError`` where it cannot run)."""
-    return _probes.peek_installs_fds()
+def peek_recvmsg(
+    sock: socket.socket, bufsize: int, room: int, flags: int
+) -> Tuple[bytes, List[Any], int, Any, bool]:
+    """One ``MSG_PEEK`` ``recvmsg`` with ``room`` for control data, and whether its descriptors
+    are copies the kernel installed for the caller (Linux) -- elsewhere their numbers are not
+    this process's and must never be closed or handed out (``_probes.peek_installs_fds``).
 
+    The probe is asked before the receive: it opens descriptors, and after a peek that
+    installed copies, its EMFILE (or a raising signal handler) would lose them.  Where it
+    cannot run now (a full descriptor table), the peek gets control room only for what the
+    kernel puts before SCM_RIGHTS (``control_room_before_rights``), so that it installs
+    nothing: a message without descriptors is returned as usual (a peek never fails on the
+    probe), one with them raises EMFILE and stays queued.  Where that room is not known
+    (kernels whose peek installs no copies), the probe is asked after the receive, and only
+    if descriptors came.
 
-def peek_installs_now() -> Optional[bool]:
-    """``_probes.peek_installs_fds()`` asked before a peek's receive; None if it cannot run now.
-
-    The probe opens descriptors: run after a peek that installed copies, its EMFILE (or a
-    raising signal handler) would lose them.  None (the table is full now) means: ask again
-    after the receive, and only if descriptors came (a peek without them never fails on it).
+    Raises:
+        OSError: ``EMFILE``, see above: nothing was installed, the message is still queued.
+        ControlTruncatedError: recvmsg failed with EMSGSIZE (OpenBSD, DragonFly).
     """
     try:
-        return _probes.peek_installs_fds()
+        installed: Optional[bool] = _probes.peek_installs_fds()
     except OSError:
-        return None
+        installed = None  # the table is full now (EMFILE): no room for the probe
+    if installed is None:
+        before_rights = backend.control_room_before_rights(sock)
+        if before_rights is not None:
+            got = recvmsg(sock, bufsize, flags, before_rights)
+            if got[2] & _MSG_CTRUNC or carries_fds(got[1]):
+                # MSG_CTRUNC: descriptors were there (or control data the room had to leave
+                # out); a descriptor message: an option changed since the room was sized.
+                raise undecided_peek_error()
+            return (*got, False)
+    data, ancdata, msg_flags, address = recvmsg(sock, bufsize, flags, room)
+    if installed is None and carries_fds(ancdata):
+        try:
+            installed = _probes.peek_installs_fds()
+        except OSError as exc:
+            raise undecided_peek_error() from exc
+    return data, ancdata, msg_flags, address, bool(installed)
+
+
+def undecided_peek_error() -> OSError:
+    """What a peek raises whose descriptors it cannot tell installed copies from foreign numbers."""
+    return OSError(
+        errno.EMFILE,
+        "MSG_PEEK of a message with descriptors (or control data that did not fit): the "
+        "descriptor table has no room to ask whether this kernel's peek installs copies (Linux) "
+        "or reports numbers that are not this process's (NetBSD's Linux ABI); nothing was "
+        "installed and the message is still queued",
+    )
+
+
+def carries_fds(ancdata: List[Any]) -> bool:
+    """Whether some control message carries descriptors (the marker and credentials do not)."""
+    return any(c[0] == _SOL_SOCKET and (c[1] == _SCM_RIGHTS or c[1] in _FD_CMSGS) for c in ancdata)
 
 
 def cloexec_flag() -> Optional[int]:
@@ -362,14 +398,16 @@ def cloexec_flag() -> Optional[int]:
         return None
 
 
-def recvmsg(sock: socket.socket, bufsize: int, flags: int) -> Tuple[bytes, List[Any], int, Any]:
-    """``sock.recvmsg`` with room for the kernel's descriptor cap and the marker.
+def recvmsg(
+    sock: socket.socket, bufsize: int, flags: int, room: int = ANCBUF_SIZE
+) -> Tuple[bytes, List[Any], int, Any]:
+    """``sock.recvmsg`` with ``room`` for control data: the kernel's descriptor cap and the marker.
 
     A recvmsg that fails with EMSGSIZE (OpenBSD, DragonFly: the control data
     did not fit, the descriptors are gone) raises ``ControlTruncatedError``.
     """
     try:
-        return sock.recvmsg(bufsize, ANCBUF_SIZE, flags)
+        return sock.recvmsg(bufsize, room, flags)
     except OSError as exc:
         if exc.errno == errno.EMSGSIZE:
             raise emsgsize_error() from exc
@@ -553,9 +591,9 @@ def _c_send_with_fds(
 
 def _c_recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0) -> Received:
     """``recv_with_fds`` compiled: one recvmsg that returns every descriptor or closes them all."""
-    if type(sock) not in PLAIN_SOCKETS or (flags & _MSG_PEEK and not _probes.peek_installs_fds()):
-        # A peek that installs no descriptors (NetBSD, FreeBSD, macOS) reports numbers that
-        # are not ours: the pure path drops them (see pure_recv_with_fds).
+    if type(sock) not in PLAIN_SOCKETS or flags & _MSG_PEEK:
+        # A peek reads descriptors only where the kernel installed copies, and asks the
+        # probe that tells so without losing them (see peek_recvmsg): the pure path's job.
         return pure_recv_with_fds(sock, bufsize, maxfds, flags)
     try:
         cloexec = _probes.cmsg_cloexec_flag()  # cached after the first answer

@@ -173,7 +173,7 @@ def _run_send_probes() -> None:
     first: later calls cost a lookup.
     """
     # peek_installs_fds: a peek asks it before its receive, and where it cannot run then
-    # (EMFILE) after it, where failing it would lose the copies the peek installed.
+    # (EMFILE) refuses a message with descriptors (_io.peek_recvmsg): run it while it can.
     for probe in (
         _probes.same_process_fd_reuse,
         _probes.fd_control_padding,

@@ -99,6 +99,14 @@ class Backend(Protocol):
         """Every AF_UNIX socket the kernel will list, or ``None`` where it lists none."""
         ...
 
+    def control_room_before_rights(self, sock: socket.socket) -> Optional[int]:
+        """Control-buffer bytes for every control message the kernel puts before SCM_RIGHTS
+        in a receive on ``sock``, with no room for one descriptor; ``None`` where unknown.
+
+        A peek that must install no descriptor (``_io.peek_recvmsg``) reads with this room.
+        """
+        ...
+
     # -- ancillary credentials and the peer's security label ----------------------------
 
     #: Whether a sender may name ids of its choosing (Linux SCM_CREDENTIALS); elsewhere

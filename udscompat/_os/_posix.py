@@ -47,6 +47,12 @@ def bound_unix_sockets() -> Optional[List[BoundSocket]]:
     return None
 
 
+def control_room_before_rights(sock: socket.socket) -> Optional[int]:
+    """None: no fixed order of this kernel's control messages is known to udscompat (the
+    BSDs keep the sender's), so no receive can be sized to hold them and no descriptor."""
+    return None
+
+
 #: One ``(level, type, data)`` control message, as ``socket.recvmsg`` returns it.
 Cmsg = Tuple[int, int, bytes]
 

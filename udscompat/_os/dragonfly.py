@@ -28,6 +28,7 @@ from udscompat._os._posix import (
     xucred_groups,
 )
 from udscompat._os._posix import bound_unix_sockets as bound_unix_sockets
+from udscompat._os._posix import control_room_before_rights as control_room_before_rights
 from udscompat._records import ConnCredentials
 
 OS_NAME = "DragonFly BSD"

@@ -175,6 +175,46 @@ def credentials_from_cmsgs(ancdata: Sequence[Cmsg]) -> Optional[ReceivedCredenti
     return credentials_of(ancdata, SOL_SOCKET, SCM_CREDENTIALS, decode_scm_credentials)
 
 
+# -- the control room before SCM_RIGHTS (a peek that must install no descriptor) ------------
+#: struct __kernel_old_timeval {__kernel_long_t tv_sec, tv_usec}: SO_TIMESTAMP's payload.
+_OLD_TIMEVAL_SIZE = struct.calcsize("2l")
+
+
+def control_room_before_rights(sock: socket.socket) -> Optional[int]:
+    """Control-buffer bytes that hold what Linux puts before SCM_RIGHTS on ``sock``, and no fd.
+
+    A receive's control messages come in a fixed order: ``__unix_dgram_recvmsg``
+    (datagram and seqpacket) puts SCM_TIMESTAMP first when SO_TIMESTAMP is on
+    (``unix_stream_read_generic`` puts none), then ``scm_recv``
+    (``__scm_recv_common``, net/core/scm.c) SCM_CREDENTIALS when SO_PASSCRED is
+    on, SCM_SECURITY when SO_PASSSEC is, then ``scm_detach_fds``, then
+    SCM_PIDFD.  ``scm_detach_fds`` installs ``scm_max_fds()`` descriptors, which
+    is 0 when ``msg_controllen <= sizeof(struct cmsghdr)`` is left, and then
+    sets MSG_CTRUNC if descriptors were pending; a peek leaves the message
+    queued.  So a peek with exactly this room installs nothing and reports
+    MSG_CTRUNC exactly when descriptors were there -- or when something this
+    does not count (SO_PASSSEC's label, SO_PASSPIDFD's pidfd, SO_TIMESTAMPNS or
+    the 64-bit-time timestamps) did not fit, which only takes room from the
+    descriptors, never gives them more.  An option the kernel will not report
+    (a Linux-ABI layer answering EINVAL) counts as off, for the same reason.
+    """
+    room = 0
+    if sock.type & 0xF != SOCK_STREAM and _option_on(sock, SO_TIMESTAMP):
+        room += socket.CMSG_SPACE(_OLD_TIMEVAL_SIZE)
+    if _option_on(sock, SO_PASSCRED):
+        room += socket.CMSG_SPACE(UCRED.size)
+    return room
+
+
+def _option_on(sock: socket.socket, option: int) -> bool:
+    try:
+        return sock.getsockopt(SOL_SOCKET, option) != 0
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOPROTOOPT):
+            return False
+        raise
+
+
 def decode_security_label(raw: bytes) -> Optional[bytes]:
     """An ``SO_PEERSEC`` label without the C string's NUL; ``None`` for an empty one."""
     label = raw.rstrip(b"\0")

@@ -11,6 +11,7 @@ import struct
 from typing import Optional, Tuple
 
 from udscompat._os._posix import bound_unix_sockets as bound_unix_sockets
+from udscompat._os._posix import control_room_before_rights as control_room_before_rights
 from udscompat._os._posix import getsockopt_bytes, unpack_exact, without_ancillary_credentials
 from udscompat._records import ConnCredentials
 
