@@ -1,0 +1,239 @@
+"""A peek whose probe cannot run: the descriptor table is (nearly) full, the answer of
+``_probes.peek_installs_fds()`` is not known yet, and the message may carry descriptors.
+
+On Linux a MSG_PEEK installs copies of the descriptors (ours, to close); through NetBSD's
+Linux ABI it reports numbers that are not ours (closing them would close someone else's).
+The probe that tells the two apart needs free slots.  Without them, udscompat peeks with
+control room for what Linux puts before SCM_RIGHTS only (``control_room_before_rights``):
+nothing can be installed, a message without descriptors is returned as usual, and one with
+them raises EMFILE and stays queued.  Before, the probe was asked after the receive, failed
+with EMFILE, and the copies the peek had installed leaked (up to as many as there was room
+for).  Every test here restores RLIMIT_NOFILE and forgets the probe's answer afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import resource
+import signal
+import socket
+import time
+from typing import Any, Iterator, List, Optional, Set, Tuple
+
+import pytest
+
+import udscompat
+from tests.conftest import open_fds
+from tests.test_io_attacks import Interrupted, Interrupts
+from udscompat import _probes
+
+pytestmark = [
+    pytest.mark.skipif(
+        not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd"
+    ),
+    pytest.mark.skipif(not _probes.peek_installs_fds(), reason="a peek installs no copies here"),
+]
+
+SO_TIMESTAMP = 29  # asm-generic/socket.h (SO_TIMESTAMP_OLD): the marker udscompat sets
+KINDS = {
+    "stream": socket.SOCK_STREAM,
+    "dgram": socket.SOCK_DGRAM,
+    "seqpacket": socket.SOCK_SEQPACKET,
+}
+#: Free slots left in the table: none, or room for three copies but not for the probe
+#: (a socketpair, a pipe and a listing of /proc/self/fd).
+FREE_SLOTS = (0, 3)
+
+
+@contextlib.contextmanager
+def table_with(free: int) -> Iterator[None]:
+    """The descriptor table full but for ``free`` slots, the probe's answer forgotten; both
+    restored afterwards (the answer forgotten again: the next test asks afresh)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 16, hard))
+    held: List[int] = []
+    _probes.peek_installs_fds.cache_clear()
+    try:
+        for _ in range(4096):
+            try:
+                held.append(os.dup(0))
+            except OSError as exc:
+                if exc.errno != errno.EMFILE:
+                    raise
+                break
+        else:
+            raise AssertionError("RLIMIT_NOFILE did not bound the table")
+        for _ in range(free):
+            os.close(held.pop())
+        with pytest.raises(OSError) as probe_failed:
+            _probes.peek_installs_fds()  # the premise: no room for the probe (not cached)
+        assert probe_failed.value.errno == errno.EMFILE
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        _probes.peek_installs_fds.cache_clear()
+
+
+@contextlib.contextmanager
+def pair(kind: str, options: str) -> Iterator[Tuple[socket.socket, socket.socket]]:
+    """A connected pair of ``kind``; the receiver with SO_TIMESTAMP and/or SO_PASSCRED."""
+    a, b = socket.socketpair(socket.AF_UNIX, KINDS[kind])
+    with a, b:
+        if options in ("timestamp", "both"):
+            b.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+        if options in ("credentials", "both"):
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        yield a, b
+
+
+def peek(how: str, sock: socket.socket, maxfds: int) -> Tuple[bytes, List[int], Any]:
+    """A peek through ``recv_fds`` or ``recv_ancillary``: (data, fds, credentials or None)."""
+    if how == "recv_fds":
+        data, fds, _, _ = udscompat.recv_fds(sock, 64, maxfds, socket.MSG_PEEK)
+        return data, fds, None
+    message = udscompat.recv_ancillary(sock, 64, maxfds, socket.MSG_PEEK)
+    return message.data, list(message.fds), message.credentials
+
+
+def receive_whole(sock: socket.socket, count: int) -> bytes:
+    """Receive the queued message once there is room: all ``count`` descriptors (closed)."""
+    data, fds, flags, _ = udscompat.recv_fds(sock, 64, max(count, 1))
+    assert len(fds) == count and not flags & socket.MSG_CTRUNC
+    for fd in fds:
+        os.close(fd)
+    return data
+
+
+@pytest.mark.parametrize("how", ["recv_fds", "recv_ancillary"])
+@pytest.mark.parametrize("options", ["none", "timestamp", "credentials", "both"])
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("count", [1, 200])
+@pytest.mark.parametrize("free", FREE_SLOTS)
+def test_a_first_peek_of_descriptors_without_room_for_the_probe_raises_emfile_and_leaks_nothing(
+    free: int, count: int, kind: str, options: str, how: str, pipe: Tuple[int, int]
+) -> None:
+    """EMFILE, not one descriptor installed (with three free slots the kernel would install
+    three copies with a full control buffer: main leaked them), and the message is still
+    queued, received whole once there is room.  A stream socket with SO_TIMESTAMP on gets
+    no timestamp (af_unix.c's stream read puts none): room for one would take copies."""
+    with pair(kind, options) as (a, b):
+        udscompat.send_fds(a, b"payload", [pipe[0]] * count)
+        before = open_fds()
+        error: Optional[OSError] = None
+        with table_with(free):
+            try:
+                peek(how, b, count)
+            except OSError as exc:
+                error = exc
+        assert open_fds() == before, "the peek left descriptors open"
+        assert error is not None and type(error) is OSError, error
+        assert error.errno == errno.EMFILE and "still queued" in str(error)
+        assert receive_whole(b, count) == b"payload"
+
+
+@pytest.mark.parametrize("how", ["recv_fds", "recv_ancillary"])
+@pytest.mark.parametrize("options", ["none", "timestamp", "credentials", "both"])
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("free", FREE_SLOTS)
+def test_a_first_peek_without_descriptors_works_whatever_the_options(
+    free: int, kind: str, options: str, how: str
+) -> None:
+    """The same table, a message without descriptors: the peek returns it (with the sender's
+    credentials where SO_PASSCRED is on), and it is still queued.  Room too small for the
+    timestamp or the credentials would end in MSG_CTRUNC, which reads as descriptors."""
+    with pair(kind, options) as (a, b):
+        a.send(b"plain")
+        with table_with(free):
+            data, fds, creds = peek(how, b, 4)
+        assert (data, fds) == (b"plain", [])
+        if how == "recv_ancillary" and options in ("credentials", "both"):
+            assert creds is not None and creds.pid == os.getpid()
+        assert b.recv(64) == b"plain"
+
+
+def test_a_native_connection_peek_raises_emfile_and_leaves_the_message(
+    pipe: Tuple[int, int],
+) -> None:
+    """SeqpacketConn.peek (its SO_TIMESTAMP marker on) when the answer was forgotten after
+    the connection ran the probe: EMFILE, not UnsupportedError (nothing says the kernel
+    installs no copies), nothing installed, the message received whole afterwards."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn = udscompat.SeqpacketConn.from_socket(b)
+    with a, conn:
+        udscompat.send_fds(a, b"x", [pipe[0], pipe[1]])
+        before = open_fds()
+        with table_with(3), pytest.raises(OSError) as raised:
+            conn.peek(8, 2)
+        assert open_fds() == before
+        assert type(raised.value) is OSError and raised.value.errno == errno.EMFILE
+        message = conn.recv_message(8, 2)
+        assert message is not None and message.data == b"x" and len(message.fds) == 2
+        for fd in message.fds:
+            os.close(fd)
+
+
+class PeekInterrupts(Interrupts):
+    """``Interrupts`` counting the boundaries of every module a peek passes through."""
+
+    MODULES = frozenset(
+        {
+            "udscompat._io",
+            "udscompat._fdpass",
+            "udscompat._ancillary",
+            "udscompat._probes",
+            "udscompat._os.linux",
+        }
+    )
+
+    def _hook(self, frame: Any, event: str, arg: Any) -> None:
+        if event in ("call", "c_return") and frame.f_globals.get("__name__") in self.MODULES:
+            self.events.append((event, frame.f_code.co_name))
+            self._count += 1
+            if self.fired < len(self.schedule) and self._count == self.schedule[self.fired]:
+                self.fired += 1
+                self._count = 0
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
+@pytest.mark.parametrize("how", ["recv_fds", "recv_ancillary"])
+def test_a_signal_handler_raising_anywhere_in_the_peek_leaks_nothing(
+    how: str, pipe: Tuple[int, int]
+) -> None:
+    """A real SIGUSR1 whose handler raises, after each call boundary of the peek in turn
+    (the probe's failed attempt included), under a table with room for the copies only:
+    no descriptor is left open, and the message stays queued throughout."""
+    with pair("seqpacket", "both") as (a, b):
+        udscompat.send_fds(a, b"x", [pipe[0], pipe[1]])
+        before = open_fds()
+
+        def run() -> Optional[OSError]:
+            try:
+                peek(how, b, 2)
+            except OSError as exc:
+                return exc
+            return None
+
+        recorder = PeekInterrupts()
+        with table_with(3), recorder.active():
+            assert run() is not None
+        total = len(recorder.events)
+        assert 10 < total < 2000, total
+        outcomes: Set[str] = set()
+        deadline = time.monotonic() + 60
+        for point in range(1, total + 1):
+            with table_with(3):
+                try:
+                    with PeekInterrupts((point,)).active():
+                        error = run()
+                    outcomes.add("emfile" if error and error.errno == errno.EMFILE else "other")
+                except Interrupted:
+                    outcomes.add("interrupted")
+            assert open_fds() == before, f"descriptors left by an interrupt at boundary {point}"
+            assert time.monotonic() < deadline, f"stopped at boundary {point} of {total}"
+        assert "interrupted" in outcomes and outcomes <= {"interrupted", "emfile"}, outcomes
+        assert receive_whole(b, 2) == b"x"
