@@ -290,7 +290,7 @@ def pure_recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int, flags: in
         cloexec = None  # the probe itself could not run (EMFILE?): set FD_CLOEXEC by hand
     if flags & _MSG_PEEK:
         return _pure_peek_with_fds(sock, bufsize, maxfds, flags, cloexec)
-    data, ancdata, msg_flags, address = recvmsg(sock, bufsize, flags | (cloexec or 0))
+    data, ancdata, msg_flags, address = recvmsg(sock, bufsize, flags | (cloexec or 0), ANCBUF_SIZE)
     if not msg_flags & _MSG_CTRUNC:
         if not ancdata:
             return data, [], msg_flags, address, False
@@ -399,9 +399,10 @@ def cloexec_flag() -> Optional[int]:
 
 
 def recvmsg(
-    sock: socket.socket, bufsize: int, flags: int, room: int = ANCBUF_SIZE
+    sock: socket.socket, bufsize: int, flags: int, room: int
 ) -> Tuple[bytes, List[Any], int, Any]:
-    """``sock.recvmsg`` with ``room`` for control data: the kernel's descriptor cap and the marker.
+    """``sock.recvmsg`` with ``room`` for control data (``ANCBUF_SIZE``: the kernel's descriptor
+    cap and the marker).
 
     A recvmsg that fails with EMSGSIZE (OpenBSD, DragonFly: the control data
     did not fit, the descriptors are gone) raises ``ControlTruncatedError``.
