@@ -273,8 +273,8 @@ def test_both_paths_agree_on_random_messages(case: Dict[str, Any]) -> None:
 
     The pure path's peek asks ``_probes.peek_installs_fds()``, which opens descriptors; it
     is asked here first, with the table not full, as a connection or an earlier peek would
-    have: this test compares the receives, not the probe under a full table (the flaky
-    first example, when this test ran first in its process; see test_parity_attacks)."""
+    have: this test compares the receives, not the probe under a full table (a first peek
+    with no room for it raises EMFILE: tests/test_peek_attacks.py)."""
     _probes.peek_installs_fds()
     before = open_fds()
     r, w = os.pipe()

@@ -381,7 +381,10 @@ def recv_ancillary(
         ControlTruncatedError: control data truncated, or more than
             ``maxfds`` descriptors; every received descriptor was closed.
         OSError: ``EPROTO`` when a credential message cannot be what the
-            kernel's headers say it is (descriptors closed first).
+            kernel's headers say it is (descriptors closed first); ``EMFILE``
+            for a ``MSG_PEEK`` of a message with descriptors under a table too
+            full to learn whether the kernel's peek installs copies, as
+            ``recv_fds`` (nothing installed, the message still queued).
         ValueError: negative ``bufsize`` or ``maxfds``, or not AF_UNIX.
     """
     if not isinstance(sock, socket.socket):

@@ -413,6 +413,12 @@ def recv_fds(
             closed and the payload is in ``.data``.
         ValueError: negative ``bufsize`` or ``maxfds``, or not AF_UNIX.
         TypeError: ``bufsize`` or ``maxfds`` is not an int.
+        OSError: ``EMFILE`` for a ``MSG_PEEK`` of a message with descriptors
+            when the table has no room for the probe that tells whether this
+            kernel's peek installs copies (asked once per process; a
+            ``SeqpacketConn`` asks it when made): nothing is installed, the
+            message stays queued.  A peek of a message without descriptors
+            works under a full table.
     """
     if _fast_recv is not None:
         # The common case compiled, or NotImplemented before anything was received.

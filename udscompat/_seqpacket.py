@@ -474,6 +474,11 @@ class SeqpacketConn:
                 with the payload in ``.data``, as a native peek leaves such a
                 message queued.
             UnsupportedError: see above.
+            OSError: ``EMFILE`` (native) for a message with descriptors when
+                the descriptor table had no room for the probe that tells
+                whether this kernel's peek installs copies, neither when the
+                connection was made nor now: nothing was installed, the
+                message stays queued (``udscompat.recv_fds``).
             The rest as ``recv_message``.
         """
         raise NotImplementedError  # pragma: no cover
