@@ -27,6 +27,7 @@ import pytest
 import udscompat
 from tests.conftest import open_fds
 from tests.test_io_attacks import Interrupted, Interrupts
+from tests.test_parity_attacks import _fill_table as fill_table
 from udscompat import _probes
 
 pytestmark = [
@@ -56,15 +57,7 @@ def table_with(free: int) -> Iterator[None]:
     held: List[int] = []
     _probes.peek_installs_fds.cache_clear()
     try:
-        for _ in range(4096):
-            try:
-                held.append(os.dup(0))
-            except OSError as exc:
-                if exc.errno != errno.EMFILE:
-                    raise
-                break
-        else:
-            raise AssertionError("RLIMIT_NOFILE did not bound the table")
+        held = fill_table()
         for _ in range(free):
             os.close(held.pop())
         with pytest.raises(OSError) as probe_failed:
