@@ -340,7 +340,8 @@ def peek_recvmsg(
     cannot run now (a full descriptor table), the peek gets control room only for what the
     kernel puts before SCM_RIGHTS (``control_room_before_rights``), so that it installs
     nothing: a message without descriptors is returned as usual (a peek never fails on the
-    probe), one with them raises EMFILE and stays queued.  Where that room is not known
+    probe), one with them raises EMFILE and stays queued (NetBSD's Linux ABI reports no
+    descriptors there instead, as its peeks do anyway).  Where that room is not known
     (kernels whose peek installs no copies), the probe is asked after the receive, and only
     if descriptors came.
 

@@ -478,7 +478,8 @@ class SeqpacketConn:
                 the descriptor table had no room for the probe that tells
                 whether this kernel's peek installs copies, neither when the
                 connection was made nor now: nothing was installed, the
-                message stays queued (``udscompat.recv_fds``).
+                message stays queued (``udscompat.recv_fds``; through NetBSD's
+                Linux ABI such a peek sees no descriptors instead).
             The rest as ``recv_message``.
         """
         raise NotImplementedError  # pragma: no cover

@@ -197,6 +197,11 @@ def control_room_before_rights(sock: socket.socket) -> Optional[int]:
     the 64-bit-time timestamps) did not fit, which only takes room from the
     descriptors, never gives them more.  An option the kernel will not report
     (a Linux-ABI layer answering EINVAL) counts as off, for the same reason.
+    NetBSD's Linux ABI (compat_linux, measured in a 7.99.34 rump kernel: EINVAL
+    for SO_TIMESTAMP and SO_PASSCRED, so 0 here) installs nothing on a peek at
+    all, and with 16 bytes or fewer reports neither its kernel pointers nor
+    MSG_CTRUNC: there such a peek sees a message with descriptors as one
+    without (tests/test_peek_attacks_rump.py).
     """
     room = 0
     if sock.type & 0xF != SOCK_STREAM and _option_on(sock, SO_TIMESTAMP):
