@@ -169,6 +169,36 @@ def test_a_native_connection_peek_raises_emfile_and_leaves_the_message(
             os.close(fd)
 
 
+def test_an_async_connection_peek_raises_emfile_and_leaves_the_message(
+    pipe: Tuple[int, int],
+) -> None:
+    """AsyncSeqpacketConn.peek runs the connection's peek in its loop: the same EMFILE,
+    nothing installed, and the message received whole afterwards."""
+    import asyncio
+
+    from udscompat import aio
+
+    async def main() -> None:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        conn = aio.AsyncSeqpacketConn(udscompat.SeqpacketConn.from_socket(b))
+        with a:
+            try:
+                udscompat.send_fds(a, b"x", [pipe[0], pipe[1]])
+                before = open_fds()
+                with table_with(3), pytest.raises(OSError) as raised:
+                    await conn.peek(8, 2)
+                assert open_fds() == before
+                assert type(raised.value) is OSError and raised.value.errno == errno.EMFILE
+                message = await conn.recv_message(8, 2)
+                assert message is not None and message.data == b"x" and len(message.fds) == 2
+                for fd in message.fds:
+                    os.close(fd)
+            finally:
+                conn.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
 class PeekInterrupts(Interrupts):
     """``Interrupts`` counting the boundaries of every module a peek passes through."""
 
