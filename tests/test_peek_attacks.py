@@ -19,6 +19,8 @@ import os
 import resource
 import signal
 import socket
+import sys
+import threading
 import time
 from typing import Any, Iterator, List, Optional, Set, Tuple
 
@@ -43,9 +45,10 @@ KINDS = {
     "dgram": socket.SOCK_DGRAM,
     "seqpacket": socket.SOCK_SEQPACKET,
 }
-#: Free slots left in the table: none, or room for three copies but not for the probe
-#: (a socketpair, a pipe and a listing of /proc/self/fd).
-FREE_SLOTS = (0, 3)
+#: Free slots left in the table: none, room for three copies but not for the probe's
+#: socketpair and pipe, or room for those four but not for the copy its own peek installs
+#: (the probe then answered "installs nothing" and cached it: see below).
+FREE_SLOTS = (0, 3, 4)
 
 
 @contextlib.contextmanager
@@ -260,3 +263,101 @@ def test_a_signal_handler_raising_anywhere_in_the_peek_leaks_nothing(
             assert time.monotonic() < deadline, f"stopped at boundary {point} of {total}"
         assert "interrupted" in outcomes and outcomes <= {"interrupted", "emfile"}, outcomes
         assert receive_whole(b, 2) == b"x"
+
+
+@contextlib.contextmanager
+def lowered_table(free: int) -> Iterator[None]:
+    """The table full but for ``free`` slots and the probe's answer forgotten, without
+    asking the probe (``table_with`` asks it); both restored afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 16, hard))
+    held: List[int] = []
+    _probes.peek_installs_fds.cache_clear()
+    try:
+        held = fill_table()
+        for _ in range(free):
+            os.close(held.pop())
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("how", ["recv_fds", "recv_ancillary"])
+def test_a_probe_whose_own_copy_finds_no_slot_answers_nothing(
+    how: str, pipe: Tuple[int, int]
+) -> None:
+    """Four free slots: the probe's socketpair and pipe fit, the copy its own peek would
+    install does not, so the kernel truncates and installs nothing.  Main read that as
+    "this kernel's peek installs no copies" and cached it for the process: the peek then
+    (and every peek after, with a table of any size) dropped the copies Linux installed
+    without closing them -- 2 leaked per peek here, and recv_fds reported no descriptors.
+    Now the probe raises EMFILE (not cached): the peek refuses, and once there is room the
+    probe answers and the peek returns the copies."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        udscompat.send_fds(a, b"x", [pipe[0], pipe[1]])
+        before = open_fds()
+        error: Optional[OSError] = None
+        try:
+            with lowered_table(4):
+                try:
+                    peek(how, b, 2)
+                except OSError as exc:
+                    error = exc
+            assert open_fds() == before, "the peek under the full table left descriptors open"
+            assert error is not None and error.errno == errno.EMFILE, error
+            data, fds, _ = peek(how, b, 2)
+            try:
+                assert (data, len(fds)) == (b"x", 2), "a peek with room returned no copies"
+                assert open_fds() == before | set(fds), "the copies were not returned"
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        finally:
+            _probes.peek_installs_fds.cache_clear()
+        assert receive_whole(b, 2) == b"x"
+
+
+def test_the_probe_neither_closes_nor_miscounts_another_threads_descriptors() -> None:
+    """Another thread opens and closes pipes while the probe runs.  Main decided by the
+    difference of two listings of the table: it closed what the other thread had just
+    opened (its pipe's descriptors gone under it within a few hundred probes) and answered
+    False for a copy that landed in a slot the other thread had just freed (1 in 2000).
+    Now a number counts as a copy only if it names the probe's own pipe."""
+    probe = _probes.peek_installs_fds.__wrapped__  # type: ignore[attr-defined]
+    stop = threading.Event()
+    disturbed: List[str] = []
+
+    def churn() -> None:
+        while not stop.is_set() and not disturbed:
+            r, w = os.pipe()
+            mine = os.fstat(r).st_ino
+            for _ in range(3):
+                for fd in (r, w):
+                    try:
+                        if os.fstat(fd).st_ino != mine:
+                            disturbed.append(f"{fd} now names another file")
+                    except OSError as exc:
+                        disturbed.append(f"{fd} closed under its owner: {exc}")
+                time.sleep(0)
+            for fd in (r, w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    worker = threading.Thread(target=churn)
+    worker.start()
+    answers: List[bool] = []
+    try:
+        deadline = time.monotonic() + 3
+        while len(answers) < 1500 and time.monotonic() < deadline and not disturbed:
+            answers.append(probe())
+    finally:
+        stop.set()
+        worker.join(10)
+        sys.setswitchinterval(interval)
+    assert not disturbed, disturbed[:3]
+    assert all(answers), f"{answers.count(False)} of {len(answers)} probes answered False"

@@ -399,22 +399,53 @@ def peek_installs_fds() -> bool:
     (seen on 7.99.34) and FreeBSD copy out the kernel's own file pointers,
     macOS zeroes it.  Read as descriptor numbers, those bytes name unrelated
     descriptors of the process, which must never be closed or handed out.
-    False also when the probe cannot decide (the safe answer).
+    False also when the message never arrives (the safe answer there).
+
+    A number is a copy when it names the probe's own fresh pipe (no other
+    descriptor of the process can): a diff of the table would count what other
+    threads open or close meanwhile, answer False for a copy landing in a slot
+    another thread just freed, and close descriptors another thread just opened.
+
+    Raises:
+        OSError: ``EMFILE`` (not cached) when the table has no room for the probe's own
+            descriptors, or for the copy its peek would install: the kernel then
+            installs nothing and truncates, which is no answer.
     """
-    with _stream_pair() as (a, b), _pipe() as (r, _w):
+    with _stream_pair() as (a, b), _pipe() as (r, w):
         _send_rights(a, b"x", [r])
-        before = open_fds()
         got = _receive(b, 1, socket.CMSG_SPACE(64), socket.MSG_PEEK)
-        appeared = open_fds() - before
-        _io.close_fds(sorted(appeared))  # only what really appeared, never the payload's numbers
         if got is None:
             _note_undecided("peek_installs_fds", "the probe's message never arrived")
             return False
         numbers = _rights(got[1])
+        copies = _copies_of(r, w, numbers)
+        _io.close_fds(copies)  # only our pipe's new descriptors, never the payload's numbers
+        if got[2] & backend.MSG_CTRUNC and not numbers:
+            _refuse_if_table_full(w)
         drained = _recv_rights(b, 1)
         if drained is not None:
             _io.close_fds(drained[1])
-    return bool(numbers) and set(numbers) <= appeared
+    return bool(numbers) and len(copies) == len(numbers)
+
+
+def _copies_of(r: int, w: int, numbers: List[int]) -> List[int]:
+    """The distinct ``numbers`` that are new descriptors of the pipe ``(r, w)``."""
+    target = os.fstat(r)
+    copies: List[int] = []
+    for fd in sorted(set(numbers) - {r, w}):
+        try:
+            found = os.fstat(fd)
+        except (OSError, OverflowError):
+            continue
+        if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
+            copies.append(fd)
+    return copies
+
+
+def _refuse_if_table_full(fd: int) -> None:
+    """Raise EMFILE (or ENFILE) if no descriptor can be made now (a truncated peek then says
+    nothing about the kernel: its copy had nowhere to go)."""
+    os.close(os.dup(fd))
 
 
 @functools.cache
