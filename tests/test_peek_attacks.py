@@ -361,3 +361,30 @@ def test_the_probe_neither_closes_nor_miscounts_another_threads_descriptors() ->
         sys.setswitchinterval(interval)
     assert not disturbed, disturbed[:3]
     assert all(answers), f"{answers.count(False)} of {len(answers)} probes answered False"
+
+
+@pytest.mark.parametrize("how", ["recv_fds", "recv_ancillary"])
+@pytest.mark.parametrize("claimed", [socket.SOCK_DGRAM, socket.SOCK_SEQPACKET])
+def test_a_socket_object_with_the_wrong_type_does_not_widen_the_room(
+    claimed: int, how: str, pipe: Tuple[int, int]
+) -> None:
+    """socket.fromfd() takes the caller's word for the type: a stream socket with SO_TIMESTAMP
+    on, wrapped as a datagram one.  Main sized the room from sock.type, counted a timestamp
+    the stream read never puts, and the kernel installed copies in that room: 3 leaked
+    with 3 free slots.  Now the room asks the kernel's SO_TYPE."""
+    a, real = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, real:
+        real.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+        with socket.fromfd(real.fileno(), socket.AF_UNIX, claimed) as b:
+            assert b.type == claimed
+            udscompat.send_fds(a, b"payload", [pipe[0]] * 6)
+            before = open_fds()
+            error: Optional[OSError] = None
+            with table_with(3):
+                try:
+                    peek(how, b, 8)
+                except OSError as exc:
+                    error = exc
+            assert open_fds() == before, "the peek left descriptors open"
+            assert error is not None and error.errno == errno.EMFILE, error
+            assert receive_whole(b, 6) == b"payload"

@@ -204,7 +204,10 @@ def control_room_before_rights(sock: socket.socket) -> Optional[int]:
     without (tests/test_peek_attacks_rump.py).
     """
     room = 0
-    if sock.type & 0xF != SOCK_STREAM and _option_on(sock, SO_TIMESTAMP):
+    # The kernel's type, not sock.type: socket.fromfd() and socket.socket(fileno=) take the
+    # caller's word for it, and a timestamp counted on a stream socket leaves room for copies.
+    kind = sock.getsockopt(SOL_SOCKET, socket.SO_TYPE)
+    if kind != SOCK_STREAM and _option_on(sock, SO_TIMESTAMP):
         room += socket.CMSG_SPACE(_OLD_TIMEVAL_SIZE)
     if _option_on(sock, SO_PASSCRED):
         room += socket.CMSG_SPACE(UCRED.size)
