@@ -388,3 +388,49 @@ def test_a_socket_object_with_the_wrong_type_does_not_widen_the_room(
             assert open_fds() == before, "the peek left descriptors open"
             assert error is not None and error.errno == errno.EMFILE, error
             assert receive_whole(b, 6) == b"payload"
+
+
+@pytest.mark.parametrize("how", ["recv_fds", "recv_ancillary"])
+def test_a_process_toggling_the_receivers_options_gets_no_copy_left_open(
+    how: str, pipe: Tuple[int, int]
+) -> None:
+    """A process sharing the socket (a forked child) turns SO_PASSCRED off and on while the
+    probe-less peek sizes its room from it: a peek whose room was sized with credentials on
+    and whose receive ran with them off left 32 bytes for copies, and the kernel installed
+    3 (3 free slots).  Main raised EMFILE over them: 1851 of 7810 peeks left 3 open each.
+    Now the copies, in slots the peek saw free just before, are closed before the EMFILE."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        udscompat.send_fds(a, b"x", [pipe[0]] * 6)
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the toggler
+            try:
+                on = 0
+                stop = time.monotonic() + 20
+                while time.monotonic() < stop:
+                    b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, on)
+                    on ^= 1
+            finally:
+                os._exit(0)
+        peeks = raised = 0
+        left: List[int] = []
+        try:
+            with table_with(3):
+                before = open_fds()
+                deadline = time.monotonic() + 3
+                while peeks < 3000 and time.monotonic() < deadline and not left:
+                    peeks += 1
+                    try:
+                        peek(how, b, 8)
+                    except OSError as exc:
+                        raised += exc.errno == errno.EMFILE
+                    left = sorted(open_fds() - before)
+                for fd in left:
+                    os.close(fd)
+        finally:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+        assert not left, f"peek {peeks} left {len(left)} copies open"
+        assert raised == peeks
+        assert receive_whole(b, 6) == b"x"
