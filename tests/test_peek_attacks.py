@@ -13,6 +13,7 @@ for).  Every test here restores RLIMIT_NOFILE and forgets the probe's answer aft
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import os
@@ -31,6 +32,7 @@ from tests.conftest import open_fds
 from tests.test_io_attacks import Interrupted, Interrupts
 from tests.test_parity_attacks import _fill_table as fill_table
 from udscompat import _probes
+from udscompat._platform import backend
 
 pytestmark = [
     pytest.mark.skipif(
@@ -434,3 +436,49 @@ def test_a_process_toggling_the_receivers_options_gets_no_copy_left_open(
         assert not left, f"peek {peeks} left {len(left)} copies open"
         assert raised == peeks
         assert receive_whole(b, 6) == b"x"
+
+
+SO_PASSPIDFD = 76  # asm-generic/socket.h (Linux 6.5): a pidfd of the sender with each message
+
+
+@pytest.mark.parametrize("flags", [0, socket.MSG_PEEK], ids=["receive", "peek"])
+@pytest.mark.parametrize("how", ["recv_fds", "recv_ancillary"])
+@pytest.mark.parametrize("count", [0, 2])
+def test_a_receiver_with_so_passpidfd_gets_no_pidfd_left_open(
+    count: int, how: str, flags: int, pipe: Tuple[int, int]
+) -> None:
+    """With SO_PASSPIDFD on, Linux installs a pidfd of the sender with every message, peeks
+    included (scm_pidfd_recv).  udscompat closes it (FD_CARRYING_CMSG_TYPES), but named
+    its type 0x4C (SO_PASSPIDFD's own number is 76); the kernel sends SCM_PIDFD = 0x04
+    (include/linux/socket.h): every receive and every peek left one pidfd open on main,
+    on both paths."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        try:
+            b.setsockopt(socket.SOL_SOCKET, SO_PASSPIDFD, 1)
+        except OSError as exc:
+            pytest.skip(f"no SO_PASSPIDFD here: {exc}")
+        for _ in range(2):
+            udscompat.send_fds(a, b"x", [pipe[0]] * count) if count else a.send(b"x")
+        before = open_fds()
+        data, fds, _ = peek(how, b, 4) if flags else _receive_once(how, b)
+        try:
+            assert (data, len(fds)) == (b"x", count)
+            assert open_fds() == before | set(fds), "a pidfd was left open"
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if not flags:  # what the kernel sends: the second message, raw
+            _, raw, _, _ = b.recvmsg(8, 64)
+            for _, _, payload in raw:
+                for fd in array.array("i", payload):
+                    os.close(fd)
+            assert (socket.SOL_SOCKET, backend.SCM_PIDFD) in [c[:2] for c in raw], raw
+
+
+def _receive_once(how: str, sock: socket.socket) -> Tuple[bytes, List[int], Any]:
+    if how == "recv_fds":
+        data, fds, _, _ = udscompat.recv_fds(sock, 64, 4)
+        return data, fds, None
+    message = udscompat.recv_ancillary(sock, 64, 4)
+    return message.data, list(message.fds), message.credentials

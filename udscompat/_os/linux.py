@@ -44,7 +44,7 @@ MSG_CMSG_CLOEXEC: Optional[int] = 0x40000000
 CMSGHDR_SIZE = 16  # size_t cmsg_len; int cmsg_level; int cmsg_type
 CMSG_ALIGNMENT = 8  # sizeof(size_t)
 MAX_FDS_PER_MESSAGE: Optional[int] = 253  # include/net/scm.h: SCM_MAX_FD
-SCM_PIDFD = 0x4C  # asm-generic/socket.h, with SO_PASSPIDFD a pidfd arrives per message
+SCM_PIDFD = 0x04  # include/linux/socket.h (not SO_PASSPIDFD's 76): a pidfd per message
 FD_CARRYING_CMSG_TYPES: Tuple[int, ...] = (SCM_PIDFD,)
 SEQPACKET_SEND_FLAGS = 0
 SO_TIMESTAMP = 29  # asm-generic/socket.h: SO_TIMESTAMP_OLD == SCM_TIMESTAMP
