@@ -18,7 +18,11 @@ once, so a ``settimeout(1.0)`` call ends within about a second whatever the
 peer does, and blocking, non-blocking and timeout modes are one code path.
 
 Threads may share a connection: native messages are whole in the kernel;
-emulated sends and receives each hold a lock, so frames never interleave.
+emulated sends and receives each hold a lock, so frames never interleave.  A
+call that finds the lock held waits for it within its own deadline (that one
+deadline then bounds its I/O too); a non-blocking one raises
+``BlockingIOError`` instead of waiting, as a native call never waits for
+another thread's.
 ``close()`` from another thread wakes a thread blocked in ``send`` or
 ``recv_message`` (the socket is shut down first), which then raises ``EBADF``.
 
@@ -43,11 +47,24 @@ raises right after the system call returned.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 import threading
 import time
-from typing import Any, Callable, List, NoReturn, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Iterator,
+    List,
+    NoReturn,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from udscompat import _accel, _ancillary, _fdpass, _framing, _io, _probes
 from udscompat._address import UnixSocketAddr
@@ -72,6 +89,8 @@ from udscompat._records import (
     WritableBuffers,
     new_message,
 )
+
+T = TypeVar("T")
 
 __all__ = [
     "SeqpacketConn",
@@ -111,6 +130,12 @@ _LARGE_BUFSIZE = 262144
 _COMPILED_RECV = _io.compiled_recv_message
 _NO_LIMIT = 1 << 30  # the decoder, not collect_fds, limits a chunk's descriptors
 _NO_WAIT = (False,)
+_WAIT = (True,)
+#: A timed receive's deadline not computed yet: it took its lock without waiting, so the
+#: deadline starts when it first must wait (microseconds after the call's start, with no
+#: clock read on the path that never waits).  A real deadline, a time.monotonic() value,
+#: is never negative; compared by identity.
+_NOT_YET = -1.0
 #: The emulated connections' lock type: one whose try-acquire the compiled methods make in C
 #: where the accelerator runs (a threading.Lock's costs them a Python call with its argument
 #: parsing, ~1,000 instructions), else threading.Lock.
@@ -187,6 +212,41 @@ def _run_send_probes() -> None:
         _fdpass.hold_sent_fds()
     except ValueError:
         pass  # a bad UDSCOMPAT_HOLD_SENT_FDS: the first send with descriptors says so
+
+
+def _lock_wait(lock: threading.Lock, deadline: Optional[float], holder: str) -> Iterator[bool]:
+    """The wait of a call that found its lock (``_send_lock``, ``_recv_lock``) held.
+
+    The lock wait is part of the call, which its timeout bounds (a deadline
+    for the whole call, as CPython's ``sock_call_ex`` keeps it): ``deadline``
+    None waits as long as it takes; a deadline waits what is left of it (the
+    caller raises ``TimeoutError`` if it passes first).  Either leaves the
+    connection as it was: nothing is sent, read or marked.
+
+    Returns an iterator whose one item is the acquire's result, taken by the
+    caller's ``for taken in ...: break``: the acquire runs inside ``FOR_ITER``,
+    which stores its item with no eval-breaker check in between (CPython
+    3.10+ runs signal handlers only at calls and backward jumps), so a
+    raising handler never leaves the lock taken without the caller's
+    ``finally`` knowing; one raising during the wait ends it, lock not
+    taken.  (Python 3.9 checks for signals before every instruction: there a
+    handler raising in that one-instruction gap leaves the lock held.)  The
+    caller's first try, ``iter(self._send_try, None)``, is the same without
+    waiting, and cheaper than ``with lock:`` (about 130 instructions).
+
+    Raises:
+        BlockingIOError: ``deadline`` is ``NONBLOCKING``: a non-blocking call
+            never waits, as a native socket's never waits for another
+            thread's call (here ``holder``, which may be waiting for the peer).
+    """
+    if deadline is None:
+        return iter(lock.acquire, None)
+    if deadline == _NONBLOCKING:
+        raise BlockingIOError(
+            errno.EAGAIN, f"another thread's {holder} holds the connection; try again later"
+        )
+    left = min(max(deadline - _monotonic(), 0.0), threading.TIMEOUT_MAX)
+    return iter(functools.partial(lock.acquire, True, left), None)
 
 
 def _holding(lock: threading.Lock, run: Callable[[], None]) -> None:
@@ -360,8 +420,10 @@ class SeqpacketConn:
         ``TimeoutError``) only if none of the message went out.
 
         Raises:
-            BlockingIOError: non-blocking mode and nothing of the message could be sent.
-            TimeoutError: the timeout passed before the message could start.
+            BlockingIOError: non-blocking mode and nothing of the message could be
+                sent (emulated: also while another thread's send holds the connection).
+            TimeoutError: the timeout passed before the message could start (emulated:
+                the wait for another thread's send included; see ``settimeout``).
             ValueError: too many descriptors, a descriptor out of range, or a
                 message over the size limit (before anything is sent).
             TypeError: an item of ``fds`` is a bool or not a descriptor, or
@@ -399,7 +461,8 @@ class SeqpacketConn:
             FramingError: (emulated) the peer broke the framing; the connection is closed.
             ConnectionAbortedError: (emulated) an exception interrupted an
                 earlier receive mid-chunk; the connection was closed.
-            BlockingIOError / TimeoutError: as for a socket.
+            BlockingIOError / TimeoutError: as for a socket; emulated, the wait
+                for another thread's receive is part of the call (see ``settimeout``).
             ConnectionResetError: (Linux) once, instead of end-of-stream,
                 when the peer closed with messages unread and no native
                 send reported it first.
@@ -609,7 +672,11 @@ class SeqpacketConn:
         """``None`` blocks, ``0`` is non-blocking, a positive number is a timeout in seconds.
 
         The timeout bounds each whole call (``send``, ``recv_message``,
-        ``flush``), however many system calls it makes.
+        ``peek``, ``flush``), however many system calls it makes -- and, on an
+        emulated connection, its wait for another thread's send (or receive)
+        on it to finish: ``TimeoutError`` when the deadline passes first, and
+        in non-blocking mode ``BlockingIOError`` at once rather than wait.
+        Either leaves the connection as it was.  ``close()`` never waits.
 
         Raises:
             ValueError / OverflowError / TypeError: as ``socket.settimeout``
@@ -1123,6 +1190,19 @@ if _accel.speedups is not None:
 
 
 class _EmulatedConn(SeqpacketConn):
+    """Seqpacket framed over SOCK_STREAM (``_framing``), where the kernel has no conformant one.
+
+    A send holds the send lock and a receive (or peek) the receive lock for
+    the whole call, so frames never interleave.  A call that finds its lock
+    held by another thread's waits for it within its own timeout: one
+    deadline, computed once, bounds the wait for the lock and the I/O after
+    it (``TimeoutError``, the connection as it was); a non-blocking call
+    raises ``BlockingIOError`` at once instead of waiting, as a native
+    socket's never waits for another thread's call; a blocking one waits as
+    long as it takes.  ``close()`` never waits for a lock: a thread waiting
+    in a call wakes and raises ``EBADF``.
+    """
+
     # The state the compiled send and recv_message read and write on every call: as slots,
     # the C finds each at a fixed offset (configure_emulated) instead of looking it up.
     __slots__ = (
@@ -1150,6 +1230,9 @@ class _EmulatedConn(SeqpacketConn):
         self._decoder = _framing.FrameDecoder(max_message_size, max_fds)
         self._send_lock = _EMULATED_LOCK()
         self._recv_lock = _EMULATED_LOCK()
+        #: Each lock's try (acquire(False)), for ``for taken in iter(try, None)``: _lock_wait.
+        self._send_try: Callable[[], bool] = functools.partial(self._send_lock.acquire, False)
+        self._recv_try: Callable[[], bool] = functools.partial(self._recv_lock.acquire, False)
         #: The unsent rest of a frame already accepted (a partly sent message or acknowledgement).
         self._unsent: Union[bytes, memoryview] = b""
         #: Acknowledgements sent so far (the decoder counts the requests; the difference is owed).
@@ -1208,6 +1291,35 @@ class _EmulatedConn(SeqpacketConn):
             "would interleave frames; share this object between threads instead",
         )
 
+    def _locked(
+        self,
+        lock: threading.Lock,
+        try_lock: Callable[[], bool],
+        holder: str,
+        run: Callable[..., T],
+        *args: Any,
+    ) -> T:
+        """``run(deadline, *args)`` holding ``lock``, the call's deadline bounding the wait for it.
+
+        For ``peek`` and ``flush``; ``send`` and ``recv_message`` do the same
+        inline (a call costs them several hundred instructions, and a receive
+        reads the clock only if it must wait).  See ``_lock_wait``.
+        """
+        deadline = _io.deadline(self._timeout)
+        taken = False
+        try:
+            for taken in iter(try_lock, None):  # noqa: B007 (stored: _lock_wait)
+                break
+            if not taken:
+                for taken in _lock_wait(lock, deadline, holder):  # noqa: B007
+                    break
+                if not taken:
+                    raise _io.timeout_error()
+            return run(deadline, *args)
+        finally:
+            if taken:
+                lock.release()
+
     # -- send ------------------------------------------------------------------------------
 
     def send(
@@ -1244,7 +1356,16 @@ class _EmulatedConn(SeqpacketConn):
             )
         timeout = self._timeout
         deadline = timeout and _monotonic() + timeout  # once per call: see _io.deadline
-        with self._send_lock:
+        lock = self._send_lock
+        taken = False
+        try:
+            for taken in iter(self._send_try, None):  # noqa: B007 (stored: _lock_wait)
+                break
+            if not taken:
+                for taken in _lock_wait(lock, deadline, "send"):  # noqa: B007
+                    break
+                if not taken:
+                    raise _io.timeout_error()
             if (
                 self._unsent
                 or self._sending
@@ -1278,6 +1399,9 @@ class _EmulatedConn(SeqpacketConn):
             self._sending = False
             if self._unsent and deadline != _NONBLOCKING:
                 self._flush(deadline, committed=True)
+        finally:
+            if taken:
+                lock.release()
         return length
 
     def _before_send(self, deadline: Optional[float]) -> None:
@@ -1403,14 +1527,16 @@ class _EmulatedConn(SeqpacketConn):
             or self._decoder.ack_requests != self._acks_sent
         ):
             return  # nothing owed (read without the lock: a send running now flushes itself)
-        deadline = _io.deadline(self._timeout)
-        with self._send_lock:
-            if self._sending:
-                self._abort("send")
-            if self._closed or self._broken is not None:
-                SeqpacketConn.close(self)  # finishes an abort cut short
-                raise self._unusable()
-            self._flush(deadline, committed=False)
+        self._locked(self._send_lock, self._send_try, "send", self._flush_locked)
+
+    def _flush_locked(self, deadline: Optional[float]) -> None:
+        """``flush`` with the send lock held, within ``deadline``."""
+        if self._sending:
+            self._abort("send")
+        if self._closed or self._broken is not None:
+            SeqpacketConn.close(self)  # finishes an abort cut short
+            raise self._unusable()
+        self._flush(deadline, committed=False)
 
     def _acknowledge(self) -> None:
         """Send owed acknowledgements now if no send is running (else the next send does)."""
@@ -1460,7 +1586,18 @@ class _EmulatedConn(SeqpacketConn):
     def recv_message(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
         if type(bufsize) is not int or type(maxfds) is not int or bufsize < 0 or maxfds < 0:
             bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
-        with self._recv_lock:
+        deadline: Optional[float] = _NOT_YET
+        lock = self._recv_lock
+        taken = False
+        try:
+            for taken in iter(self._recv_try, None):  # noqa: B007 (stored: _lock_wait)
+                break
+            if not taken:
+                deadline = _io.deadline(self._timeout)
+                for taken in _lock_wait(lock, deadline, "receive"):  # noqa: B007
+                    break
+                if not taken:
+                    raise _io.timeout_error()
             if self._receiving:
                 self._abort("receive", holding_recv=True)
             self._receiving = True
@@ -1469,7 +1606,7 @@ class _EmulatedConn(SeqpacketConn):
             # short may have set only _broken (its first step): the stream position is
             # unknown then, and _receive refuses instead of reading on.
             if not (decoder.idle and self._fast) or self._broken is not None:
-                return self._receive(bufsize, maxfds, None)
+                return self._receive(bufsize, maxfds, None, False, deadline)
             # _receive's common case inline: nothing held, one chunk that is one plain frame.
             try:
                 data, ancdata, flags, _ = self._sock.recvmsg(
@@ -1479,40 +1616,51 @@ class _EmulatedConn(SeqpacketConn):
                 if self._timeout == 0.0:
                     self._receiving = False
                     raise
-                return self._receive(bufsize, maxfds, None)
+                return self._receive(bufsize, maxfds, None, False, deadline)
             except OSError as exc:
                 self._receiving = False
                 self._raise_read_error(exc)
             if ancdata or flags & _MSG_CTRUNC or not data:
                 self._ingest(data, ancdata, flags)
-                return self._receive(bufsize, maxfds, None)
+                return self._receive(bufsize, maxfds, None, False, deadline)
             try:
                 event = decoder.receive_and_next(data)
             except FramingError as exc:
                 self._break(exc)
                 raise
             if type(event) is not Message:
-                return self._receive(bufsize, maxfds, event)
+                return self._receive(bufsize, maxfds, event, False, deadline)
             self._receiving = False
             if decoder.ack_requests != self._acks_sent:
                 self._acknowledge()
             if len(event.data) > bufsize:
                 return new_message((event.data[:bufsize], (), True, event.credentials))
             return event
+        finally:
+            if taken:
+                lock.release()
 
     def _receive(
-        self, bufsize: int, maxfds: int, event: Any, whole: bool = False
+        self,
+        bufsize: int,
+        maxfds: int,
+        event: Any,
+        whole: bool = False,
+        deadline: Optional[float] = _NOT_YET,
     ) -> Optional[Message]:
         """The emulation's one receive routine: decode, and read a chunk whenever it needs one.
 
         Runs with the receive lock held and ``_receiving`` set, and clears it
         at every exit where the decoder is consistent.  One deadline bounds
         the whole call: a peer dripping bytes (or flooding acknowledgements)
-        cannot hold it past its timeout.  Non-blocking, it reads at most
-        ``_READS_PER_CALL`` chunks, keeping what it decoded.
+        cannot hold it past its timeout.  ``deadline`` is the call's, computed
+        when it waited for the lock; ``_NOT_YET`` (the call took the lock
+        without waiting, and has not waited since): from now.  Non-blocking,
+        it reads at most ``_READS_PER_CALL`` chunks, keeping what it decoded.
         """
         decoder = self._decoder
-        deadline = _io.deadline(self._timeout)
+        if deadline is _NOT_YET:
+            deadline = _io.deadline(self._timeout)
         reads = 0
         while True:
             if event is None:
@@ -1650,20 +1798,27 @@ class _EmulatedConn(SeqpacketConn):
 
     def peek(self, bufsize: int = 65536, maxfds: int = 0) -> Optional[Message]:
         bufsize, maxfds = _io.check_sizes(bufsize, maxfds)
-        with self._recv_lock:
-            message = self._peeked
-            if isinstance(message, _framing.DescriptorsLost):
-                raise _descriptors_lost(message, bufsize)
+        return self._locked(
+            self._recv_lock, self._recv_try, "receive", self._peek_locked, bufsize, maxfds
+        )
+
+    def _peek_locked(
+        self, deadline: Optional[float], bufsize: int, maxfds: int
+    ) -> Optional[Message]:
+        """``peek`` with the receive lock held; its receive waits within ``deadline``."""
+        message = self._peeked
+        if isinstance(message, _framing.DescriptorsLost):
+            raise _descriptors_lost(message, bufsize)
+        if message is None:
+            if self._receiving:
+                self._abort("receive", holding_recv=True)
+            self._receiving = True
+            message = self._receive(bufsize, maxfds, None, True, deadline)
             if message is None:
-                if self._receiving:
-                    self._abort("receive", holding_recv=True)
-                self._receiving = True
-                message = self._receive(bufsize, maxfds, None, whole=True)
-                if message is None:
-                    return None
-                self._peeked = message
-                self._update_fast()
-            return _peek_copy(message, bufsize, maxfds)
+                return None
+            self._peeked = message
+            self._update_fast()
+        return _peek_copy(message, bufsize, maxfds)
 
     def _discard_received(self) -> None:
         """Close the decoder and a peeked message's descriptors (receive lock held)."""

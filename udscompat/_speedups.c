@@ -2215,7 +2215,8 @@ static PyTypeObject LockType = {
  * The connection's state is the Python method's, attribute for attribute:
  * _sending/_receiving are set before the system call and cleared once its
  * result is recorded; the send and receive locks are taken without waiting (a
- * lock another thread holds hands the call to the reference, which waits).
+ * lock another thread holds hands the call to the reference, which waits for it
+ * within the call's deadline and raises as the call would: _seqpacket._lock_wait).
  * Signals: on EINTR nothing was sent or read, so the flag is cleared, the
  * handlers run, and a raising handler leaves the connection usable (the Python
  * method, inside socket.send/recvmsg, cannot tell that case from an interrupt
@@ -2780,6 +2781,11 @@ emulated_recv_message(PyObject *conn, PyObject *const *args, Py_ssize_t nargs, P
     int locked = 0, to_reference = 1, flags = 0;
     PyObject *inline_args = emu_inline_args(conn);
     if (inline_args == NULL) {
+        goto out;
+    }
+    /* The Python method reads _timeout first (whether to bound its wait for the lock): unset,
+     * it is the reference's AttributeError. */
+    if (SLOT_AT(conn, &emu_timeout_slot) == NULL) {
         goto out;
     }
     lock = Py_NewRef(PyTuple_GET_ITEM(inline_args, 2));
