@@ -245,7 +245,7 @@ def _in_thread(call: Callable[[], Any]) -> Tuple[threading.Thread, List[Any]]:
         except BaseException as exc:  # the test reads it
             outcome.append(exc)
 
-    thread = threading.Thread(target=run)
+    thread = threading.Thread(target=run, daemon=True)  # a broken lock must not hang the run
     thread.start()
     return thread, outcome
 
